@@ -1,0 +1,179 @@
+"""Public entry points: `quantize` and `dequantize`, for every data type and backend.
+
+The wrappers check the input, pick the implementation and assemble the typed state:
+- `Backend.REFERENCE`: the pure-PyTorch reference (`reference.py`), any device;
+- `Backend.TRITON`: the Triton kernels (`qlora.kernels`); CUDA tensors, or CPU tensors when Triton's
+  interpreter is active (tests set TRITON_INTERPRET=1 before importing qlora);
+- `Backend.AUTO` (default): Triton on CUDA, the fast CPU path (`cpu.py`) on CPU.
+All backends produce bit-identical codes and absmax, and identical float32 dequantized values.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import torch
+
+from qlora.quant import cpu, reference
+from qlora.quant.dtypes import DEFAULT_BLOCK_SIZE, NESTED_BLOCK_SIZE, DataType, codebook, nearest_code_search, validate_block_size
+from qlora.quant.state import NestedAbsmax, QuantizedTensor
+
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+class Backend(enum.Enum):
+    AUTO = "auto"
+    REFERENCE = "reference"
+    TRITON = "triton"
+    CPU = "cpu"  # the fast CPU path; bit-identical to REFERENCE
+
+
+def _check_input(tensor: torch.Tensor) -> None:
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"expected a torch.Tensor, got {type(tensor).__name__}")
+    if tensor.dtype not in _FLOAT_DTYPES:
+        raise TypeError(
+            f"can only quantize floating tensors (float32, float16, bfloat16, float64), got dtype {tensor.dtype}"
+        )
+    if tensor.numel() == 0:
+        raise ValueError(f"cannot quantize an empty tensor (shape {tuple(tensor.shape)})")
+    finite = torch.isfinite(tensor)
+    if not bool(finite.all()):
+        bad = (~finite).nonzero()[0].tolist()
+        raise ValueError(
+            f"cannot quantize a tensor with NaN or Inf: {int((~finite).sum())} non-finite value(s), "
+            f"the first at index {bad} = {tensor[tuple(bad)].item()}"
+        )
+
+
+def _resolve(backend: Backend, device: torch.device) -> Backend:
+    if not isinstance(backend, Backend):
+        raise TypeError(f"backend must be a qlora Backend, got {backend!r}")
+    if backend is Backend.AUTO:
+        return Backend.TRITON if device.type == "cuda" else Backend.CPU
+    if backend is Backend.CPU and device.type != "cpu":
+        raise ValueError(f"Backend.CPU needs a CPU tensor, got a {device.type} tensor")
+    if backend is Backend.TRITON and device.type != "cuda":
+        from qlora.kernels import interpreter_active
+
+        if not interpreter_active():
+            raise RuntimeError(
+                f"Backend.TRITON on a {device.type} tensor needs Triton's interpreter: set TRITON_INTERPRET=1 "
+                "before importing qlora, or use Backend.AUTO / Backend.REFERENCE"
+            )
+    return backend
+
+
+def quantize(
+    tensor: torch.Tensor,
+    dtype: DataType | str,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    double_quant: bool = False,
+    *,
+    backend: Backend = Backend.AUTO,
+) -> QuantizedTensor:
+    """Quantizes `tensor` blockwise to `dtype`.
+
+    Args:
+        tensor: any shape, float32/float16/bfloat16/float64, finite, non-empty; flattened row-major
+            (non-contiguous inputs are read in logical order).
+        dtype: a `DataType` (strings such as "nf4" are parsed).
+        block_size: elements per absmax, a power of two from 32 to 4096.
+        double_quant: quantize the absmax constants again to 8 bits in blocks of 256 (paper §3).
+        backend: which implementation runs (see the module docstring).
+
+    Returns:
+        QuantizedTensor whose codes and absmax equal bitsandbytes' `quantize_4bit` for NF4/FP4.
+
+    Raises:
+        TypeError: non-floating input. ValueError: empty input, NaN/Inf, bad block size or data type.
+    """
+    dtype = DataType.parse(dtype)
+    _check_input(tensor)
+    shape, orig_dtype = tensor.shape, tensor.dtype
+    if dtype is DataType.BF16:
+        if double_quant:
+            raise ValueError("double_quant=True needs a quantized data type, got bf16 (identity storage)")
+        return QuantizedTensor(tensor.detach().to(torch.bfloat16).contiguous().clone(), dtype, shape, orig_dtype, block_size)
+    validate_block_size(block_size)
+    flat = tensor.detach().reshape(-1).to(torch.float32)
+    backend = _resolve(backend, flat.device)
+
+    if backend is Backend.TRITON:
+        from qlora.kernels import quantize_blockwise
+
+        code = None if dtype is DataType.INT8 else nearest_code_search(dtype, flat.device)
+        data, absmax = quantize_blockwise(flat, block_size, code)
+    elif dtype is DataType.INT8:
+        data, absmax = reference.quantize_int8(flat, block_size)
+    elif backend is Backend.CPU:
+        data, absmax = cpu.quantize_4bit(flat, block_size, *nearest_code_search(dtype, flat.device))
+    else:
+        data, absmax = reference.quantize_4bit(flat, block_size, *nearest_code_search(dtype, flat.device))
+
+    if not double_quant:
+        return QuantizedTensor(data, dtype, shape, orig_dtype, block_size, absmax=absmax)
+    codes, absmax2, offset = reference.double_quantize(absmax, NESTED_BLOCK_SIZE)
+    nested = NestedAbsmax(codes, absmax2, offset, reference.dynamic_map(flat.device), NESTED_BLOCK_SIZE)
+    return QuantizedTensor(data, dtype, shape, orig_dtype, block_size, nested=nested)
+
+
+def block_absmax(qt: QuantizedTensor) -> torch.Tensor:
+    """The first-level absmax of `qt` as float32 (double-dequantized when nested)."""
+    if qt.nested is None:
+        return qt.absmax
+    n = qt.nested
+    return reference.double_dequantize(n.codes, n.absmax, n.offset, n.code, n.block_size)
+
+
+def dequantize(
+    qt: QuantizedTensor,
+    out_dtype: torch.dtype = torch.bfloat16,
+    *,
+    out: torch.Tensor | None = None,
+    backend: Backend = Backend.AUTO,
+) -> torch.Tensor:
+    """Dequantizes `qt` to a tensor of `qt.shape`.
+
+    Values are computed in float32 (code * absmax) and rounded once to `out_dtype`.
+
+    Args:
+        qt: a QuantizedTensor.
+        out_dtype: float32, float16 or bfloat16.
+        out: optional preallocated output of shape `qt.shape` and dtype `out_dtype`.
+        backend: which implementation runs.
+
+    Raises:
+        TypeError: `qt` is not a QuantizedTensor or `out_dtype` is not floating.
+        ValueError: `out` has the wrong shape, dtype or device.
+    """
+    if not isinstance(qt, QuantizedTensor):
+        raise TypeError(f"expected a QuantizedTensor, got {type(qt).__name__}")
+    if out_dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise TypeError(f"out_dtype must be float32, float16 or bfloat16, got {out_dtype}")
+    if out is not None:
+        if tuple(out.shape) != tuple(qt.shape) or out.dtype != out_dtype or out.device != qt.device:
+            raise ValueError(
+                f"out must have shape {tuple(qt.shape)}, dtype {out_dtype} and device {qt.device}; "
+                f"got shape {tuple(out.shape)}, dtype {out.dtype}, device {out.device}"
+            )
+    if qt.dtype is DataType.BF16:
+        result = qt.data.to(out_dtype)
+        return result if out is None else out.copy_(result)
+
+    backend = _resolve(backend, qt.device)
+    if backend is Backend.TRITON:
+        from qlora.kernels import dequantize_blockwise
+
+        result = dequantize_blockwise(qt, codebook(qt.dtype, qt.device), out_dtype, out)
+        return result.view(qt.shape)
+    absmax = block_absmax(qt)
+    if backend is Backend.CPU and qt.dtype.is_4bit:
+        result = cpu.dequantize_4bit(qt.data, absmax, codebook(qt.dtype), qt.block_size, qt.numel, out_dtype).view(qt.shape)
+        return result if out is None else out.copy_(result)
+    if qt.dtype is DataType.INT8:
+        values = reference.dequantize_int8(qt.data, absmax, qt.block_size)
+    else:
+        values = reference.dequantize_4bit(qt.data, absmax, codebook(qt.dtype, qt.device), qt.block_size, qt.numel)
+    result = values.view(qt.shape).to(out_dtype)
+    return result if out is None else out.copy_(result)

