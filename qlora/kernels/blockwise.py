@@ -34,6 +34,24 @@ def interpreter_active() -> bool:
 
 
 @triton.jit
+def _absmax_and_scale(xb, blocks, n_elements, n_blocks, QBLOCK: tl.constexpr):
+    """(B, QBLOCK) block values -> stored absmax (B,) and values scaled to [-1, 1] (B, QBLOCK).
+
+    Full blocks: x * (1 / max(absmax, 1e-38)); the partial last block: x / absmax with its stored absmax
+    floored at 1e-38 (reference.scale_to_unit, "# Note: partial block").
+    """
+    absmax = tl.max(tl.abs(xb), axis=1)
+    partial = (blocks == n_blocks - 1) & (n_elements % QBLOCK != 0)
+    floored = tl.maximum(absmax, 1e-38)
+    absmax = tl.where(partial, floored, absmax)
+    inv = tl.math.div_rn(tl.full(absmax.shape, 1.0, tl.float32), floored)
+    by_inverse = xb * inv[:, None]
+    by_division = tl.math.div_rn(xb, tl.broadcast_to(floored[:, None], xb.shape))
+    scaled = tl.where(partial[:, None], by_division, by_inverse)
+    return absmax, tl.minimum(tl.maximum(scaled, -1.0), 1.0)
+
+
+@triton.jit
 def _quantize_4bit_kernel(
     # pointers
     x_ptr,  # (n,) float32 input
@@ -53,12 +71,9 @@ def _quantize_4bit_kernel(
     offs = pid * TILE + tl.arange(0, TILE)
     x = tl.load(x_ptr + offs, mask=offs < n_elements, other=0.0)
     xb = tl.reshape(x, (BLOCKS_PER_PROGRAM, QBLOCK))
-    absmax = tl.max(tl.abs(xb), axis=1)  # (BLOCKS_PER_PROGRAM,)
     blocks = pid * BLOCKS_PER_PROGRAM + tl.arange(0, BLOCKS_PER_PROGRAM)
+    absmax, scaled = _absmax_and_scale(xb, blocks, n_elements, n_blocks, QBLOCK)
     tl.store(absmax_ptr + blocks, absmax, mask=blocks < n_blocks)
-
-    inv = tl.math.div_rn(tl.full(absmax.shape, 1.0, tl.float32), tl.maximum(absmax, 1e-38))
-    scaled = tl.minimum(tl.maximum(xb * inv[:, None], -1.0), 1.0)
     position = tl.zeros((BLOCKS_PER_PROGRAM, QBLOCK), dtype=tl.int32)
     for j in tl.static_range(15):
         position += (scaled > tl.load(midpoints_ptr + j)).to(tl.int32)
@@ -89,12 +104,10 @@ def _quantize_int8_kernel(
     mask = offs < n_elements
     x = tl.load(x_ptr + offs, mask=mask, other=0.0)
     xb = tl.reshape(x, (BLOCKS_PER_PROGRAM, QBLOCK))
-    absmax = tl.max(tl.abs(xb), axis=1)
     blocks = pid * BLOCKS_PER_PROGRAM + tl.arange(0, BLOCKS_PER_PROGRAM)
+    absmax, scaled = _absmax_and_scale(xb, blocks, n_elements, n_blocks, QBLOCK)
     tl.store(absmax_ptr + blocks, absmax, mask=blocks < n_blocks)
-
-    inv = tl.math.div_rn(tl.full(absmax.shape, 1.0, tl.float32), tl.maximum(absmax, 1e-38))
-    y = tl.minimum(tl.maximum(xb * inv[:, None], -1.0), 1.0) * 127.0
+    y = scaled * 127.0
     # round half to even: adding and subtracting 1.5 * 2^23 rounds |y| < 2^22 to an integer (IEEE RNE)
     rounded = (y + 12582912.0) - 12582912.0
     q = tl.reshape(rounded, (TILE,)).to(tl.int8)

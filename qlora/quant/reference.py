@@ -31,10 +31,28 @@ def blockwise_absmax(flat: torch.Tensor, block_size: int) -> torch.Tensor:
 
 
 def scale_to_unit(flat: torch.Tensor, absmax: torch.Tensor, block_size: int) -> torch.Tensor:
-    """x * (1 / absmax) clamped to [-1, 1]; (n,) -> (n,)."""
+    """x * (1 / absmax) clamped to [-1, 1]; (n,) -> (n,).
+
+    # Note: partial block
+    As bitsandbytes' CPU `quantize_4bit`, a partial last block divides by its absmax (x / absmax, not
+    x * (1 / absmax)); its absmax is floored at 1e-38 where full blocks keep a raw 0 (see
+    `quantization_absmax`).
+    """
     n = flat.numel()
     inv = 1.0 / absmax.clamp(min=_TINY)
-    return (_blocks(flat, block_size) * inv[:, None]).clamp(-1, 1).view(-1)[:n]
+    scaled = _blocks(flat, block_size) * inv[:, None]
+    if n % block_size:
+        full = n - n % block_size
+        scaled[-1, : n - full] = flat[full:] / absmax[-1].clamp(min=_TINY)
+    return scaled.clamp(-1, 1).view(-1)[:n]
+
+
+def quantization_absmax(flat: torch.Tensor, block_size: int) -> torch.Tensor:
+    """The absmax stored by the blockwise quantizers: raw, but a partial last block's floored at 1e-38."""
+    absmax = blockwise_absmax(flat, block_size)
+    if flat.numel() % block_size:
+        absmax[-1] = absmax[-1].clamp(min=_TINY)
+    return absmax
 
 
 def quantize_4bit(flat: torch.Tensor, block_size: int, midpoints: torch.Tensor, order: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,7 +66,7 @@ def quantize_4bit(flat: torch.Tensor, block_size: int, midpoints: torch.Tensor, 
     Returns:
         packed ((n + 1) // 2, 1) uint8 (first element in the high nibble), absmax (n_blocks,) float32.
     """
-    absmax = blockwise_absmax(flat, block_size)
+    absmax = quantization_absmax(flat, block_size)
     scaled = scale_to_unit(flat, absmax, block_size)
     if scaled.numel() % 2:
         scaled = F.pad(scaled, (0, 1))  # the pad nibble holds the code of 0
@@ -81,7 +99,7 @@ def dequantize_4bit(packed: torch.Tensor, absmax: torch.Tensor, code: torch.Tens
 
 def quantize_int8(flat: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Blockwise absmax Int8 (paper Eq. 1): (n,) float32 -> codes (n,) int8, absmax (n_blocks,) float32."""
-    absmax = blockwise_absmax(flat, block_size)
+    absmax = quantization_absmax(flat, block_size)
     scaled = scale_to_unit(flat, absmax, block_size)
     return torch.round(scaled * codebooks.INT8_LEVELS).to(torch.int8), absmax
 
