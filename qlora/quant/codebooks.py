@@ -78,25 +78,33 @@ def create_normal_map(offset: float = 0.9677083, use_extra_value: bool = True) -
     return values / values.max()
 
 
-def create_dynamic_map() -> torch.Tensor:
-    """The signed 8-bit dynamic map of bitsandbytes (`create_dynamic_map(signed=True)`).
+def create_dynamic_map(signed: bool = True) -> torch.Tensor:
+    """The 8-bit dynamic map of bitsandbytes (`create_dynamic_map(signed=...)`).
 
     Dettmers 2015 ("8-Bit Approximations for Parallelism in Deep Learning"): a dynamic exponent
     (decimal, 10^-6..10^0) and a linear fraction whose width grows as the exponent shrinks. Used for
-    the second-level quantization of the absmax constants (paper §3, double quantization).
+    the second-level quantization of the absmax constants (paper §3, double quantization). The
+    unsigned map spends the sign bit on a finer fraction (twice the values per exponent): bitsandbytes'
+    8-bit optimizers store Adam's non-negative second moment with it (`qlora.optim.state8bit`).
     Computed with the same float32 operations as bitsandbytes, so the 256 values are bit-identical.
 
+    Args:
+        signed: the signed map (default) or the unsigned one.
+
     Returns:
-        (256,) float32 tensor, sorted ascending, from about -0.993 to 1.0, with 0 once.
+        (256,) float32 tensor, sorted ascending; signed: from about -0.993 to 1.0, with 0 once;
+        unsigned: from 0 to 1.0.
     """
     max_exponent_bits = 7
     data: list[float] = []
     for i in range(max_exponent_bits):
-        boundaries = torch.linspace(0.1, 1, 2**i + 1, dtype=torch.float32)
+        fractions = 2**i if signed else 2 ** (i + 1)
+        boundaries = torch.linspace(0.1, 1, fractions + 1, dtype=torch.float32)
         means = (boundaries[:-1] + boundaries[1:]) / 2.0
         scale = 10 ** (-(max_exponent_bits - 1) + i)
         data += (scale * means).tolist()
-        data += (-scale * means).tolist()
+        if signed:
+            data += (-scale * means).tolist()
     data += [0.0, 1.0]
     assert len(data) == 256
     return torch.tensor(sorted(data), dtype=torch.float32)
