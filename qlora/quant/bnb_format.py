@@ -51,7 +51,7 @@ def to_bnb_dict(qt: QuantizedTensor) -> dict[str, torch.Tensor]:
         out["absmax"] = qt.absmax
     else:
         out["absmax"] = qt.nested.codes
-    out["quant_map"] = codebook(qt.dtype, qt.device)
+    out["quant_map"] = codebook(qt.dtype, qt.device).clone()  # never share storage: safetensors refuses aliases
     if qt.nested is not None:
         out["nested_absmax"] = qt.nested.absmax
         out["nested_quant_map"] = qt.nested.code.clone()
