@@ -105,7 +105,7 @@ def quantize(
         code = None if dtype is DataType.INT8 else nearest_code_search(dtype, flat.device)
         data, absmax = quantize_blockwise(flat, block_size, code)
     elif dtype is DataType.INT8:
-        data, absmax = reference.quantize_int8(flat, block_size)
+        data, absmax = (cpu.quantize_int8 if backend is Backend.CPU else reference.quantize_int8)(flat, block_size)
     elif backend is Backend.CPU:
         data, absmax = cpu.quantize_4bit(flat, block_size, *nearest_code_search(dtype, flat.device))
     else:
@@ -169,7 +169,10 @@ def dequantize(
         return result.view(qt.shape)
     absmax = block_absmax(qt)
     if backend is Backend.CPU and qt.dtype.is_4bit:
-        result = cpu.dequantize_4bit(qt.data, absmax, codebook(qt.dtype), qt.block_size, qt.numel, out_dtype).view(qt.shape)
+        result = cpu.dequantize_4bit(qt.data, absmax, codebook(qt.dtype), qt.block_size, qt.numel, out_dtype, out=out)
+        return result.view(qt.shape) if out is None else out  # the fast path wrote into `out`
+    if backend is Backend.CPU:  # INT8
+        result = cpu.dequantize_int8(qt.data, absmax, qt.block_size, out_dtype).view(qt.shape)
         return result if out is None else out.copy_(result)
     if qt.dtype is DataType.INT8:
         values = reference.dequantize_int8(qt.data, absmax, qt.block_size)
