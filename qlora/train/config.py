@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 
+from qlora.optim import StateBits
+
 
 class Schedule(enum.Enum):
     CONSTANT = "constant"  # with linear warmup (paper)
@@ -26,6 +28,8 @@ class TrainConfig:
         group_by_length: batch examples of similar length together (paper).
         seed: data order, adapter init elsewhere, dropout.
         deterministic: deterministic algorithms (CPU runs are then reproducible bit for bit).
+        optimizer_bits: AdamW state precision (paper: 32-bit).
+        paged: optimizer state in CUDA unified memory (paper: paged); a no-op on CPU.
         save_every: checkpoint every N optimizer steps (0: only at the end).
         keep_checkpoints: how many complete checkpoints to keep on disk.
     """
@@ -41,6 +45,8 @@ class TrainConfig:
     group_by_length: bool = True
     seed: int = 0
     deterministic: bool = True
+    optimizer_bits: StateBits = StateBits.BITS_32
+    paged: bool = True
     save_every: int = 0
     keep_checkpoints: int = 1
 
@@ -51,6 +57,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not isinstance(self.schedule, Schedule):
             raise ValueError(f"schedule must be a Schedule ({', '.join(s.value for s in Schedule)}), got {self.schedule!r}")
+        if not isinstance(self.optimizer_bits, StateBits):
+            raise ValueError(f"optimizer_bits must be a StateBits ({', '.join(str(b.value) for b in StateBits)}), got {self.optimizer_bits!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
         if not 0 <= self.warmup_ratio < 1:

@@ -45,7 +45,10 @@ def memory_report(model: torch.nn.Module, optimizer: torch.optim.Optimizer, devi
     gradients = _tensor_bytes(p.grad for p in trainable if p.grad is not None)
     frozen = _tensor_bytes(p for p in model.parameters() if not p.requires_grad)
     frozen += _tensor_bytes(b for b in model.buffers())
-    optimizer_state = sum(_tensor_bytes(s.values()) for s in optimizer.state.values())
+    if hasattr(optimizer, "state_bytes"):  # paged state lives outside torch's allocator: ask the optimizer
+        optimizer_state = optimizer.state_bytes()
+    else:
+        optimizer_state = sum(_tensor_bytes(s.values()) for s in optimizer.state.values())
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device)
         activations = max(0, peak - frozen - adapters - gradients - optimizer_state)

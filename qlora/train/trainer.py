@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from qlora.optim import AdamWConfig, PagedAdamW
 from qlora.train.batching import collate, epoch_order
 from qlora.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from qlora.train.config import TrainConfig
@@ -46,8 +47,10 @@ class TrainResult:
 
 
 def default_optimizer(params: list[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW on the trainable parameters with the run's lr and weight decay."""
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    """Paged AdamW (paper §3) on the trainable parameters with the run's lr, weight decay and state bits."""
+    return PagedAdamW(
+        params, config=AdamWConfig(lr=config.lr, weight_decay=config.weight_decay, bits=config.optimizer_bits, paged=config.paged)
+    )
 
 
 def trainable_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
@@ -183,6 +186,7 @@ def _config_fingerprint(config: TrainConfig) -> dict:
     """The settings a resumed run must share with the run that wrote the checkpoint."""
     d = dataclasses.asdict(config)
     d["schedule"] = config.schedule.value
+    d["optimizer_bits"] = config.optimizer_bits.value
     for free in ("save_every", "keep_checkpoints"):
         d.pop(free)
     return d

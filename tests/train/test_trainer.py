@@ -191,3 +191,17 @@ def test_sigkill_at_any_step_then_restart_gives_the_same_adapter(tmp_path):
     assert ref.keys() == out.keys()
     for name in ref:
         assert torch.equal(ref[name], out[name]), name
+
+
+def test_default_optimizer_is_paged_adamw_with_8bit_option():
+    from qlora.optim import PagedAdamW, StateBits
+
+    seen = []
+    model = tiny_llama(trainable=("proj",))
+    config = TrainConfig(max_steps=2, optimizer_bits=StateBits.BITS_8, lr=1e-3)
+    train(model, tiny_examples(8), config, progress=False, on_step=seen.append)
+    n_big = sum(p.numel() for p in model.parameters() if p.requires_grad and p.numel() >= 4096)
+    n_small = sum(p.numel() for p in model.parameters() if p.requires_grad and p.numel() < 4096)
+    # 8-bit moments for tensors >= 4096 elements (~2 bytes/param), 32-bit below (8 bytes/param)
+    assert seen[-1].memory.optimizer_state < 2.2 * n_big + 8.5 * n_small
+    assert isinstance(__import__("qlora.train.trainer", fromlist=["x"]).default_optimizer([torch.nn.Parameter(torch.ones(2))], config), PagedAdamW)
