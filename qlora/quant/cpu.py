@@ -14,11 +14,20 @@ fused `torch.compile` (inductor, C++) kernel each; a partial last block goes thr
 - The codebook and midpoints are tensor inputs and every size is dynamic, so one compiled kernel
   serves every data type, block size and shape (compiled lazily, on first use).
 If compilation fails (no C++ compiler, an unsupported platform), every call runs the reference.
+
+# Note: output allocation
+A freshly allocated multi-MB output is mmap'd by the C allocator, and its first-touch page faults
+(4 KiB each) cost more than the kernel itself (~8 ms for a 32 MB bf16 4096x4096 weight on these
+machines). Large outputs are advised as transparent huge pages (madvise MADV_HUGEPAGE, Linux) before
+the kernel writes them: 2 MiB faults, ~4x cheaper allocation. Advice only: where it is unavailable
+nothing changes but speed.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import sys
 
 import torch
 
@@ -27,6 +36,38 @@ from qlora.quant import codebooks, reference
 logger = logging.getLogger(__name__)
 
 _TINY = 1e-38  # as reference._TINY
+
+_HUGE_PAGE = 1 << 21
+_MADV_HUGEPAGE = 14
+_MIN_HUGE_BYTES = 4 << 20
+
+
+def _libc_madvise():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_MADVISE = _libc_madvise()
+
+
+def empty_output(n: int, dtype: torch.dtype) -> torch.Tensor:
+    """torch.empty(n, dtype=dtype), advised as huge pages when large (see "# Note: output allocation")."""
+    out = torch.empty(n, dtype=dtype)
+    nbytes = n * out.element_size()
+    if _MADVISE is not None and nbytes >= _MIN_HUGE_BYTES:
+        ptr = out.data_ptr()
+        start = (ptr + _HUGE_PAGE - 1) & ~(_HUGE_PAGE - 1)
+        end = (ptr + nbytes) & ~(_HUGE_PAGE - 1)
+        if end > start:
+            _MADVISE(start, end - start, _MADV_HUGEPAGE)  # advice: a failure only costs speed
+    return out
 
 
 def _select16(q: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
@@ -161,7 +202,7 @@ def dequantize_4bit(
     """
     if out is not None and not out.is_contiguous():
         return out.copy_(dequantize_4bit(packed, absmax, code, block_size, n, out_dtype).view(out.shape))
-    dst = torch.empty(n, dtype=out_dtype) if out is None else out.view(-1)
+    dst = empty_output(n, out_dtype) if out is None else out.view(-1)
     n_full = n // block_size * block_size
     if n_full:
         rows = packed.view(-1)[: n_full // 2].view(-1, block_size // 2)  # (B, block_size / 2)
