@@ -1,0 +1,184 @@
+"""Examples to token ids for training, and token files on disk (safetensors: no pickle).
+
+Instruction tuning computes the loss on the response only (artidoro/qlora's default
+`train_on_source=False`): prompt positions get label -100. When the tokenizer has a chat template the
+prompt is a user turn and the response the assistant turn (with its end-of-turn token, so the model
+learns to stop); otherwise the prompt is plain text and the response ends with EOS.
+
+An example is a dict of 1-D LongTensors, the shape `qlora.train.batching.collate` takes: causal LM
+{"input_ids", "labels"}, classification {"input_ids", "label"} (label 0-d).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+IGNORE_INDEX = -100
+_FORMAT = "qlora-tokens/1"
+CAUSAL, CLASSIFICATION = "causal", "classification"
+
+
+def has_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def _eos_ids(tokenizer) -> list[int]:
+    return [] if tokenizer.eos_token_id is None else [int(tokenizer.eos_token_id)]
+
+
+def _chat_texts(tokenizer, prompt: str, response: str | None) -> tuple[str, str]:
+    user = [{"role": "user", "content": prompt}]
+    prompt_text = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+    if response is None:
+        return prompt_text, ""
+    full = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": response}], tokenize=False)
+    if not full.startswith(prompt_text):
+        raise ValueError("the tokenizer's chat template does not render the prompt as a prefix of the dialogue")
+    return prompt_text, full[len(prompt_text) :]
+
+
+def prompt_ids(tokenizer, prompt: str) -> list[int]:
+    """The ids a model is given to answer `prompt` (chat template with generation prompt, if any)."""
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+    if has_chat_template(tokenizer):
+        return tokenizer(_chat_texts(tokenizer, prompt, None)[0], add_special_tokens=False).input_ids
+    return tokenizer(prompt).input_ids  # plain text: the tokenizer's own BOS, if it adds one
+
+
+def encode_instruction(tokenizer, prompt: str, response: str, max_length: int | None = None) -> dict[str, torch.Tensor]:
+    """One training sequence: prompt + response ids, labels -100 on the prompt.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer.
+        prompt: the user's text (instruction and input).
+        response: the target text.
+        max_length: truncate the sequence to this many tokens (the response's tail is cut first; a
+            prompt longer than max_length leaves no response and is an error).
+
+    Returns:
+        {"input_ids": (T,) long, "labels": (T,) long}.
+
+    Raises:
+        ValueError: the prompt alone fills `max_length`.
+    """
+    if not isinstance(response, str):
+        raise TypeError(f"response must be a str, got {type(response).__name__}")
+    if has_chat_template(tokenizer):
+        prompt_text, response_text = _chat_texts(tokenizer, prompt, response)
+        p = tokenizer(prompt_text, add_special_tokens=False).input_ids
+        r = tokenizer(response_text, add_special_tokens=False).input_ids
+    else:
+        p = tokenizer(prompt).input_ids
+        r = tokenizer(response, add_special_tokens=False).input_ids + _eos_ids(tokenizer)
+    if max_length is not None:
+        if max_length < 1:
+            raise ValueError(f"max_length must be positive, got {max_length}")
+        if len(p) >= max_length:
+            raise ValueError(f"prompt of {len(p)} tokens leaves no room for a response in max_length={max_length}")
+        r = r[: max_length - len(p)]
+    ids = torch.tensor(p + r, dtype=torch.long)
+    labels = ids.clone()
+    labels[: len(p)] = IGNORE_INDEX
+    return {"input_ids": ids, "labels": labels}
+
+
+def encode_classification(tokenizer, text: str, label: int, text_pair: str | None = None,
+                          max_length: int | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+    """{"input_ids": (T,) long, "label": () long}, with the tokenizer's special tokens (e.g. [CLS] .. [SEP])."""
+    if not isinstance(label, int) or label < 0:
+        raise ValueError(f"label must be a non-negative int, got {label!r}")
+    enc = tokenizer(text, text_pair, truncation=max_length is not None, max_length=max_length)
+    return {"input_ids": torch.tensor(enc.input_ids, dtype=torch.long), "label": torch.tensor(label)}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TokenizedDataset(Sequence):
+    """Ragged token sequences stored flat, indexable as example dicts.
+
+    Attributes:
+        kind: "causal" (per-token `labels`) or "classification" (one `label` per example).
+        input_ids: (total_tokens,) int32, all sequences concatenated.
+        offsets: (n + 1,) int64; sequence i is input_ids[offsets[i]:offsets[i + 1]].
+        labels: (total_tokens,) int32 for causal, (n,) int64 for classification.
+    """
+
+    kind: str
+    input_ids: torch.Tensor
+    offsets: torch.Tensor
+    labels: torch.Tensor
+
+    def __post_init__(self):
+        if self.kind not in (CAUSAL, CLASSIFICATION):
+            raise ValueError(f"kind must be {CAUSAL!r} or {CLASSIFICATION!r}, got {self.kind!r}")
+        n_tok, n = self.input_ids.numel(), self.offsets.numel() - 1
+        assert self.offsets[0] == 0 and self.offsets[-1] == n_tok
+        assert self.labels.numel() == (n_tok if self.kind == CAUSAL else n)
+
+    @classmethod
+    def from_examples(cls, examples: Sequence[dict[str, torch.Tensor]]) -> "TokenizedDataset":
+        if not examples:
+            raise ValueError("no examples to store")
+        kind = CAUSAL if "labels" in examples[0] else CLASSIFICATION
+        lengths = torch.tensor([e["input_ids"].numel() for e in examples], dtype=torch.long)
+        offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+        ids = torch.cat([e["input_ids"] for e in examples]).to(torch.int32)
+        if kind == CAUSAL:
+            labels = torch.cat([e["labels"] for e in examples]).to(torch.int32)
+        else:
+            labels = torch.stack([torch.as_tensor(e["label"]) for e in examples]).to(torch.long)
+        return cls(kind, ids, offsets, labels)
+
+    def __len__(self) -> int:
+        return self.offsets.numel() - 1
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} examples")
+        i %= len(self)
+        a, b = int(self.offsets[i]), int(self.offsets[i + 1])
+        out = {"input_ids": self.input_ids[a:b].long()}
+        if self.kind == CAUSAL:
+            out["labels"] = self.labels[a:b].long()
+        else:
+            out["label"] = self.labels[i].clone()
+        return out
+
+    def lengths(self) -> list[int]:
+        return (self.offsets[1:] - self.offsets[:-1]).tolist()
+
+    def save(self, path: str | Path) -> None:
+        """One .safetensors file (tensors + a format tag and the kind in its metadata)."""
+        tensors = {"input_ids": self.input_ids.contiguous(), "offsets": self.offsets.contiguous(),
+                   "labels": self.labels.contiguous()}  # fmt: skip
+        save_file(tensors, str(path), metadata={"format": _FORMAT, "kind": self.kind})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TokenizedDataset":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("format") != _FORMAT:
+            raise ValueError(f"{path} is not a token file of format {_FORMAT!r} (metadata {meta!r})")
+        t = load_file(str(path))
+        return cls(meta["kind"], t["input_ids"], t["offsets"], t["labels"])
+
+
+def tokenize_instructions(tokenizer, pairs: Sequence[tuple[str, str]], max_length: int | None = None) -> TokenizedDataset:
+    """(prompt, response) pairs to a causal-LM TokenizedDataset (loss on the responses only)."""
+    return TokenizedDataset.from_examples([encode_instruction(tokenizer, p, r, max_length) for p, r in pairs])
+
+
+def tokenize_classification(tokenizer, examples: Sequence, max_length: int | None = None) -> TokenizedDataset:
+    """Objects with `text`, `label` and optional `text_pair` (e.g. ClassificationExample) to tokens."""
+    return TokenizedDataset.from_examples(
+        [encode_classification(tokenizer, e.text, e.label, getattr(e, "text_pair", None), max_length) for e in examples]
+    )
