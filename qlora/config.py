@@ -1,0 +1,89 @@
+"""Typed configuration shared by the library and the pipeline (Hydra structured-config schemas).
+
+Plain frozen dataclasses with Enums (never strings) for choices; `qlora.config_store` registers them
+with Hydra's ConfigStore for the pipeline, the library takes them as arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+import torch
+
+from qlora.quant.dtypes import DEFAULT_BLOCK_SIZE, DataType, validate_block_size
+
+
+class ComputeDtype(enum.Enum):
+    """Dtype of the matmuls. AUTO: bf16 on CUDA (paper), fp32 on CPU."""
+
+    AUTO = "auto"
+    BF16 = "bf16"
+    FP16 = "fp16"
+    FP32 = "fp32"
+
+    def resolve(self, device: torch.device | str) -> torch.dtype:
+        if self is ComputeDtype.AUTO:
+            return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+        return {ComputeDtype.BF16: torch.bfloat16, ComputeDtype.FP16: torch.float16, ComputeDtype.FP32: torch.float32}[self]
+
+
+class Targets(enum.Enum):
+    """Which linear layers get quantized and adapted ("all linear layers but the head", paper §4)."""
+
+    ALL_LINEAR = "all_linear"
+    ATTENTION = "attention"  # q/k/v/o projections (names in `ATTENTION_NAMES`)
+    MLP = "mlp"  # feed-forward projections
+    NAMES = "names"  # exactly `LoRAConfig.target_names` (module-name suffixes)
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantConfig:
+    """How the frozen base is stored: data type, block size, double quantization, compute dtype."""
+
+    dtype: DataType = DataType.NF4
+    double_quant: bool = True
+    block_size: int = DEFAULT_BLOCK_SIZE
+    compute_dtype: ComputeDtype = ComputeDtype.AUTO
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.dtype, DataType):
+            object.__setattr__(self, "dtype", DataType.parse(self.dtype))
+        if not isinstance(self.compute_dtype, ComputeDtype):
+            raise ValueError(f"compute_dtype must be a ComputeDtype ({[c.value for c in ComputeDtype]}), got {self.compute_dtype!r}")
+        validate_block_size(self.block_size)
+        if self.double_quant and self.dtype is DataType.BF16:
+            raise ValueError("double_quant=True needs a quantized data type, got bf16")
+
+    @property
+    def label(self) -> str:
+        return self.dtype.value + ("_dq" if self.double_quant else "")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoRAConfig:
+    """The adapters (paper: r=64, alpha=16, dropout 0.1 up to 13B, all linear layers).
+
+    rank 0 means no adapter (inference, or full fine-tuning of a BF16 base).
+    """
+
+    rank: int = 64
+    alpha: float = 16.0
+    dropout: float = 0.1
+    targets: Targets = Targets.ALL_LINEAR
+    target_names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 0:
+            raise ValueError(f"rank must be an integer >= 0, got {self.rank!r}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if not isinstance(self.targets, Targets):
+            raise ValueError(f"targets must be a Targets ({[t.value for t in Targets]}), got {self.targets!r}")
+        object.__setattr__(self, "target_names", tuple(self.target_names))
+        if (self.targets is Targets.NAMES) != bool(self.target_names):
+            raise ValueError(f"target_names {self.target_names!r} must be given exactly when targets is NAMES (got {self.targets})")
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.rank if self.rank else 0.0

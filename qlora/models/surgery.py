@@ -1,0 +1,165 @@
+"""Model surgery: swap a transformers model's linear layers for `QLoRALinear` (paper §4: all linear
+layers but the output head need adapters to match 16-bit full fine-tuning).
+
+Works on any transformers model whose linear layers are `nn.Linear` or GPT-2's `Conv1D`
+(weight stored (in, out)); tested on LlamaForCausalLM, BERT sequence classifiers and GPT-2.
+Afterwards only the adapters (and a classification head, which is trained in full) require grad;
+norm layers are kept in fp32 (as peft's `prepare_model_for_kbit_training`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from qlora.config import LoRAConfig, QuantConfig, Targets
+from qlora.nn.linear import QLoRALinear
+
+# Output heads: never quantized, never adapted. A classification head is trained in full.
+LM_HEADS = ("lm_head",)
+CLASSIFICATION_HEADS = ("classifier", "score", "qa_outputs")
+ATTENTION_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "query", "key", "value", "attention.output.dense", "c_attn",
+                   "attn.c_proj", "out_proj", "qkv_proj", "Wqkv")  # fmt: skip
+MLP_NAMES = ("gate_proj", "up_proj", "down_proj", "intermediate.dense", "output.dense", "c_fc", "mlp.c_proj", "fc1", "fc2")
+
+
+def _is_conv1d(module: nn.Module) -> bool:
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
+
+
+def _is_head(name: str) -> bool:
+    parts = name.split(".")
+    return any(p in LM_HEADS + CLASSIFICATION_HEADS for p in parts)
+
+
+def _selected(name: str, lora: LoRAConfig) -> bool:
+    def has(suffixes):
+        return any(name == s or name.endswith("." + s) for s in suffixes)
+
+    if lora.targets is Targets.ALL_LINEAR:
+        return True
+    if lora.targets is Targets.ATTENTION:
+        return has(ATTENTION_NAMES) and not has(("intermediate.dense",)) and not (name.endswith("output.dense") and ".attention." not in name)
+    if lora.targets is Targets.MLP:
+        return has(MLP_NAMES) and ".attention." not in name
+    return has(lora.target_names)
+
+
+def target_modules(model: nn.Module, lora: LoRAConfig) -> list[str]:
+    """Names of the linear layers `prepare_model` replaces."""
+    names = []
+    for name, module in model.named_modules():
+        if (isinstance(module, nn.Linear) or _is_conv1d(module)) and not _is_head(name) and _selected(name, lora):
+            names.append(name)
+    return names
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelReport:
+    """Parameter counts and weight storage of a prepared model (bytes)."""
+
+    total_params: int
+    trainable_params: int
+    replaced_layers: int
+    weight_bytes_before: int  # all weights and buffers before surgery
+    weight_bytes_after: int  # frozen storage after surgery (packed codes + constants + everything else)
+    quantized_params: int  # elements of the quantized linear weights
+    quantized_bytes: int  # their storage
+
+    @property
+    def quantized_bits_per_param(self) -> float:
+        return 8 * self.quantized_bytes / self.quantized_params if self.quantized_params else 0.0
+
+    @property
+    def bits_per_param(self) -> float:
+        """Storage bits per parameter of the whole frozen model (embeddings, norms, head included)."""
+        return 8 * self.weight_bytes_after / self.total_params
+
+
+def _bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def model_report(model: nn.Module, before_bytes: int | None = None) -> ModelReport:
+    qlayers = [m for m in model.modules() if isinstance(m, QLoRALinear)]
+    adapter_ids = {id(p) for m in qlayers for p in m.adapter_params()}
+    quantized_params = sum(m.in_features * m.out_features for m in qlayers)
+    quantized_bytes = sum(m.weight.storage_bytes() for m in qlayers)
+    packed_ids = {id(b) for m in qlayers for b in m.buffers()}
+    other = [p for p in model.parameters() if id(p) not in adapter_ids] + [b for b in model.buffers() if id(b) not in packed_ids]
+    after = quantized_bytes + _bytes(other)
+    total = quantized_params + sum(p.numel() for p in model.parameters() if id(p) not in adapter_ids)
+    return ModelReport(
+        total_params=total,
+        trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        replaced_layers=len(qlayers),
+        weight_bytes_before=before_bytes if before_bytes is not None else after,
+        weight_bytes_after=after,
+        quantized_params=quantized_params,
+        quantized_bytes=quantized_bytes,
+    )
+
+
+def prepare_model(
+    model: nn.Module,
+    quant: QuantConfig,
+    lora: LoRAConfig | None = None,
+    *,
+    gradient_checkpointing: bool = False,
+    reentrant_checkpointing: bool = True,
+) -> ModelReport:
+    """Quantizes every targeted linear layer in place and adds adapters; freezes everything else.
+
+    Args:
+        model: a transformers model (modified in place).
+        quant: the frozen base's storage (DataType.BF16: plain LoRA on a 16-bit base).
+        lora: adapters (None or rank 0: none — inference of the quantized model).
+        gradient_checkpointing: recompute activations in backward (paper). With reentrant checkpointing,
+            the embedding output is made to require grad so that gradients reach the adapters.
+
+    Returns:
+        ModelReport: parameters and storage before and after.
+
+    Raises:
+        ValueError: no layer matched the target setting.
+    """
+    lora = lora or LoRAConfig(rank=0)
+    before = _bytes(model.parameters()) + _bytes(model.buffers())
+    names = target_modules(model, lora)
+    if not names:
+        raise ValueError(f"no linear layer matches targets={lora.targets.value} {lora.target_names or ''} in {type(model).__name__}")
+    for p in model.parameters():
+        p.requires_grad = False
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        old = getattr(parent, child)
+        setattr(parent, child, QLoRALinear.from_linear(old, quant, lora, transposed=_is_conv1d(old)))
+    # a classification head is new: it trains in full (PEFT's modules_to_save)
+    for name, module in model.named_modules():
+        if name.split(".")[-1] in CLASSIFICATION_HEADS:
+            for p in module.parameters():
+                p.requires_grad = True
+    for module in model.modules():
+        if "norm" in type(module).__name__.lower():
+            module.float()
+    if gradient_checkpointing:
+        if reentrant_checkpointing and hasattr(model, "enable_input_require_grads"):
+            model.enable_input_require_grads()
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant_checkpointing})
+    return model_report(model, before)
+
+
+def merge_model(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.Module:
+    """Replaces every QLoRALinear by a plain nn.Linear with the merged weight deq(W) + s·B·A (in place).
+
+    GPT-2's Conv1D layers come back as nn.Linear (same maths, weight (out, in)).
+    """
+    for name, module in list(model.named_modules()):
+        if isinstance(module, QLoRALinear):
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, module.to_linear(dtype))
+    return model

@@ -1,0 +1,132 @@
+"""`QLoRALinear`: a frozen quantized linear layer with a LoRA adapter (QLoRA, paper Eq. 5).
+
+One module serves every row of the paper's ablation: any `DataType` for the frozen weight (BF16 is
+identity storage, giving plain LoRA on a 16-bit base), with or without an adapter (rank 0: inference).
+LoRA init as in Hu et al. 2021 / PEFT: A Kaiming-uniform (a = sqrt(5)), B zeros, so a fresh adapter
+leaves the output unchanged; scaling = alpha / rank.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+from torch import nn
+
+from qlora.config import ComputeDtype, LoRAConfig, QuantConfig
+from qlora.nn.functional import QuantizedLoRAFunction
+from qlora.quant.api import dequantize, quantize
+from qlora.quant.state import NestedAbsmax, QuantizedTensor
+
+
+class QLoRALinear(nn.Module):
+    """y = x deq(W)ᵀ + b + (alpha / r) · dropout(x) Aᵀ Bᵀ.
+
+    Args:
+        weight: the frozen quantized weight, shape (out_features, in_features).
+        bias: optional frozen bias (out_features,).
+        lora: adapter settings (rank 0: no adapter).
+        compute_dtype: dtype of the matmuls (AUTO: bf16 on CUDA, fp32 on CPU).
+    """
+
+    def __init__(self, weight: QuantizedTensor, bias: torch.Tensor | None = None, *, lora: LoRAConfig | None = None,
+                 compute_dtype: ComputeDtype = ComputeDtype.AUTO) -> None:  # fmt: skip
+        super().__init__()
+        if not isinstance(weight, QuantizedTensor):
+            raise TypeError(f"weight must be a QuantizedTensor, got {type(weight).__name__}")
+        if len(weight.shape) != 2:
+            raise ValueError(f"weight must be 2-D (out_features, in_features), got shape {tuple(weight.shape)}")
+        self.out_features, self.in_features = weight.shape
+        self.compute_dtype = compute_dtype
+        self._meta = (weight.dtype, weight.shape, weight.orig_dtype, weight.block_size)
+        # the packed state as buffers: moves with .to(), lives in state_dict (never trained)
+        self.register_buffer("qweight", weight.data)
+        self.register_buffer("absmax", weight.absmax)
+        nested = weight.nested
+        self._nested_block = None if nested is None else nested.block_size
+        for name, value in (("nested_codes", None if nested is None else nested.codes),
+                            ("nested_absmax", None if nested is None else nested.absmax),
+                            ("nested_offset", None if nested is None else nested.offset),
+                            ("nested_code", None if nested is None else nested.code)):  # fmt: skip
+            self.register_buffer(name, value)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self.lora_config = lora or LoRAConfig(rank=0)
+        r = self.lora_config.rank
+        if r:
+            self.lora_a = nn.Parameter(torch.empty(r, self.in_features, device=weight.device))
+            self.lora_b = nn.Parameter(torch.zeros(self.out_features, r, device=weight.device))
+            nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
+            self.dropout = nn.Dropout(self.lora_config.dropout) if self.lora_config.dropout else nn.Identity()
+        else:
+            self.lora_a = self.lora_b = None
+            self.dropout = nn.Identity()
+        self.scaling = self.lora_config.scaling
+
+    @classmethod
+    def from_linear(cls, linear: nn.Module, quant: QuantConfig, lora: LoRAConfig | None = None, *, transposed: bool = False) -> "QLoRALinear":
+        """Quantizes an nn.Linear (or, with transposed=True, a GPT-2 Conv1D whose weight is (in, out))."""
+        w = linear.weight.detach()
+        w = w.t() if transposed else w
+        return cls(quantize(w, quant.dtype, quant.block_size, quant.double_quant), getattr(linear, "bias", None),
+                   lora=lora, compute_dtype=quant.compute_dtype)  # fmt: skip
+
+    @property
+    def weight(self) -> QuantizedTensor:
+        """The frozen weight as a QuantizedTensor (rebuilt from the buffers, so it follows .to())."""
+        dtype, shape, orig_dtype, block = self._meta
+        nested = None
+        if self.nested_codes is not None:
+            nested = NestedAbsmax(self.nested_codes, self.nested_absmax, self.nested_offset, self.nested_code, self._nested_block)
+        return QuantizedTensor(self.qweight, dtype, shape, orig_dtype, block, absmax=self.absmax, nested=nested)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cd = self.compute_dtype.resolve(x.device)
+        x_lora = self.dropout(x) if self.lora_a is not None else None
+        return QuantizedLoRAFunction.apply(x, x_lora, self.lora_a, self.lora_b, self.bias, self.scaling, self.weight, cd)
+
+    def adapter_params(self) -> list[nn.Parameter]:
+        return [] if self.lora_a is None else [self.lora_a, self.lora_b]
+
+    def lora_delta(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """s · B A (out_features, in_features)."""
+        if self.lora_a is None:
+            return torch.zeros(self.out_features, self.in_features, dtype=dtype, device=self.qweight.device)
+        return (self.lora_b.detach().to(torch.float32) @ self.lora_a.detach().to(torch.float32) * self.scaling).to(dtype)
+
+    def merge(self, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+        """The dense merged weight deq(W) + s·B·A for export (computed in fp32, rounded once)."""
+        return (dequantize(self.weight, torch.float32) + self.lora_delta(torch.float32)).to(dtype)
+
+    def unmerge(self, merged: torch.Tensor) -> torch.Tensor:
+        """The base weight back from a merged one: merged - s·B·A (fp32)."""
+        return merged.to(torch.float32) - self.lora_delta(torch.float32)
+
+    def merge_requantized(self) -> tuple[QuantizedTensor, float]:
+        """Merges and re-quantizes to the base's data type — lossy: warns with the relative error.
+
+        Returns:
+            (the new quantized weight, ||deq(new) - merged|| / ||merged||).
+        """
+        merged = self.merge(torch.float32)
+        dtype, _, _, block = self._meta
+        q = quantize(merged, dtype, block, self.nested_codes is not None)
+        error = float((dequantize(q, torch.float32) - merged).norm() / merged.norm().clamp_min(1e-30))
+        warnings.warn(f"re-quantizing a merged weight to {dtype.value} adds rounding error: relative {error:.3e}", stacklevel=2)
+        return q, error
+
+    def to_linear(self, dtype: torch.dtype = torch.bfloat16) -> nn.Linear:
+        """A plain nn.Linear holding the merged weight (and bias)."""
+        out = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, dtype=dtype, device=self.qweight.device)
+        with torch.no_grad():
+            out.weight.copy_(self.merge(dtype))
+            if self.bias is not None:
+                out.bias.copy_(self.bias.to(dtype))
+        return out
+
+    def storage_bytes(self) -> int:
+        return self.weight.storage_bytes() + (0 if self.bias is None else self.bias.numel() * self.bias.element_size())
+
+    def extra_repr(self) -> str:
+        dtype = self._meta[0].value + ("+dq" if self.nested_codes is not None else "")
+        return f"in_features={self.in_features}, out_features={self.out_features}, dtype={dtype}, rank={self.lora_config.rank}"
