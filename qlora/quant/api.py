@@ -139,7 +139,7 @@ def dequantize(
 
     Args:
         qt: a QuantizedTensor.
-        out_dtype: float32, float16 or bfloat16.
+        out_dtype: float32, float16 or bfloat16 (float64 too, via the reference: for gradcheck).
         out: optional preallocated output of shape `qt.shape` and dtype `out_dtype`.
         backend: which implementation runs.
 
@@ -149,8 +149,8 @@ def dequantize(
     """
     if not isinstance(qt, QuantizedTensor):
         raise TypeError(f"expected a QuantizedTensor, got {type(qt).__name__}")
-    if out_dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise TypeError(f"out_dtype must be float32, float16 or bfloat16, got {out_dtype}")
+    if out_dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        raise TypeError(f"out_dtype must be float32, float16, bfloat16 or float64, got {out_dtype}")
     if out is not None:
         if tuple(out.shape) != tuple(qt.shape) or out.dtype != out_dtype or out.device != qt.device:
             raise ValueError(
@@ -162,6 +162,8 @@ def dequantize(
         return result if out is None else out.copy_(result)
 
     backend = _resolve(backend, qt.device)
+    if out_dtype == torch.float64:
+        backend = Backend.REFERENCE  # values are fp32 products; float64 only widens them
     if backend is Backend.TRITON:
         from qlora.kernels import dequantize_blockwise
 

@@ -1,0 +1,148 @@
+"""The quantized LoRA linear: gradients, saved tensors, init, merge, every data type."""
+
+import math
+
+import pytest
+import torch
+
+import qlora
+from qlora import DataType
+from qlora.config import ComputeDtype, LoRAConfig, QuantConfig
+from qlora.nn import QLoRALinear, QuantizedLoRAFunction
+
+ALL_TYPES = list(DataType)
+
+
+def layer(dtype=DataType.NF4, double_quant=True, rank=4, dropout=0.0, bias=True, in_f=70, out_f=33, compute=ComputeDtype.FP32):
+    lin = torch.nn.Linear(in_f, out_f, bias=bias)
+    q = QuantConfig(dtype=dtype, double_quant=double_quant and dtype is not DataType.BF16, compute_dtype=compute)
+    m = QLoRALinear.from_linear(lin, q, LoRAConfig(rank=rank, alpha=2.0 * rank, dropout=dropout) if rank else None)
+    if rank:
+        with torch.no_grad():
+            m.lora_b.normal_()  # a trained-looking adapter, so every gradient path is exercised
+    return m
+
+
+def test_gradcheck_float64_reference_path():
+    m = layer(rank=3, compute=ComputeDtype.FP32)
+    w = m.weight
+    x = torch.randn(4, 70, dtype=torch.float64, requires_grad=True)
+    a = m.lora_a.detach().double().requires_grad_()
+    b = m.lora_b.detach().double().requires_grad_()
+    bias = m.bias.detach().double()
+    f = lambda x, a, b: QuantizedLoRAFunction.apply(x, x, a, b, bias, 0.7, w, torch.float64)  # noqa: E731
+    assert torch.autograd.gradcheck(f, (x, a, b), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ALL_TYPES)
+def test_grads_equal_plain_linear_on_dequantized_weight_plus_plain_lora(dtype):
+    m = layer(dtype)
+    x = torch.randn(2, 5, 70, requires_grad=True)
+    y = m(x)
+    dy = torch.randn_like(y)
+    y.backward(dy)
+
+    w = qlora.dequantize(m.weight, torch.float32)
+    x2 = x.detach().clone().requires_grad_()
+    a = m.lora_a.detach().clone().requires_grad_()
+    b = m.lora_b.detach().clone().requires_grad_()
+    ref = torch.nn.functional.linear(x2, w, m.bias) + (x2 @ a.t() @ b.t()) * m.scaling
+    ref.backward(dy)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(m.lora_a.grad, a.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(m.lora_b.grad, b.grad, rtol=1e-5, atol=1e-5)
+    assert m.bias.grad is None and not m.qweight.requires_grad
+
+
+def test_graph_saves_packed_codes_not_a_dequantized_weight():
+    m = layer(DataType.NF4, in_f=256, out_f=128)
+    saved = []
+
+    def pack(t):
+        saved.append((t.dtype, t.numel()))
+        return t
+
+    x = torch.randn(3, 256, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = m(x)
+    assert (torch.uint8, 256 * 128 // 2) in saved  # the packed 4-bit weight
+    assert all(n < 256 * 128 for dt, n in saved if dt.is_floating_point), saved  # nothing weight-sized in float
+    y.sum().backward()
+    assert x.grad is not None
+
+
+def test_fresh_adapter_leaves_output_unchanged_and_init_is_kaiming():
+    lin = torch.nn.Linear(64, 48)
+    m = QLoRALinear.from_linear(lin, QuantConfig(compute_dtype=ComputeDtype.FP32), LoRAConfig(rank=8, alpha=16, dropout=0.0))
+    no_adapter = QLoRALinear(m.weight, lin.bias, lora=None, compute_dtype=ComputeDtype.FP32)
+    x = torch.randn(5, 64)
+    assert torch.equal(m(x), no_adapter(x))
+    assert torch.count_nonzero(m.lora_b) == 0
+    bound = 1 / math.sqrt(64)  # kaiming_uniform(a=sqrt(5)) on fan_in 64
+    assert m.lora_a.abs().max() <= bound and m.lora_a.abs().max() > 0.8 * bound
+    assert m.scaling == 2.0
+
+
+def test_dropout_only_on_the_lora_path():
+    m = layer(rank=4, dropout=0.5)
+    m.eval()
+    x = torch.randn(8, 70)
+    eval_out = m(x)
+    m.train()
+    torch.manual_seed(1)
+    train_out = m(x)
+    base = torch.nn.functional.linear(x, qlora.dequantize(m.weight, torch.float32), m.bias)
+    assert not torch.allclose(train_out, eval_out)
+    assert (train_out - base).abs().sum() > 0
+
+
+def test_merge_unmerge_and_requantized_merge():
+    m = layer(DataType.NF4, rank=4)
+    merged = m.merge(torch.float32)
+    x = torch.randn(6, 70)
+    torch.testing.assert_close(torch.nn.functional.linear(x, merged, m.bias), m(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(m.unmerge(merged), qlora.dequantize(m.weight, torch.float32), rtol=0, atol=1e-6)
+    plain = m.to_linear(torch.float32)
+    torch.testing.assert_close(plain(x), m(x), rtol=1e-5, atol=1e-5)
+    with pytest.warns(UserWarning, match="re-quantizing a merged weight to nf4 adds rounding error: relative"):
+        q, err = m.merge_requantized()
+    assert 0 < err < 0.2 and q.dtype is DataType.NF4
+
+
+def test_bf16_passthrough_is_plain_lora():
+    m = layer(DataType.BF16, double_quant=False)
+    x = torch.randn(4, 70)
+    w = m.weight.data.float()
+    ref = torch.nn.functional.linear(x, w, m.bias) + (x @ m.lora_a.t() @ m.lora_b.t()) * m.scaling
+    torch.testing.assert_close(m(x), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("compute", [ComputeDtype.BF16, ComputeDtype.FP32])
+def test_compute_dtype_and_backward_dtypes(compute):
+    m = layer(compute=compute)
+    x = torch.randn(3, 70, requires_grad=True)
+    y = m(x)
+    assert y.dtype == compute.resolve("cpu")
+    y.float().sum().backward()
+    assert x.grad.dtype == torch.float32 and m.lora_a.grad.dtype == torch.float32 and m.lora_b.grad.dtype == torch.float32
+
+
+def test_no_adapter_is_inference_only():
+    m = layer(rank=0)
+    assert m.lora_a is None and list(m.parameters()) == [m.bias]
+    x = torch.randn(2, 70)
+    torch.testing.assert_close(m(x), torch.nn.functional.linear(x, qlora.dequantize(m.weight, torch.float32), m.bias))
+
+
+def test_bad_arguments():
+    with pytest.raises(TypeError, match="QuantizedTensor"):
+        QLoRALinear(torch.randn(3, 3))
+    with pytest.raises(ValueError, match="2-D"):
+        QLoRALinear(qlora.quantize(torch.randn(64), "nf4"))
+    with pytest.raises(ValueError, match="rank must be an integer >= 0, got -1"):
+        LoRAConfig(rank=-1)
+    with pytest.raises(ValueError, match="dropout must be in"):
+        LoRAConfig(dropout=1.5)
+    with pytest.raises(ValueError, match="unknown data type 'nf3'"):
+        QuantConfig(dtype="nf3")
