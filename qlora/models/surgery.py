@@ -136,7 +136,9 @@ def prepare_model(
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         old = getattr(parent, child)
-        setattr(parent, child, QLoRALinear.from_linear(old, quant, lora, transposed=_is_conv1d(old)))
+        new = QLoRALinear.from_linear(old, quant, lora, transposed=_is_conv1d(old))
+        new.train(old.training)
+        setattr(parent, child, new)
     # a classification head is new: it trains in full (PEFT's modules_to_save)
     for name, module in model.named_modules():
         if name.split(".")[-1] in CLASSIFICATION_HEADS:
