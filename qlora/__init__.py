@@ -1,5 +1,8 @@
 """qlora: QLoRA fine-tuning in 4 bits (Dettmers et al., 2023, arXiv:2305.14314)."""
 
+from qlora.config import ComputeDtype, LoRAConfig, QuantConfig, Targets
+from qlora.models.surgery import ModelReport, merge_model, prepare_model
+from qlora.nn import QLoRALinear
 from qlora.quant import (
     Backend,
     DataType,
@@ -12,4 +15,7 @@ from qlora.quant import (
 
 __version__ = "0.1.0"
 
-__all__ = ["Backend", "DataType", "NestedAbsmax", "QuantizedTensor", "bits_per_param", "dequantize", "quantize"]
+__all__ = [
+    "Backend", "ComputeDtype", "DataType", "LoRAConfig", "ModelReport", "NestedAbsmax", "QLoRALinear", "QuantConfig",
+    "QuantizedTensor", "Targets", "bits_per_param", "dequantize", "merge_model", "prepare_model", "quantize",
+]  # fmt: skip
