@@ -24,7 +24,7 @@ _SCRATCH: dict[tuple[int, torch.dtype], torch.Tensor] = {}
 
 
 def _dequantized(qt: QuantizedTensor, dtype: torch.dtype) -> torch.Tensor:
-    if qt.device.type != "cpu" or not qt.dtype.is_quantized:
+    if qt.device.type != "cpu":
         return dequantize(qt, dtype)
     key = (qt.numel, dtype)
     buffer = _SCRATCH.get(key)
@@ -70,7 +70,7 @@ class QuantizedLoRAFunction(torch.autograd.Function):
         if lora_a is not None:
             xl = x_lora.reshape(-1, shape[-1]).to(compute_dtype)
             h = xl @ lora_a.to(compute_dtype).t()  # (M, r)
-            y = y + (h @ lora_b.to(compute_dtype).t()) * scaling
+            y = y.addmm_(h, lora_b.to(compute_dtype).t(), alpha=scaling)  # y += s * h Bᵀ, in place
         ctx.weight, ctx.scaling, ctx.compute_dtype, ctx.x_shape, ctx.x_dtype = weight, scaling, compute_dtype, shape, x.dtype
         ctx.has_lora = lora_a is not None
         # the packed codes are saved (visible to saved-tensor hooks); the module keeps them alive anyway
