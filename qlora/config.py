@@ -37,7 +37,7 @@ class Targets(enum.Enum):
     NAMES = "names"  # exactly `LoRAConfig.target_names` (module-name suffixes)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass  # not frozen: Hydra/OmegaConf schemas must accept merges
 class QuantConfig:
     """How the frozen base is stored: data type, block size, double quantization, compute dtype."""
 
@@ -60,7 +60,7 @@ class QuantConfig:
         return self.dtype.value + ("_dq" if self.double_quant else "")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass  # not frozen: Hydra/OmegaConf schemas must accept merges
 class LoRAConfig:
     """The adapters (paper: r=64, alpha=16, dropout 0.1 up to 13B, all linear layers).
 
@@ -103,7 +103,7 @@ class ModelKind(enum.Enum):
     SEQ_CLS = "seq_cls"
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass  # not frozen: Hydra/OmegaConf schemas must accept merges
 class ModelConfig:
     """A base model: its name in reports, where it comes from, and what it is."""
 
@@ -117,7 +117,7 @@ class ModelConfig:
             raise ValueError(f"model.path must be set exactly when source is PRETRAINED (source={self.source}, path={self.path!r})")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass  # not frozen: Hydra/OmegaConf schemas must accept merges
 class DataConfig:
     """The embedded data: BIG-bench tasks (GLUE-style classification, Natural Instructions) and MMLU."""
 
@@ -131,7 +131,7 @@ class DataConfig:
     seed: int = 0
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass  # not frozen: Hydra/OmegaConf schemas must accept merges
 class EvalConfig:
     """Evaluation sizes (subsamples are seeded) and batching."""
 
@@ -143,3 +143,70 @@ class EvalConfig:
     perplexity_window_tokens: int = 256
     batch_size: int = 8
     seed: int = 0
+
+
+class Method(enum.Enum):
+    """How an evaluated model was obtained (the rows of the paper's tables)."""
+
+    NONE = "none"  # the base model, no training
+    FULL = "full"  # full fine-tuning of a BF16 base
+    LORA = "lora"  # LoRA on a BF16 base
+    QLORA = "qlora"  # LoRA on a quantized base
+
+
+@dataclasses.dataclass  # not frozen: Hydra/OmegaConf schemas must accept merges
+class RunSpec:
+    """One row of an ablation: a training method on a base stored as `quant` (a key of `quants`)."""
+
+    method: Method = Method.QLORA
+    quant: str = "nf4_dq"
+
+
+@dataclasses.dataclass  # not frozen: Hydra/OmegaConf schemas must accept merges
+class AblationConfig:
+    perplexity: tuple[str, ...] = ("bf16", "int4", "fp4", "fp4_e3m0", "nf4", "nf4_dq")
+    causal: dict[str, RunSpec] = dataclasses.field(default_factory=dict)
+    encoder: dict[str, RunSpec] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass  # not frozen: Hydra/OmegaConf schemas must accept merges
+class TrackingConfig:
+    uri: str = ""  # empty: sqlite under ~/.cache/qlora-pipeline (resolved by the stages)
+    experiment: str = "qlora-pipeline"
+
+
+@dataclasses.dataclass  # not frozen: Hydra/OmegaConf schemas must accept merges
+class DemoConfig:
+    model: str = "all-MiniLM-L6-v2"
+    block_size: int = 64
+    dtypes: tuple[str, ...] = ("bf16", "int8", "int4", "fp4", "fp4_e3m0", "nf4")
+    double_quant_for: tuple[str, ...] = ("fp4", "nf4")
+
+
+def _default_train():
+    from qlora.train.config import TrainConfig
+
+    return TrainConfig()
+
+
+@dataclasses.dataclass  # not frozen: Hydra/OmegaConf schemas must accept merges
+class PipelineConfig:
+    """The whole of params.yaml (composed by Hydra from conf/)."""
+
+    causal: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    encoder: ModelConfig = dataclasses.field(default_factory=lambda: ModelConfig("all-MiniLM-L6-v2", ModelSource.MINILM, ModelKind.SEQ_CLS))
+    quant: QuantConfig = dataclasses.field(default_factory=QuantConfig)
+    quants: dict[str, QuantConfig] = dataclasses.field(default_factory=dict)
+    lora: LoRAConfig = dataclasses.field(default_factory=LoRAConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    train: "TrainConfig" = dataclasses.field(default_factory=_default_train)  # noqa: F821
+    train_encoder: "TrainConfig" = dataclasses.field(default_factory=_default_train)  # noqa: F821
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    ablation: AblationConfig = dataclasses.field(default_factory=AblationConfig)
+    tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
+    demo: DemoConfig = dataclasses.field(default_factory=DemoConfig)
+
+    def quant_named(self, name: str) -> QuantConfig:
+        if name not in self.quants:
+            raise ValueError(f"unknown quant {name!r}; expected one of {sorted(self.quants)}")
+        return self.quants[name]

@@ -7,20 +7,12 @@ regenerated table is typed in except the paper's reference columns (`paper.py`).
 from __future__ import annotations
 
 import dataclasses
-import enum
 import json
 import math
 from collections.abc import Iterable
 from pathlib import Path
 
-
-class Method(enum.Enum):
-    """How the evaluated model was obtained."""
-
-    NONE = "none"  # the base model, no training (e.g. perplexity of quantization alone, Table 2)
-    FULL = "full"  # full fine-tuning in BF16
-    LORA = "lora"  # LoRA on a BF16 base
-    QLORA = "qlora"  # LoRA on a quantized base
+from qlora.config import Method  # noqa: F401  (re-exported: the rows of the tables)
 
 
 @dataclasses.dataclass(frozen=True)

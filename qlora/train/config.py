@@ -13,7 +13,7 @@ class Schedule(enum.Enum):
     COSINE = "cosine"  # with linear warmup, decays to 0
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass  # not frozen: Hydra/OmegaConf schemas must accept merges
 class TrainConfig:
     """How to train the adapters.
 
