@@ -133,6 +133,9 @@ def _dequant_int8(q: torch.Tensor, absmax: torch.Tensor, table: torch.Tensor, ou
     return (table[q.to(torch.int32) + 128] * absmax[:, None]).to(out_dtype)
 
 
+_RECOMPILE_LIMIT = 64
+
+
 class _Compiled:
     """A function compiled on first use; after a failure, `None` and callers use the reference."""
 
@@ -148,7 +151,9 @@ class _Compiled:
         try:
             if self._compiled is None:
                 self._compiled = torch.compile(self._fn, dynamic=True, fullgraph=True)
-            result = self._compiled(*args)
+            # one graph per dtype combination (input, output, compute): more than dynamo's default 8
+            with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT, accumulated_recompile_limit=4 * _RECOMPILE_LIMIT):
+                result = self._compiled(*args)
             return True if result is None else result
         except Exception as err:  # noqa: BLE001 - any compiler/toolchain failure falls back to the reference
             logger.warning("qlora fast CPU path unavailable (%s: %s); using the reference", type(err).__name__, err)
