@@ -1,4 +1,4 @@
-"""Stage helpers: read this stage's params, write outputs atomically (temp file + rename)."""
+"""Stage helpers: typed params, the MLflow URI, atomic outputs (temp file + rename)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,34 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from qlora.config import PipelineConfig
+from qlora.config_store import pipeline_config
+
+ARTIFACTS = Path("artifacts")
+METRICS = Path("metrics")
+
 
 def load_params(section: str, path: str = "params.yaml") -> Any:
     params = OmegaConf.load(path)
     if section not in params:
         raise KeyError(f"{path} has no section {section!r} (sections: {sorted(params)})")
     return params[section]
+
+
+def pipeline_params(path: str = "params.yaml") -> PipelineConfig:
+    """params.yaml validated against the schemas (unknown keys and bad values fail here, named)."""
+    return pipeline_config(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
+
+
+def tracking_uri(cfg: PipelineConfig) -> str:
+    """MLflow URI: params' tracking.uri, else $MLFLOW_TRACKING_URI, else sqlite under ~/.cache."""
+    if cfg.tracking.uri:
+        return cfg.tracking.uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    db = Path.home() / ".cache" / "qlora-pipeline" / "mlflow.db"
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{db}"
 
 
 def write_atomic(path: str | Path, text: str) -> None:

@@ -101,3 +101,54 @@ def load_adapter_into(model: nn.Module, adapter: AdapterWeights) -> None:
             if key not in state:
                 raise ValueError(f"adapter tensor {key!r} has no counterpart in the model")
             state[key].copy_(value)
+
+
+def quantize_checkpoint(base_dir: str | Path, kind: ModelKind, quant: "QuantConfig", out_dir: str | Path) -> Path:
+    """Quantizes a base model folder to `quant` and writes the checkpoint folder (+ tokenizer files).
+
+    Quantized types: the transformers + bitsandbytes layout (`bnb_checkpoint`). BF16: a plain
+    transformers folder with bf16 weights (what "BF16" means in the paper's tables).
+    """
+    import shutil
+
+    from qlora.config import QuantConfig  # noqa: F401  (annotation)
+    from qlora.models.bnb_checkpoint import save_quantized_checkpoint
+    from qlora.models.surgery import prepare_model
+    from qlora.quant.dtypes import DataType
+
+    base_dir, out_dir = Path(base_dir), Path(out_dir)
+    model = load_base(base_dir, kind) if kind is ModelKind.CAUSAL_LM else load_base(base_dir, kind, num_labels=2)
+    if quant.dtype is DataType.BF16:
+        tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.to(torch.bfloat16).save_pretrained(tmp)
+    else:
+        prepare_model(model, quant, None)
+        quantized = {n: m.weight for n, m in model.named_modules() if isinstance(m, QLoRALinear)}
+        state = model.state_dict()
+        tied = getattr(model.config, "tie_word_embeddings", False)
+        others = {k: v for k, v in state.items()
+                  if k.rsplit(".", 1)[0] not in quantized and not (tied and k == "lm_head.weight")}  # fmt: skip
+        tmp = save_quantized_checkpoint(out_dir.with_name(f".{out_dir.name}.tmp"), model.config.to_dict(), quantized, others)
+    for f in base_dir.iterdir():  # tokenizer and generation files
+        if f.is_file() and not f.name.endswith((".safetensors", ".bin")) and f.name != "config.json":
+            shutil.copy2(f, tmp / f.name)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+    return out_dir
+
+
+def load_for_training(checkpoint_dir: str | Path, kind: ModelKind, quant: "QuantConfig", lora: LoRAConfig | None, *,
+                      num_labels: int | None = None) -> nn.Module:  # fmt: skip
+    """A model ready to train or evaluate from a `quantize_checkpoint` folder (adapters fresh)."""
+    import json
+
+    from qlora.models.surgery import prepare_model
+
+    config = json.loads((Path(checkpoint_dir) / "config.json").read_text())
+    if "quantization_config" in config:
+        return load_quantized_model(checkpoint_dir, kind, lora=lora, compute_dtype=quant.compute_dtype)
+    model = load_base(checkpoint_dir, kind, num_labels=num_labels)
+    prepare_model(model, quant, lora)
+    return model

@@ -1,0 +1,77 @@
+"""The pipeline's datasets from the embedded assets: splits, tokenization, token files.
+
+- classification (Table 3, GLUE-style): a BIG-bench task, a seeded train/test split, encoder tokens;
+- instruction tuning (Tables 3 and 4): Natural Instructions v1; whole subtasks are held out for the
+  RougeL test (as Super-NaturalInstructions evaluates on unseen tasks), the rest sampled for training;
+- perplexity text (Table 2): MMLU question stems, cut into fixed windows of causal-LM tokens.
+Examples that do not fit `max_length` are skipped, not truncated (a cut response teaches nothing).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from qlora.config import DataConfig, EvalConfig
+from qlora.data.bigbench import load_classification, load_natural_instructions
+from qlora.data.mmlu import load_mmlu
+from qlora.data.tokenization import TokenizedDataset, encode_instruction, prompt_ids, tokenize_classification
+
+CLS_TRAIN, CLS_TEST, CLS_LABELS = "cls_train.safetensors", "cls_test.safetensors", "cls_labels.json"
+INSTRUCT_TRAIN, INSTRUCT_TEST = "instruct_train.safetensors", "instruct_test.json"
+PERPLEXITY = "perplexity.safetensors"
+
+
+def prepare_datasets(data: DataConfig, evaluation: EvalConfig, causal_tokenizer, encoder_tokenizer, bigbench: str | Path,
+                     out_dir: str | Path) -> dict:  # fmt: skip
+    """Writes the token files into `out_dir`; returns a summary (counts) for the stage's metrics."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(data.seed)
+
+    cls = load_classification(bigbench, data.classification_task)
+    need = data.classification_train + data.classification_test
+    if len(cls.examples) < need:
+        raise ValueError(f"{data.classification_task} has {len(cls.examples)} examples, fewer than the {need} requested")
+    picked = rng.sample(cls.examples, need)
+    tokenize_classification(encoder_tokenizer, picked[: data.classification_train], data.max_length).save(out / CLS_TRAIN)
+    tokenize_classification(encoder_tokenizer, picked[data.classification_train :], data.max_length).save(out / CLS_TEST)
+    (out / CLS_LABELS).write_text(json.dumps({"task": cls.task, "labels": list(cls.labels)}, indent=2) + "\n")
+
+    records = load_natural_instructions(bigbench)
+    subtasks = sorted({r.subtask for r in records})
+    held_out = set(rng.sample(subtasks, data.instruction_heldout_tasks))
+    train_pool = [r for r in records if r.subtask not in held_out]
+    test_pool = [r for r in records if r.subtask in held_out]
+    rng.shuffle(train_pool)
+    rng.shuffle(test_pool)
+    train = []
+    for r in train_pool:
+        try:
+            example = encode_instruction(causal_tokenizer, r.prompt, r.response, max_length=None)
+        except ValueError:
+            continue
+        if example["input_ids"].numel() <= data.max_length and (example["labels"] != -100).any():
+            train.append(example)
+        if len(train) == data.instruction_train:
+            break
+    TokenizedDataset.from_examples(train).save(out / INSTRUCT_TRAIN)
+    prompt_budget = data.max_length - evaluation.max_new_tokens
+    test = [{"subtask": r.subtask, "prompt": r.prompt, "references": list(r.targets)}
+            for r in test_pool if len(prompt_ids(causal_tokenizer, r.prompt)) <= prompt_budget][: data.instruction_test]  # fmt: skip
+    (out / INSTRUCT_TEST).write_text(json.dumps({"held_out_subtasks": sorted(held_out), "examples": test}, indent=1) + "\n")
+
+    questions = load_mmlu()
+    stems = [q.question for q in rng.sample(questions, min(len(questions), 4000))]
+    ids = causal_tokenizer("\n\n".join(stems), add_special_tokens=False).input_ids
+    window, count = evaluation.perplexity_window_tokens, evaluation.perplexity_windows
+    if len(ids) < window * count:
+        raise ValueError(f"perplexity text has {len(ids)} tokens, fewer than {count} windows of {window}")
+    windows = torch.tensor(ids[: window * count], dtype=torch.int32).view(count, window)
+    save_file({"input_ids": windows}, str(out / PERPLEXITY), metadata={"source": "MMLU question stems"})
+    return {"cls_train": data.classification_train, "cls_test": data.classification_test, "instruct_train": len(train),
+            "instruct_test": len(test), "held_out_subtasks": len(held_out), "perplexity_tokens": window * count}  # fmt: skip
