@@ -3,13 +3,17 @@
 Small pure functions on flat float32 tensors. Rounding follows bitsandbytes 0.50 on CPU bit for bit:
 - 4-bit: scaled = clamp(x * (1 / max(absmax, 1e-38)), -1, 1); sorted position = #{midpoints < scaled}
   (an exact tie goes to the lower code), mapped to the storage code (`nearest_code_search`).
-- 8-bit dynamic map (double quantization): normed = x / absmax; the nearer of the two neighbouring
-  codes, the lower one on a tie (bitsandbytes' `quantize_block` in csrc/common.cpp).
+- 8-bit dynamic map, double quantization (`quantize_dynamic_8bit_lut`): x * (1 / absmax) rounded to a
+  65536-point grid on [-1, 1], then the code nearest that grid point, from a table (bitsandbytes'
+  `build_quantize_lut` in csrc/cpu_ops.cpp; `# Note: bitsandbytes' 8-bit lookup table`).
+- 8-bit dynamic map, optimizer state (`quantize_dynamic_8bit`): the exactly nearest code of x / absmax.
 - INT8 (paper Eq. 1): round-half-to-even(127 * scaled).
 Dequantization is code[q] * absmax in float32, then one rounding to the output dtype.
 """
 
 from __future__ import annotations
+
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -113,8 +117,40 @@ def _int8_code(device: torch.device) -> torch.Tensor:
     return torch.arange(-128, 128, dtype=torch.float32, device=device) / codebooks.INT8_LEVELS
 
 
+# Note: bitsandbytes' 8-bit lookup table
+# bitsandbytes 0.50.2's CPU `quantize_blockwise` (`quantize_cpu_impl` and `build_quantize_lut` in
+# csrc/cpu_ops.cpp) does not search the map per value: it rounds each normalised value to a grid of
+# 65536 points on [-1, 1] and reads the code from a table built once per map. Step by step, in float32:
+# - absmax per block (0 for an all-zero block, whose codes are all 0);
+# - v = clamp(x * (1 / absmax), -1, 1)  (a multiply by the reciprocal, not a division);
+# - k = trunc((v + 1) * 0.5 * 65535 + 0.5), an integer in [0, 65535];
+# - code = table[k] = #{i : mid[i] < -1 + (2k) / 65535}, mid[i] = 0.5 * (code[i] + code[i + 1]).
+# So the result is the nearest code to the grid point k, not to v: values within half a grid step
+# (~1.5e-5) of a midpoint can take the farther neighbour, and map entries closer together than a grid
+# step (the dynamic map's smallest magnitudes) can never be chosen. bitsandbytes' older CPU builds used
+# a bucketed binary search (BinSearch's Direct2 in include/Algo-Direct2.h, then the distance check of
+# `quantize_block` in csrc/common.cpp); 0.50.2 ships the table instead (its CPU library holds
+# `build_quantize_lut` and no BinSearch code). Whether the last step is fused into an FMA makes no
+# difference: checked over every float32 v in [-1, 1] for the signed dynamic map.
+
+_LUT_POINTS = 65536  # bitsandbytes' kLUTSize
+
+
+@lru_cache(maxsize=16)
+def _code_table(code_bytes: bytes, device: torch.device) -> torch.Tensor:
+    """(65536,) int64 table of `# Note: bitsandbytes' 8-bit lookup table`, for the map in `code_bytes`."""
+    code = torch.frombuffer(bytearray(code_bytes), dtype=torch.float32)
+    midpoints = (code[:-1] + code[1:]) * 0.5
+    k = torch.arange(_LUT_POINTS, dtype=torch.float32)
+    grid = -1.0 + (2.0 * k) / torch.full_like(k, _LUT_POINTS - 1)  # tensor / tensor: an IEEE float32 division
+    return torch.searchsorted(midpoints, grid).to(device)  # #{midpoints < grid point}
+
+
 def quantize_dynamic_8bit(flat: torch.Tensor, code: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Blockwise 8-bit quantization to a sorted 256-entry map (bitsandbytes' CPU `quantize_blockwise`).
+    """Blockwise 8-bit quantization to the exactly nearest entry of a sorted map (8-bit optimizer state).
+
+    normed = x / absmax; the nearer of its two neighbouring codes, the lower one on a tie. Not what
+    bitsandbytes 0.50.2 computes on CPU (see `quantize_dynamic_8bit_lut`, used for double quantization).
 
     Args:
         flat: (n,) float32.
@@ -132,14 +168,42 @@ def quantize_dynamic_8bit(flat: torch.Tensor, code: torch.Tensor, block_size: in
     return (left + (dist_right < dist_left).long()).to(torch.uint8), absmax
 
 
+def quantize_dynamic_8bit_lut(flat: torch.Tensor, code: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blockwise 8-bit quantization to a sorted map, bit for bit as bitsandbytes 0.50.2's CPU `quantize_blockwise`.
+
+    The rounding goes through a 65536-point grid on [-1, 1] (see `# Note: bitsandbytes' 8-bit lookup
+    table`): nearest-code only up to ~1.5e-5 of absmax, and a 0 lands on the code nearest +1.5e-5.
+
+    Args:
+        flat: (n,) float32, finite.
+        code: (m,) float32, sorted ascending, m <= 256.
+
+    Returns:
+        codes (n,) uint8, absmax (n_blocks,) float32.
+    """
+    n = flat.numel()
+    blocks = _blocks(flat, block_size)  # (n_blocks, block_size)
+    absmax = blocks.abs().amax(dim=1)
+    zero = absmax == 0
+    inv = torch.where(zero, torch.zeros_like(absmax), 1.0 / absmax)
+    normed = (blocks * inv[:, None]).clamp(-1, 1)
+    k = ((normed + 1.0) * 0.5 * (_LUT_POINTS - 1) + 0.5).to(torch.int64)  # truncation, as the C cast
+    table = _code_table(code.detach().to("cpu", torch.float32).contiguous().numpy().tobytes(), flat.device)
+    codes = table[k].masked_fill_(zero[:, None], 0)  # an all-zero block stores code 0
+    return codes.to(torch.uint8).view(-1)[:n], absmax
+
+
 def double_quantize(absmax: torch.Tensor, block_size: int = 256) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Paper §3: quantize (absmax - mean) blockwise to 8 bits with the signed dynamic map.
+
+    Rounds as bitsandbytes 0.50.2 on CPU (`quantize_dynamic_8bit_lut`), so the nested codes equal
+    `quantize_4bit(..., compress_statistics=True)`'s.
 
     Returns:
         codes (n,) uint8, nested absmax (ceil(n / block_size),) float32, offset () float32.
     """
     offset = absmax.mean()
-    codes, absmax2 = quantize_dynamic_8bit(absmax - offset, dynamic_map(absmax.device), block_size)
+    codes, absmax2 = quantize_dynamic_8bit_lut(absmax - offset, dynamic_map(absmax.device), block_size)
     return codes, absmax2, offset
 
 
