@@ -1,8 +1,9 @@
 """One QLoRA training step on CPU: ours vs transformers + PEFT (fp32 LoRA) vs bitsandbytes + PEFT.
 
 SmolLM2-135M (the embedded default), LoRA r=64 / alpha 16 on all linear layers, batch 4 x 256 tokens,
-one AdamW step on the adapters. Medians of --repeats steps after one warm-up step, all measured in the
-same run; prints the table and the ratios ours / PEFT-fp32. bitsandbytes + PEFT QLoRA (NF4+DQ, bf16
+one AdamW step on the adapters. All setups are built first and stepped round-robin (so background load
+hits each alike); medians of --repeats steps after one warm-up step; prints the table and the ratios
+to PEFT fp32. bitsandbytes + PEFT QLoRA (NF4+DQ, bf16
 autocast) takes ~250 s a step here: opt in with --with-bnb.
 
     .venv/bin/python benchmarks/bench_qlora_step_cpu.py [--with-bnb] [--repeats 3]
@@ -26,20 +27,24 @@ from qlora.models.surgery import prepare_model
 from qlora.quant import DataType
 
 
-def step_times(model, batch, repeats, autocast_bf16=False):
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=2e-4)
-    times = []
-    for i in range(repeats + 1):
+class Setup:
+    """One model and its optimizer, stepped one at a time so that setups interleave."""
+
+    def __init__(self, name, model, autocast_bf16=False):
+        self.name, self.model, self.autocast = name, model, autocast_bf16
+        self.opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
+        self.times, self.loss = [], float("nan")
+
+    def step(self, batch, record=True):
         t = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast_bf16):
-            loss = model(**batch).loss
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
+            loss = self.model(**batch).loss
         loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if i:  # the first step is warm-up
-            times.append(time.perf_counter() - t)
-    return statistics.median(times), loss.item()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        if record:
+            self.times.append(time.perf_counter() - t)
+        self.loss = loss.item()
 
 
 def main() -> None:
@@ -57,31 +62,31 @@ def main() -> None:
     torch.manual_seed(0)
     ids = torch.randint(0, 49152, (args.batch, args.seq))
     batch = {"input_ids": ids, "labels": ids}
-    rows = []
-
     from peft import LoraConfig, get_peft_model
 
     lora_peft = LoraConfig(r=64, lora_alpha=16, lora_dropout=0.1, target_modules="all-linear", task_type="CAUSAL_LM")
-    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), lora_peft)
-    peft_model.train()
-    rows.append(("transformers + PEFT LoRA (fp32)", *step_times(peft_model, batch, args.repeats)))
-    del peft_model
-
+    setups = [Setup("transformers + PEFT LoRA (fp32)", get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), lora_peft))]
     ours = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     report = prepare_model(ours, QuantConfig(DataType.NF4, True, compute_dtype=ComputeDtype.FP32), LoRAConfig(rank=64, alpha=16, dropout=0.1))
-    ours.train()
-    rows.append((f"ours QLoRA NF4+DQ (fp32 compute, {report.quantized_bits_per_param:.3f} bits/param)", *step_times(ours, batch, args.repeats)))
-    del ours
-
+    setups.append(Setup(f"ours QLoRA NF4+DQ (fp32 compute, {report.quantized_bits_per_param:.3f} bits/param)", ours))
+    # bf16 compute (the paper's setting): the quantized layers dequantize to bf16, the rest autocasts
+    ours_bf16 = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    prepare_model(ours_bf16, QuantConfig(DataType.NF4, True, compute_dtype=ComputeDtype.BF16), LoRAConfig(rank=64, alpha=16, dropout=0.1))
+    setups.append(Setup("ours QLoRA NF4+DQ (bf16 compute, autocast)", ours_bf16, autocast_bf16=True))
     if args.with_bnb:
         from transformers import BitsAndBytesConfig
 
         bnb_config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                         bnb_4bit_compute_dtype=torch.bfloat16)  # fmt: skip
         bnb_model = AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=bnb_config, device_map="cpu")
-        bnb_model = get_peft_model(bnb_model, lora_peft)
-        bnb_model.train()
-        rows.append(("bitsandbytes + PEFT QLoRA NF4+DQ (bf16 autocast)", *step_times(bnb_model, batch, max(1, args.repeats - 2), True)))
+        setups.append(Setup("bitsandbytes + PEFT QLoRA NF4+DQ (bf16 autocast)", get_peft_model(bnb_model, lora_peft), autocast_bf16=True))
+    for s in setups:
+        s.model.train()
+        s.step(batch, record=False)  # warm-up
+    for _ in range(args.repeats):  # round robin: background load hits every setup alike
+        for s in setups:
+            s.step(batch)
+    rows = [(s.name, statistics.median(s.times), s.loss) for s in setups]
 
     peft_s = rows[0][1]
     print(f"\nSmolLM2-135M, LoRA r=64 all linear, batch {args.batch} x {args.seq}, one AdamW step; "
