@@ -157,11 +157,20 @@ def prepare_model(
 def merge_model(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.Module:
     """Replaces every QLoRALinear by a plain nn.Linear with the merged weight deq(W) + s·B·A (in place).
 
-    GPT-2's Conv1D layers come back as nn.Linear (same maths, weight (out, in)).
+    GPT-2's Conv1D layers come back as Conv1D (weight (in, out)), so the model saves in its own layout.
     """
     for name, module in list(model.named_modules()):
         if isinstance(module, QLoRALinear):
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, module.to_linear(dtype))
+            merged = module.to_linear(dtype)
+            if module.from_conv1d:
+                from transformers.pytorch_utils import Conv1D
+
+                conv = Conv1D(module.out_features, module.in_features).to(dtype)
+                with torch.no_grad():
+                    conv.weight.copy_(merged.weight.t())
+                    conv.bias.copy_(merged.bias if merged.bias is not None else torch.zeros_like(conv.bias))
+                merged = conv
+            setattr(parent, child, merged)
     return model

@@ -62,14 +62,17 @@ class QLoRALinear(nn.Module):
             self.lora_a = self.lora_b = None
             self.dropout = nn.Identity()
         self.scaling = self.lora_config.scaling
+        self.from_conv1d = False
 
     @classmethod
     def from_linear(cls, linear: nn.Module, quant: QuantConfig, lora: LoRAConfig | None = None, *, transposed: bool = False) -> "QLoRALinear":
         """Quantizes an nn.Linear (or, with transposed=True, a GPT-2 Conv1D whose weight is (in, out))."""
         w = linear.weight.detach()
         w = w.t() if transposed else w
-        return cls(quantize(w, quant.dtype, quant.block_size, quant.double_quant), getattr(linear, "bias", None),
-                   lora=lora, compute_dtype=quant.compute_dtype)  # fmt: skip
+        layer = cls(quantize(w, quant.dtype, quant.block_size, quant.double_quant), getattr(linear, "bias", None),
+                    lora=lora, compute_dtype=quant.compute_dtype)  # fmt: skip
+        layer.from_conv1d = transposed  # merged export gives back the original module type
+        return layer
 
     @property
     def weight(self) -> QuantizedTensor:
