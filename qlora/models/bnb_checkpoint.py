@@ -121,9 +121,7 @@ def load_quantized_checkpoint(directory: str | Path) -> tuple[dict, dict[str, Qu
         raise FileNotFoundError(f"no *.safetensors file in {directory}")
     state: dict[str, torch.Tensor] = {}
     for f in files:
-        with safe_open(str(f), framework="pt") as fh:
-            for key in fh.keys():
-                state[key] = fh.get_tensor(key)
+        state.update(read_safetensors(f))
     modules = sorted({k.split(_STATE_MARK)[0] for k in state if _STATE_MARK in k})
     quantized: dict[str, QuantizedTensor] = {}
     for module in modules:
@@ -131,5 +129,17 @@ def load_quantized_checkpoint(directory: str | Path) -> tuple[dict, dict[str, Qu
         parts = {k[len(prefix):]: state.pop(k) for k in [k for k in state if k.startswith(prefix)]}
         if f"{module}.weight" not in state:
             raise ValueError(f"{directory}: {module} has a quantization state but no packed weight")
-        quantized[module] = from_bnb_dict(state.pop(f"{module}.weight"), parts)
+        try:
+            quantized[module] = from_bnb_dict(state.pop(f"{module}.weight"), parts)
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{directory}: quantized weight {module}.weight: {e}") from None
     return config, quantized, state
+
+
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file; a truncated or corrupt file raises ValueError naming it."""
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return {key: fh.get_tensor(key) for key in fh.keys()}
+    except Exception as e:  # safetensors raises its own error types for bad headers and short files
+        raise ValueError(f"{path}: not a readable safetensors file (truncated or corrupt?): {e}") from None

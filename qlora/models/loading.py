@@ -51,7 +51,10 @@ def load_quantized_model(directory: str | Path, kind: ModelKind = ModelKind.CAUS
         setattr(parent, child, new)
     qlora_buffers = {f"{n}.{b}" for n, m in model.named_modules() if isinstance(m, QLoRALinear) for b, _ in m.named_buffers()}
     qlora_params = {f"{n}.{p}" for n, m in model.named_modules() if isinstance(m, QLoRALinear) for p, _ in m.named_parameters()}
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
+    except RuntimeError as e:  # size mismatches: name the file and the keys
+        raise ValueError(f"{directory}: tensors do not match the model's config: {' '.join(str(e).split())}") from None
     missing = [k for k in missing if k not in qlora_buffers and k not in qlora_params]
     if getattr(config, "tie_word_embeddings", False):
         model.tie_weights()
@@ -86,7 +89,10 @@ def adapter_weights(model: nn.Module, lora: LoRAConfig, task: TaskType, base_mod
 def load_adapter_into(model: nn.Module, adapter: AdapterWeights) -> None:
     """Copies a loaded adapter into a prepared model's QLoRALinear layers (and heads)."""
     for name, (a, b) in adapter.lora.items():
-        module = model.get_submodule(name)
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"the adapter targets {name!r}, which this model does not have (an adapter for another base?)") from None
         if not isinstance(module, QLoRALinear) or module.lora_a is None:
             raise ValueError(f"{name} is not an adapted QLoRALinear in this model")
         if module.lora_a.shape != a.shape or module.lora_b.shape != b.shape:

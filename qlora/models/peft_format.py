@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -119,7 +119,9 @@ def load_peft_adapter(directory: str | Path) -> AdapterWeights:
             raise ValueError(f"{directory}: per-module {pattern} is not supported: {config[pattern]}")
     if config.get("bias", "none") != "none":
         raise ValueError(f"{directory}: bias={config['bias']!r} is not supported (expected 'none')")
-    state = load_file(str(directory / WEIGHTS_FILE))
+    from qlora.models.bnb_checkpoint import read_safetensors
+
+    state = read_safetensors(directory / WEIGHTS_FILE)
     lora: dict[str, list] = {}
     extra: dict[str, torch.Tensor] = {}
     for key, value in state.items():
