@@ -33,3 +33,12 @@ def _seed():
 def _hf_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path_factory.getbasetemp() / "hf_home"))
     yield
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory):
+    """The embedded SmolLM2-135M as a safetensors folder (~30 s once per session)."""
+    pytest.importorskip("gguf")
+    from qlora.data.gguf_model import materialise_smollm2
+
+    return materialise_smollm2(tmp_path_factory.mktemp("models") / "smollm2")

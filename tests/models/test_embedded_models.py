@@ -13,14 +13,6 @@ pytestmark = pytest.mark.slow
 NF4_DQ = QuantConfig(DataType.NF4, True, compute_dtype=ComputeDtype.FP32)
 
 
-@pytest.fixture(scope="session")
-def smollm2_dir(tmp_path_factory):
-    pytest.importorskip("gguf")
-    from qlora.data.gguf_model import materialise_smollm2
-
-    return materialise_smollm2(tmp_path_factory.mktemp("models") / "smollm2")
-
-
 def relative_error(a, b):
     return float((a - b).norm() / b.norm())
 
