@@ -1,6 +1,6 @@
 """DVC stage `evaluate_<model>@<run>`: the trained (or untuned) model on its tasks.
 
-usage: python stages/evaluate.py causal <run>|untuned    (MMLU k-shot + RougeL on held-out NI subtasks)
+usage: python stages/evaluate.py causal <run>|untuned|main   (MMLU k-shot + RougeL on held-out NI subtasks)
        python stages/evaluate.py encoder <run>           (classification accuracy)
 """
 
@@ -33,8 +33,11 @@ def main(which: str, run: str) -> None:
     cfg = pipeline_params()
     ev = cfg.eval
     if which == "causal":
-        spec = RunSpec(Method.NONE, "bf16") if run == "untuned" else cfg.ablation.causal[run]
-        quant = cfg.quant_named(spec.quant)
+        if run == "main":
+            spec, quant = RunSpec(Method.QLORA, "main"), cfg.quant
+        else:
+            spec = RunSpec(Method.NONE, "bf16") if run == "untuned" else cfg.ablation.causal[run]
+            quant = cfg.quant_named(spec.quant)
         checkpoint = ARTIFACTS / "quantized" / spec.quant
         lora = None if spec.method is Method.NONE else cfg.lora
         model = load_for_training(checkpoint, ModelKind.CAUSAL_LM, quant, lora)
@@ -66,7 +69,8 @@ def main(which: str, run: str) -> None:
         records = [_record("classification", cfg.encoder.name, spec, labels["task"], result)]
     else:
         raise ValueError(f"model must be 'causal' or 'encoder', got {which!r}")
-    write_json_atomic(METRICS / "eval" / f"{which}_{run}.json", dump_records(records))
+    target = METRICS / "main" / f"eval_{which}_main.json" if run == "main" else METRICS / "eval" / f"{which}_{run}.json"
+    write_json_atomic(target, dump_records(records))
     log_run(tracking_uri(cfg), cfg.tracking.experiment, f"evaluate {which} {run}",
             params={"method": spec.method.value, "quant": spec.quant, "eval": dataclasses.asdict(ev)},
             metrics={f"{r.task}": r.value for r in records} | {f"{r.task}_n": r.n for r in records},

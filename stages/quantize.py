@@ -1,6 +1,6 @@
 """DVC stage `quantize@<name>`: the causal base quantized to one data type of the ablation.
 
-usage: python stages/quantize.py <quant name>   (a key of `quants` in params.yaml)
+usage: python stages/quantize.py <quant name>   (a key of `quants` in params.yaml, or `main` for `quant`)
 """
 
 import sys
@@ -12,7 +12,8 @@ from qlora.models.loading import quantize_checkpoint
 
 def main(name: str) -> None:
     cfg = pipeline_params()
-    quantize_checkpoint(ARTIFACTS / "models" / "causal", cfg.causal.kind, cfg.quant_named(name), ARTIFACTS / "quantized" / name)
+    quant = cfg.quant if name == "main" else cfg.quant_named(name)
+    quantize_checkpoint(ARTIFACTS / "models" / "causal", cfg.causal.kind, quant, ARTIFACTS / "quantized" / name)
 
 
 if __name__ == "__main__":

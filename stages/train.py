@@ -1,6 +1,7 @@
 """DVC stage `train_<model>@<run>`: fine-tune one ablation row; a killed run resumes when re-run.
 
 usage: python stages/train.py causal|encoder <run name>   (a key of ablation.causal / ablation.encoder)
+       python stages/train.py causal main                  (the main QLoRA run: data type `quant`)
 Outputs: artifacts/adapters/<model>/<run>/ (PEFT adapter, or a full model for method FULL),
 metrics/train/<model>_<run>.json (a TrainRecord), metrics/train/<model>_<run>_loss.csv (plot data).
 """
@@ -12,6 +13,7 @@ import sys
 
 from stage_io import ARTIFACTS, METRICS, pipeline_params, tracking_uri, write_atomic, write_json_atomic
 
+from qlora.config import Method, RunSpec
 from qlora.data.prepare import CLS_LABELS, CLS_TRAIN, INSTRUCT_TRAIN
 from qlora.report.records import dump_records
 from qlora.tracking import log_run
@@ -23,10 +25,11 @@ def main(which: str, run: str) -> None:
     if which not in ("causal", "encoder"):
         raise ValueError(f"model must be 'causal' or 'encoder', got {which!r}")
     runs = cfg.ablation.causal if which == "causal" else cfg.ablation.encoder
-    if run not in runs:
-        raise ValueError(f"unknown {which} run {run!r}; expected one of {sorted(runs)}")
-    spec = runs[run]
-    quant = cfg.quant_named(spec.quant)
+    main_run = which == "causal" and run == "main"
+    if run not in runs and not main_run:
+        raise ValueError(f"unknown {which} run {run!r}; expected one of {sorted(runs)} (or 'main' for causal)")
+    spec = RunSpec(Method.QLORA, "main") if main_run else runs[run]
+    quant = cfg.quant if main_run else cfg.quant_named(spec.quant)
     model_cfg = cfg.causal if which == "causal" else cfg.encoder
     train_cfg = cfg.train if which == "causal" else cfg.train_encoder
     if which == "causal":
@@ -41,7 +44,7 @@ def main(which: str, run: str) -> None:
         train_config=train_cfg, data=data, out_dir=ARTIFACTS / "adapters" / which / run, resume_dir=resume, num_labels=num_labels,
     )  # fmt: skip
     record = out.record
-    stem = METRICS / "train" / f"{which}_{run}"
+    stem = METRICS / ("main" if main_run else "train") / f"{which}_{run}"
     write_json_atomic(f"{stem}.json", dump_records([record]))
     write_atomic(f"{stem}_loss.csv", "step,loss\n" + "".join(f"{i},{v}\n" for i, v in enumerate(record.losses, start=1)))
     log_run(tracking_uri(cfg), cfg.tracking.experiment, f"train {which} {run}",
