@@ -1,0 +1,71 @@
+"""conf/ composes into a valid typed PipelineConfig; typos and bad values fail naming the key."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from qlora.config import Method
+from qlora.config_store import pipeline_config, register_configs
+from qlora.quant import DataType
+from qlora.train import Schedule
+
+CONF = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def composed(*overrides):
+    with initialize_config_dir(config_dir=CONF, version_base=None):
+        return OmegaConf.to_container(compose(config_name="config", overrides=list(overrides)), resolve=True)
+
+
+def test_default_config_is_valid_and_typed():
+    cfg = pipeline_config(composed())
+    assert cfg.quant.dtype is DataType.NF4 and cfg.quant.double_quant
+    assert sorted(cfg.quants) == ["bf16", "fp4", "fp4_e3m0", "int4", "int8", "nf4", "nf4_dq"]
+    assert cfg.ablation.encoder["full_bf16"].method is Method.FULL
+    assert cfg.lora.rank == 64 and cfg.lora.alpha == 16 and cfg.lora.dropout == 0.1
+
+
+def test_paper_profile_has_the_paper_hyperparameters():
+    cfg = pipeline_config(composed("experiment=paper"))
+    t = cfg.train
+    assert (t.lr, t.schedule, t.max_grad_norm, t.micro_batch_size * t.grad_accum, t.group_by_length, t.paged) == (
+        2e-4, Schedule.CONSTANT, 0.3, 16, True, True)  # fmt: skip
+    assert t.optimizer_bits.value == 32 and cfg.eval.mmlu_questions == 0
+
+
+@pytest.mark.parametrize("option", [p.stem for p in Path(CONF, "quant").glob("*.yaml")])
+def test_every_quant_option_validates(option):
+    cfg = pipeline_config(composed(f"quant={option}"))
+    assert cfg.quant.label == option
+
+
+def test_unknown_group_option_lists_the_allowed_ones():
+    with pytest.raises(ConfigCompositionException, match="nf5"):
+        composed("quant=nf5")
+
+
+def test_typo_in_a_key_fails():
+    with pytest.raises(ConfigCompositionException, match="lrr"):
+        composed("train.lrr=0.1")
+    params = composed()
+    params["train"]["lrr"] = 0.1
+    with pytest.raises(ValueError, match="Key 'lrr' not in 'TrainConfig'"):
+        pipeline_config(params)
+
+
+def test_bad_enum_value_names_key_and_allowed_values():
+    params = composed()
+    params["quant"]["dtype"] = "NF5"
+    with pytest.raises(ValueError, match=r"(?s)Invalid value 'NF5', expected one of \[BF16, INT8, INT4, FP4, FP4_E3M0, NF4\].*quant.dtype"):
+        pipeline_config(params)
+
+
+def test_schemas_register_with_hydra():
+    from hydra.core.config_store import ConfigStore
+
+    register_configs()
+    repo = ConfigStore.instance().repo
+    assert "schema.yaml" in repo["quant"] and "pipeline_schema.yaml" in repo
