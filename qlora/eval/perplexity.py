@@ -1,10 +1,7 @@
-"""Perplexity of a causal LM on held-out text: the paper's Table 2 measure of quantization alone.
+"""Perplexity of a causal LM on fixed windows of held-out tokens (paper Table 2's measure).
 
-The text is tokenized once and cut into fixed, non-overlapping windows of `window` tokens (the tail
-that does not fill a window is dropped), so every data type is measured on exactly the same tokens.
-Each window is scored on its own (no context from the previous one; its first token is not
-predicted). Perplexity = exp(token-weighted mean NLL); the 95% interval comes from the spread of the
-per-window mean NLLs (normal approximation), mapped through exp.
+exp(mean NLL over all predicted tokens): each window of T tokens predicts T - 1 of them; the token-
+weighted mean over windows. The 95% interval comes from the spread of the per-window mean NLL.
 """
 
 from __future__ import annotations
@@ -13,9 +10,8 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
-from qlora.eval.batches import batched, causal_logits
+from qlora.eval.batches import batched, model_device
 from qlora.eval.result import EvalResult
 from qlora.eval.stats import mean_interval
 
@@ -31,29 +27,9 @@ def corpus_ids(tokenizer, texts: Sequence[str]) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
-@torch.no_grad()
-def perplexity_of_ids(
-    model: torch.nn.Module,
-    ids: torch.Tensor,
-    *,
-    window: int = 256,
-    max_windows: int | None = None,
-    batch_size: int = 8,
-    progress: bool = True,
-) -> EvalResult:
-    """Perplexity over the windows of a 1-D token tensor.
-
-    Args:
-        model: a causal LM returning `.logits` (B, T, V).
-        ids: (N,) token ids.
-        window: tokens per window (>= 2).
-        max_windows: score only the first this many windows (None: all).
-        batch_size: windows per forward pass.
-        progress: show a tqdm bar.
-
-    Returns:
-        value = perplexity, n = predicted tokens, groups empty, extra: mean_nll, windows;
-        per_example = mean NLL of each window.
+def make_windows(ids: torch.Tensor, window: int, max_windows: int | None = None) -> torch.Tensor:
+    """(W, window): consecutive non-overlapping windows of a 1-D token tensor; the tail that does not
+    fill a window is dropped, so every data type is scored on exactly the same tokens.
 
     Raises:
         ValueError: window < 2, or fewer than `window` tokens.
@@ -61,28 +37,29 @@ def perplexity_of_ids(
     if not isinstance(window, int) or window < 2:
         raise ValueError(f"window must be an int >= 2, got {window!r}")
     ids = torch.as_tensor(ids, dtype=torch.long).flatten()
-    n_windows = ids.numel() // window
-    if max_windows is not None:
-        n_windows = min(n_windows, max_windows)
-    if n_windows < 1:
+    n = ids.numel() // window if max_windows is None else min(ids.numel() // window, max_windows)
+    if n < 1:
         raise ValueError(f"{ids.numel()} tokens do not fill one window of {window}")
-    windows = ids[: n_windows * window].view(n_windows, window)  # (W, T)
-
-    model.eval()
-    window_nll: list[float] = []
-    for _, batch in batched(windows, batch_size, progress, "perplexity"):
-        logits = causal_logits(model, batch, torch.ones_like(batch))  # (B, T, V)
-        nll = F.cross_entropy(logits[:, :-1].flatten(0, 1), batch[:, 1:].flatten().to(logits.device),
-                              reduction="none").view(batch.shape[0], -1)  # fmt: skip
-        window_nll += nll.mean(-1).tolist()
-    # Every window predicts window - 1 tokens, so the token-weighted mean is the mean over windows.
-    mean, lo, hi = mean_interval(window_nll)
-    n_tokens = n_windows * (window - 1)
-    extra = {"mean_nll": mean, "windows": float(n_windows)}
-    return EvalResult("perplexity", "perplexity", math.exp(mean), n_tokens, math.exp(lo), math.exp(hi),
-                      {}, extra, tuple(window_nll))  # fmt: skip
+    return ids[: n * window].view(n, window)
 
 
-def evaluate_perplexity(model: torch.nn.Module, tokenizer, texts: Sequence[str], **kwargs) -> EvalResult:
-    """`perplexity_of_ids` on `corpus_ids(tokenizer, texts)`; keyword arguments as there."""
-    return perplexity_of_ids(model, corpus_ids(tokenizer, texts), **kwargs)
+@torch.no_grad()
+def evaluate_perplexity(model: torch.nn.Module, windows: torch.Tensor, *, batch_size: int = 8, progress: bool = True) -> EvalResult:
+    """Args:
+        windows: (W, T) token ids, T >= 2.
+
+    Returns:
+        EvalResult(task="perplexity", value=exp(mean NLL), n=predicted tokens, per_example=window NLLs).
+    """
+    if windows.dim() != 2 or windows.shape[1] < 2 or windows.shape[0] == 0:
+        raise ValueError(f"windows must be (W, T) with W >= 1 and T >= 2, got shape {tuple(windows.shape)}")
+    device = model_device(model)
+    nlls: list[float] = []
+    for _, chunk in batched(windows, batch_size, progress, "perplexity"):
+        ids = chunk.long().to(device)
+        logits = model(input_ids=ids).logits.float()
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")  # (B, T-1)
+        nlls += loss.mean(dim=1).tolist()
+    mean, low, high = mean_interval(nlls)
+    n = windows.shape[0] * (windows.shape[1] - 1)
+    return EvalResult("perplexity", "perplexity", math.exp(mean), n, math.exp(low), math.exp(high), per_example=tuple(nlls))

@@ -1,0 +1,237 @@
+"""Evaluators on stub models whose right answers are known, and on a tiny random Llama."""
+
+from __future__ import annotations
+
+import dataclasses
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from qlora.eval.batches import causal_logits, left_pad
+from qlora.data.tokenization import tokenize_classification
+from qlora.eval.classification import evaluate_classification
+from qlora.eval.mmlu import answer_token_ids, evaluate_mmlu, format_prompt
+from qlora.eval.perplexity import corpus_ids, evaluate_perplexity, make_windows
+from qlora.eval.rouge import evaluate_rouge, generate_greedy, rouge_l
+from qlora.eval.sampling import subsample
+from tests.tiny_text import tiny_llama, tiny_tokenizer
+
+
+@dataclasses.dataclass(frozen=True)
+class Q:
+    question: str
+    choices: tuple
+    answer: int
+    subject: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Ex:
+    text: str
+    label: int
+    text_pair: str | None = None
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tiny_tokenizer()
+
+
+class FavourTokens(torch.nn.Module):
+    """Causal-LM stub: at every position the logits favour `token_ids` by +`boost` (others 0)."""
+
+    def __init__(self, vocab: int, token_ids, boost: float = 5.0):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(()))
+        self.vocab, self.token_ids, self.boost = vocab, list(token_ids), boost
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None):
+        logits = torch.zeros(*input_ids.shape, self.vocab)
+        logits[..., self.token_ids] = self.boost
+        return SimpleNamespace(logits=logits + self.anchor)
+
+
+def _questions(answers, subject="high_school_biology"):
+    choices = ("red", "green", "blue", "pink")
+    return [Q(f"What is colour {i}?", choices, a, subject) for i, a in enumerate(answers)]
+
+
+GOLDEN_PROMPT = (
+    "The following are multiple choice questions (with answers) about high school biology.\n\n"
+    "What is colour 0?\nA. red\nB. green\nC. blue\nD. pink\nAnswer: A\n\n"
+    "What is colour 1?\nA. red\nB. green\nC. blue\nD. pink\nAnswer: D\n\n"
+    "What is colour 2?\nA. red\nB. green\nC. blue\nD. pink\nAnswer:"
+)
+
+
+def test_mmlu_prompt_golden():
+    q = _questions([0, 3, 2])
+    assert format_prompt(q[2], q[:2]) == GOLDEN_PROMPT
+
+
+def test_answer_token_ids(tok):
+    ids = answer_token_ids(tok)
+    assert [tok.decode([i]) for i in ids] == [" A", " B", " C", " D"]
+
+
+def test_mmlu_letter_argmax_is_share_of_c(tok):
+    answers = [2, 0, 2, 1, 3, 2, 2, 0, 1, 2]  # five C
+    qs = _questions(answers)
+    c_id = answer_token_ids(tok)[2]
+    model = FavourTokens(len(tok), [c_id])
+    r = evaluate_mmlu(model, tok, qs, {"high_school_biology": qs[:2]}, k=2, batch_size=3, progress=False,
+                      choice_loglik=False)  # fmt: skip
+    assert r.value == pytest.approx(0.5) and r.n == 10
+    assert r.per_example == tuple(float(a == 2) for a in answers)
+    assert r.groups["high_school_biology"].value == pytest.approx(0.5)
+    assert r.ci_low < 0.5 < r.ci_high and r.extra["mean_shots"] == 2
+
+
+def test_mmlu_choice_loglik_picks_favoured_text(tok):
+    answers = [2, 2, 0, 1, 2, 3]  # "blue" is right three times
+    qs = _questions(answers, "anatomy") + _questions([2, 2], "virology")
+    blue = tok(" blue", add_special_tokens=False).input_ids
+    model = FavourTokens(len(tok), blue, boost=8.0)
+    r = evaluate_mmlu(model, tok, qs, None, k=0, batch_size=4, progress=False)
+    assert r.extra["choice_loglik_accuracy"] == pytest.approx(5 / 8)
+    # per subject: anatomy 3/6, virology 2/2 -> subject mean 0.75
+    assert r.extra["choice_loglik_subject_mean"] == pytest.approx(0.75)
+    # the letter score sees no favoured letter: all logits tie -> argmax picks A
+    assert r.value == pytest.approx(1 / 8)
+
+
+def test_mmlu_batching_and_subsample_invariance(tok):
+    qs = _questions([0, 1, 2, 3, 0, 1, 2])
+    model = tiny_llama(len(tok))
+    a = evaluate_mmlu(model, tok, qs, {"high_school_biology": qs[:3]}, k=3, batch_size=1, progress=False)
+    b = evaluate_mmlu(model, tok, qs, {"high_school_biology": qs[:3]}, k=3, batch_size=4, progress=False)
+    assert a.per_example == b.per_example and a.extra == pytest.approx(b.extra)
+    c = evaluate_mmlu(model, tok, qs, {"high_school_biology": qs[:3]}, k=3, limit=4, seed=1, progress=False)
+    assert c.n == 4
+
+
+def test_mmlu_drops_shots_to_fit(tok):
+    qs = _questions([0, 1, 2])
+    model = FavourTokens(len(tok), [answer_token_ids(tok)[0]])
+    short = len(tok(format_prompt(qs[2], qs[:1])).input_ids)
+    r = evaluate_mmlu(model, tok, qs[2:], {"high_school_biology": qs[:2]}, k=2, max_length=short,
+                      progress=False, choice_loglik=False)  # fmt: skip
+    assert r.extra["mean_shots"] == 1
+
+
+def test_mmlu_errors(tok):
+    qs = _questions([0])
+    model = FavourTokens(len(tok), [0])
+    with pytest.raises(ValueError, match="fewshot_pool"):
+        evaluate_mmlu(model, tok, qs, None, k=5, progress=False)
+    with pytest.raises(ValueError, match="anatomy"):
+        evaluate_mmlu(model, tok, _questions([0], "anatomy"), {"virology": qs}, k=1, progress=False)
+    with pytest.raises(ValueError, match="k must"):
+        evaluate_mmlu(model, tok, qs, None, k=-1, progress=False)
+
+
+def test_left_padding_matches_unpadded(tok):
+    model = tiny_llama(len(tok))
+    a, b = tok("the cat sat on the mat").input_ids, tok("hi").input_ids
+    batch = causal_logits(model, *left_pad([a, b], 0))
+    alone = causal_logits(model, *left_pad([b], 0))
+    torch.testing.assert_close(batch[1, -len(b) :], alone[0], rtol=1e-4, atol=1e-5)
+
+
+class NextTokenOracle(torch.nn.Module):
+    """Predicts (token + 1) mod V with probability p (rest uniform)."""
+
+    def __init__(self, vocab: int, p: float):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(()))
+        self.vocab, self.p = vocab, p
+
+    def forward(self, input_ids, attention_mask=None):
+        probs = torch.full((*input_ids.shape, self.vocab), (1 - self.p) / (self.vocab - 1))
+        probs.scatter_(-1, ((input_ids + 1) % self.vocab).unsqueeze(-1), self.p)
+        return SimpleNamespace(logits=probs.log())
+
+
+def test_perplexity_known_nll():
+    ids = torch.arange(300) % 11  # each next token is (token + 1) mod 11
+    windows = make_windows(ids, 50)
+    assert windows.shape == (6, 50) and windows.flatten().tolist() == ids.tolist()
+    r = evaluate_perplexity(NextTokenOracle(11, 0.8), windows, batch_size=4, progress=False)
+    assert r.value == pytest.approx(1 / 0.8, rel=1e-5) and r.n == 6 * 49
+    r2 = evaluate_perplexity(NextTokenOracle(11, 0.5), make_windows(ids, 50, max_windows=2), progress=False)
+    assert r2.value == pytest.approx(2.0, rel=1e-5) and r2.n == 98
+
+
+def test_perplexity_windows_from_text(tok):
+    ids = corpus_ids(tok, ["the cat", "sat"])
+    assert ids.tolist() == tok("the cat", add_special_tokens=False).input_ids + [tok.eos_token_id] + tok(
+        "sat", add_special_tokens=False).input_ids  # fmt: skip
+    assert make_windows(torch.arange(107), 10).shape == (10, 10)  # tail of 7 dropped
+    with pytest.raises(ValueError, match="window"):
+        make_windows(torch.arange(10), 1)
+    with pytest.raises(ValueError, match="fill one window"):
+        make_windows(torch.arange(10), 11)
+    with pytest.raises(TypeError):
+        corpus_ids(tok, "one string")
+    r = evaluate_perplexity(tiny_llama(len(tok)), make_windows(corpus_ids(tok, ["the cat sat on the mat. " * 20]), 16),
+                            progress=False)  # fmt: skip
+    assert 1 < r.value < 3 * len(tok)  # a random model is near uniform (400), never below 1
+
+
+def test_classification_on_hf_model_padding_invariant(tok):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, num_labels=3, pad_token_id=0)  # fmt: skip
+    model = BertForSequenceClassification(config).eval()
+    exs = [Ex("the cat sat on the mat", 0), Ex("a claim is true", 1, "hello world"), Ex("no", 2)]
+    data = tokenize_classification(tok, exs)
+    r1 = evaluate_classification(model, data, batch_size=1, progress=False)
+    r3 = evaluate_classification(model, data, batch_size=3, progress=False)
+    assert r1.per_example == r3.per_example and r1.n == 3  # padding does not change predictions
+
+
+class ScriptedGenerator(torch.nn.Module):
+    """`generate` appends `script` (then pads) to every prompt of the batch."""
+
+    def __init__(self, script: list[int], pad: int):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(()))
+        self.script, self.pad = script, pad
+
+    def generate(self, input_ids, attention_mask, max_new_tokens, **_):
+        new = torch.tensor(self.script[:max_new_tokens]).expand(input_ids.shape[0], -1)
+        return torch.cat([input_ids, new], 1)
+
+
+def test_rouge_on_scripted_model(tok):
+    script = tok("the cat", add_special_tokens=False).input_ids + [tok.eos_token_id]
+    model = ScriptedGenerator(script, 0)
+    r = evaluate_rouge(model, tok, ["Say hi.", "Say hi."], [["the cat sat"], ["dog", "the cat"]], groups=["a", "b"],
+                       max_new_tokens=10, progress=False)  # fmt: skip
+    assert r.per_example == pytest.approx((0.8, 1.0)) and r.value == pytest.approx(0.9)  # P 1, R 2/3 -> F 0.8
+    assert r.groups["a"].value == pytest.approx(0.8) and r.groups["b"].n == 1
+    assert rouge_l(["running"], [["runs"]]) == [1.0]  # Porter stemming
+    with pytest.raises(ValueError, match="group names"):
+        evaluate_rouge(model, tok, ["x"], [["y"]], groups=["a", "b"], progress=False)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        evaluate_rouge(model, tok, ["x"], [["y"]], max_new_tokens=0, progress=False)
+
+
+def test_generation_is_batch_invariant(tok):
+    model = tiny_llama(len(tok))
+    prompts = ["the cat sat on the mat", "hi"]
+    one = generate_greedy(model, tok, prompts, max_new_tokens=5, batch_size=1, progress=False)
+    two = generate_greedy(model, tok, prompts, max_new_tokens=5, batch_size=2, progress=False)
+    assert one == two
+
+
+def test_subsample_seeded_and_ordered():
+    items = list(range(100))
+    a, b = subsample(items, 10, seed=3), subsample(items, 10, seed=3)
+    assert a == b == sorted(a) and len(set(a)) == 10
+    assert subsample(items, 10, seed=4) != a
+    assert subsample(items, None) == items
+    with pytest.raises(ValueError, match="limit"):
+        subsample(items, -1)
