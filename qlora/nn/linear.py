@@ -2,13 +2,12 @@
 
 One module serves every row of the paper's ablation: any `DataType` for the frozen weight (BF16 is
 identity storage, giving plain LoRA on a 16-bit base), with or without an adapter (rank 0: inference).
-LoRA init as in Hu et al. 2021 / PEFT: A Kaiming-uniform (a = sqrt(5)), B zeros, so a fresh adapter
-leaves the output unchanged; scaling = alpha / rank.
+The adapter comes from `qlora.nn.lora` (A Kaiming-uniform a = sqrt(5), B zeros: `# Note: LoRA init`),
+scaling = alpha / rank. The maths of forward and backward is `qlora.nn.functional`.
 """
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import torch
@@ -16,6 +15,7 @@ from torch import nn
 
 from qlora.config import ComputeDtype, LoRAConfig, QuantConfig
 from qlora.nn.functional import QuantizedLoRAFunction
+from qlora.nn.lora import lora_delta, lora_parameters, reset_lora_parameters
 from qlora.quant.api import dequantize, quantize
 from qlora.quant.state import NestedAbsmax, QuantizedTensor
 
@@ -54,9 +54,7 @@ class QLoRALinear(nn.Module):
         self.lora_config = lora or LoRAConfig(rank=0)
         r = self.lora_config.rank
         if r:
-            self.lora_a = nn.Parameter(torch.empty(r, self.in_features, device=weight.device))
-            self.lora_b = nn.Parameter(torch.zeros(self.out_features, r, device=weight.device))
-            nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
+            self.lora_a, self.lora_b = lora_parameters(self.in_features, self.out_features, r, device=weight.device)
             self.dropout = nn.Dropout(self.lora_config.dropout) if self.lora_config.dropout else nn.Identity()
         else:
             self.lora_a = self.lora_b = None
@@ -91,11 +89,16 @@ class QLoRALinear(nn.Module):
     def adapter_params(self) -> list[nn.Parameter]:
         return [] if self.lora_a is None else [self.lora_a, self.lora_b]
 
+    def reset_adapter(self) -> None:
+        """A fresh adapter (B = 0: the layer computes the quantized base alone again)."""
+        if self.lora_a is not None:
+            reset_lora_parameters(self.lora_a, self.lora_b)
+
     def lora_delta(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """s · B A (out_features, in_features)."""
         if self.lora_a is None:
             return torch.zeros(self.out_features, self.in_features, dtype=dtype, device=self.qweight.device)
-        return (self.lora_b.detach().to(torch.float32) @ self.lora_a.detach().to(torch.float32) * self.scaling).to(dtype)
+        return lora_delta(self.lora_a, self.lora_b, self.scaling, dtype)
 
     def merge(self, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
         """The dense merged weight deq(W) + s·B·A for export (computed in fp32, rounded once)."""

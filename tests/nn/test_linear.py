@@ -55,21 +55,22 @@ def test_grads_equal_plain_linear_on_dequantized_weight_plus_plain_lora(dtype):
     assert m.bias.grad is None and not m.qweight.requires_grad
 
 
-def test_graph_saves_packed_codes_not_a_dequantized_weight():
-    m = layer(DataType.NF4, in_f=256, out_f=128)
+@pytest.mark.parametrize("double_quant", [False, True])
+def test_graph_saves_packed_codes_not_a_dequantized_weight(double_quant):
+    m = layer(DataType.NF4, double_quant=double_quant, rank=4, in_f=256, out_f=128)
     saved = []
-
-    def pack(t):
-        saved.append((t.dtype, t.numel()))
-        return t
-
     x = torch.randn(3, 256, requires_grad=True)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         y = m(x)
-    assert (torch.uint8, 256 * 128 // 2) in saved  # the packed 4-bit weight
-    assert all(n < 256 * 128 for dt, n in saved if dt.is_floating_point), saved  # nothing weight-sized in float
+    packed = [t for t in saved if t.dtype == torch.uint8]
+    assert len(packed) == 1 and packed[0].numel() == 256 * 128 // 2  # the 4-bit codes, 2 per byte
+    assert packed[0].data_ptr() == m.qweight.data_ptr()  # the module's own buffer, not a copy
+    floats = sorted(tuple(t.shape) for t in saved if t.is_floating_point())
+    # the input, the LoRA bottleneck X·Aᵀ (M, r), A and B: nothing of the weight's size
+    assert floats == sorted([(3, 256), (3, 4), (4, 256), (128, 4)]), floats
+    assert len(saved) == 5
     y.sum().backward()
-    assert x.grad is not None
+    assert x.grad is not None and m.lora_a.grad is not None
 
 
 def test_fresh_adapter_leaves_output_unchanged_and_init_is_kaiming():
