@@ -1,7 +1,7 @@
 """qlora: QLoRA fine-tuning in 4 bits (Dettmers et al., 2023, arXiv:2305.14314)."""
 
-from qlora.config import ComputeDtype, LoRAConfig, QuantConfig, Targets
-from qlora.models.surgery import ModelReport, merge_model, prepare_model
+from qlora.config import Checkpointing, ComputeDtype, LoRAConfig, QuantConfig, SurgeryConfig, Targets
+from qlora.models.surgery import ModelReport, merge_model, model_report, prepare_model
 from qlora.nn import QLoRALinear
 from qlora.quant import (
     Backend,
@@ -16,6 +16,7 @@ from qlora.quant import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "Backend", "ComputeDtype", "DataType", "LoRAConfig", "ModelReport", "NestedAbsmax", "QLoRALinear", "QuantConfig",
-    "QuantizedTensor", "Targets", "bits_per_param", "dequantize", "merge_model", "prepare_model", "quantize",
+    "Backend", "Checkpointing", "ComputeDtype", "DataType", "LoRAConfig", "ModelReport", "NestedAbsmax", "QLoRALinear", "QuantConfig",
+    "QuantizedTensor", "SurgeryConfig", "Targets", "bits_per_param", "dequantize", "merge_model", "model_report", "prepare_model",
+    "quantize",
 ]  # fmt: skip

@@ -89,6 +89,29 @@ class LoRAConfig:
         return self.alpha / self.rank if self.rank else 0.0
 
 
+class Checkpointing(enum.Enum):
+    """Gradient (activation) checkpointing of the transformer blocks (paper: on, to fit 65B in 48 GB)."""
+
+    OFF = "off"
+    REENTRANT = "reentrant"  # torch.utils.checkpoint(use_reentrant=True): needs inputs that require grad
+    NON_REENTRANT = "non_reentrant"
+
+
+@dataclasses.dataclass  # not frozen: Hydra/OmegaConf schemas must accept merges
+class SurgeryConfig:
+    """What `qlora.prepare_model` does to a transformers model: storage of the frozen base, adapters,
+    and gradient checkpointing."""
+
+    quant: QuantConfig = dataclasses.field(default_factory=QuantConfig)
+    lora: LoRAConfig = dataclasses.field(default_factory=LoRAConfig)
+    checkpointing: Checkpointing = Checkpointing.OFF
+
+    def __post_init__(self) -> None:
+        for name, kind in (("quant", QuantConfig), ("lora", LoRAConfig), ("checkpointing", Checkpointing)):
+            if not isinstance(getattr(self, name), kind):
+                raise TypeError(f"SurgeryConfig.{name} must be a {kind.__name__}, got {getattr(self, name)!r}")
+
+
 class ModelSource(enum.Enum):
     """Where a base model comes from."""
 

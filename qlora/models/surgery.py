@@ -14,7 +14,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from qlora.config import LoRAConfig, QuantConfig, Targets
+from qlora.config import Checkpointing, LoRAConfig, QuantConfig, SurgeryConfig, Targets
 from qlora.nn.linear import QLoRALinear
 
 # Output heads: never quantized, never adapted. A classification head is trained in full.
@@ -83,6 +83,12 @@ def _bytes(tensors) -> int:
 
 
 def model_report(model: nn.Module, before_bytes: int | None = None) -> ModelReport:
+    """Parameter counts and storage of a (prepared) model.
+
+    Args:
+        model: any module; its `QLoRALinear` layers count with their packed storage.
+        before_bytes: storage before surgery (`prepare_model` measures it); None: the same as after.
+    """
     qlayers = [m for m in model.modules() if isinstance(m, QLoRALinear)]
     adapter_ids = {id(p) for m in qlayers for p in m.adapter_params()}
     quantized_params = sum(m.in_features * m.out_features for m in qlayers)
@@ -102,30 +108,30 @@ def model_report(model: nn.Module, before_bytes: int | None = None) -> ModelRepo
     )
 
 
-def prepare_model(
-    model: nn.Module,
-    quant: QuantConfig,
-    lora: LoRAConfig | None = None,
-    *,
-    gradient_checkpointing: bool = False,
-    reentrant_checkpointing: bool = True,
-) -> ModelReport:
+def prepare_model(model: nn.Module, config: SurgeryConfig | QuantConfig, lora: LoRAConfig | None = None) -> ModelReport:
     """Quantizes every targeted linear layer in place and adds adapters; freezes everything else.
 
     Args:
         model: a transformers model (modified in place).
-        quant: the frozen base's storage (DataType.BF16: plain LoRA on a 16-bit base).
-        lora: adapters (None or rank 0: none — inference of the quantized model).
-        gradient_checkpointing: recompute activations in backward (paper). With reentrant checkpointing,
-            the embedding output is made to require grad so that gradients reach the adapters.
+        config: a `SurgeryConfig` (quant, lora, checkpointing); or, as a shorthand, a `QuantConfig` with
+            the adapters in `lora` (None: no adapters — inference of the quantized model) and no
+            gradient checkpointing. `DataType.BF16`: plain LoRA on a 16-bit base.
+        lora: only with the `QuantConfig` shorthand.
 
     Returns:
         ModelReport: parameters and storage before and after.
 
     Raises:
-        ValueError: no layer matched the target setting.
+        TypeError: config is neither a SurgeryConfig nor a QuantConfig, or `lora` is given with a SurgeryConfig.
+        ValueError: no layer matched the target setting, or checkpointing on a model without support.
     """
-    lora = lora or LoRAConfig(rank=0)
+    if isinstance(config, QuantConfig):
+        config = SurgeryConfig(config, lora or LoRAConfig(rank=0))
+    elif not isinstance(config, SurgeryConfig):
+        raise TypeError(f"config must be a SurgeryConfig (or a QuantConfig), got {type(config).__name__}")
+    elif lora is not None:
+        raise TypeError("lora goes inside the SurgeryConfig; the separate argument is only for the QuantConfig shorthand")
+    quant, lora = config.quant, config.lora
     before = _bytes(model.parameters()) + _bytes(model.buffers())
     names = target_modules(model, lora)
     if not names:
@@ -147,11 +153,25 @@ def prepare_model(
     for module in model.modules():
         if "norm" in type(module).__name__.lower():
             module.float()
-    if gradient_checkpointing:
-        if reentrant_checkpointing and hasattr(model, "enable_input_require_grads"):
-            model.enable_input_require_grads()
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant_checkpointing})
+    if config.checkpointing is not Checkpointing.OFF:
+        _enable_checkpointing(model, reentrant=config.checkpointing is Checkpointing.REENTRANT)
     return model_report(model, before)
+
+
+def _enable_checkpointing(model: nn.Module, *, reentrant: bool) -> None:
+    # Reentrant checkpointing only backpropagates into a checkpointed block if one of its tensor inputs
+    # requires grad; with a frozen embedding none does, and the adapters inside would get no gradient.
+    # So the embedding's output is made to require grad (what transformers' enable_input_require_grads
+    # and peft's prepare_model_for_kbit_training do).
+    if not hasattr(model, "gradient_checkpointing_enable"):
+        raise ValueError(f"{type(model).__name__} is not a transformers model: it has no gradient checkpointing")
+    if reentrant:
+        model.enable_input_require_grads()
+    kwargs = {"use_reentrant": reentrant}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x; the old name warns
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def merge_model(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.Module:

@@ -6,7 +6,7 @@ from transformers import BertConfig, BertForSequenceClassification, GPT2Config, 
 
 import qlora
 from qlora import DataType
-from qlora.config import ComputeDtype, LoRAConfig, QuantConfig, Targets
+from qlora.config import Checkpointing, ComputeDtype, LoRAConfig, QuantConfig, SurgeryConfig, Targets
 from qlora.models.surgery import merge_model, prepare_model, target_modules
 from qlora.nn import QLoRALinear
 from qlora.train import TrainConfig, train
@@ -87,6 +87,10 @@ def test_targets_subset_and_report():
     assert named.replaced_layers == 2
     with pytest.raises(ValueError, match="no linear layer matches targets=names"):
         prepare_model(tiny_llama(), NF4_DQ, LoRAConfig(rank=4, targets=Targets.NAMES, target_names=("nope",)))
+    with pytest.raises(TypeError, match="config must be a SurgeryConfig"):
+        prepare_model(tiny_llama(), LoRAConfig(rank=4))
+    with pytest.raises(TypeError, match="SurgeryConfig.checkpointing must be a Checkpointing"):
+        SurgeryConfig(NF4_DQ, LoRAConfig(rank=4), checkpointing=True)
 
 
 def batch_for(model, n=4, length=12):
@@ -106,13 +110,14 @@ def test_thirty_steps_halve_the_loss(build):
     assert result.losses[-1] < 0.5 * result.losses[0], result.losses
 
 
-@pytest.mark.parametrize("reentrant", [True, False])
-def test_gradient_checkpointing_gives_the_same_gradients(reentrant):
+@pytest.mark.parametrize("mode", [Checkpointing.REENTRANT, Checkpointing.NON_REENTRANT])
+def test_gradient_checkpointing_gives_the_same_gradients(mode):
     grads = []
-    for checkpointing in (False, True):
+    for checkpointing in (Checkpointing.OFF, mode):
         model = tiny_llama()
-        prepare_model(model, NF4_DQ, LoRAConfig(rank=4, dropout=0.0), gradient_checkpointing=checkpointing,
-                      reentrant_checkpointing=reentrant)  # fmt: skip
+        prepare_model(model, SurgeryConfig(NF4_DQ, LoRAConfig(rank=4, dropout=0.0), checkpointing))
+        calls = []
+        model.get_submodule("model.layers.0.self_attn.q_proj").register_forward_hook(lambda *_: calls.append(1))
         with torch.no_grad():
             for m in model.modules():
                 if isinstance(m, QLoRALinear):
@@ -120,6 +125,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(reentrant):
         model.train()
         ids = torch.randint(1, 96, (2, 10), generator=torch.Generator().manual_seed(0))
         model(input_ids=ids, labels=ids).loss.backward()
+        assert len(calls) == (1 if checkpointing is Checkpointing.OFF else 2)  # recomputed in backward
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
     assert grads[0].keys() == grads[1].keys() and all(v is not None for v in grads[1].values())
     for n in grads[0]:
