@@ -33,25 +33,21 @@ def _dequantized(qt: QuantizedTensor, dtype: torch.dtype) -> torch.Tensor:
     return dequantize(qt, dtype, out=buffer.view(qt.shape))
 
 
-def _use_fused(qt: QuantizedTensor, tokens: int) -> bool:
-    from qlora.kernels.fused_matmul import FUSED_MAX_TOKENS
-
-    return qt.device.type == "cuda" and qt.dtype.is_quantized and tokens <= FUSED_MAX_TOKENS
-
-
 def quantized_matmul(a: torch.Tensor, qt: QuantizedTensor, compute_dtype: torch.dtype, *, transpose_w: bool) -> torch.Tensor:
     """a @ deq(W)ᵀ (transpose_w) or a @ deq(W), in `compute_dtype`; a is 2-D.
 
     On GPU the fused kernel serves small token counts, dequantize + cuBLAS large ones
-    (`qlora.kernels.fused_matmul.FUSED_MAX_TOKENS`); on CPU it is dequantize + matmul.
+    (`qlora.kernels.fused_matmul.use_fused_kernel`, `# Note: dispatch threshold`); on CPU it is
+    dequantize + matmul (torch's CPU GEMM beats any interpreted or fused kernel there).
     """
+    from qlora.kernels.fused_matmul import use_fused_kernel
+
     a = a.to(compute_dtype)
-    if _use_fused(qt, a.shape[0]):
+    if use_fused_kernel(qt.device, a.shape[0], qt.dtype.is_quantized):
         from qlora.kernels.fused_matmul import dequant_matmul
 
-        out = dequant_matmul(a, qt, block_absmax(qt), codebook(qt.dtype, qt.device), transpose_w=transpose_w,
-                             fp32_dot=compute_dtype == torch.float32)  # fmt: skip
-        return out.to(compute_dtype)
+        return dequant_matmul(a, qt.data, block_absmax(qt), codebook(qt.dtype, qt.device), shape=tuple(qt.shape),
+                              block_size=qt.block_size, bits=4 if qt.dtype.is_4bit else 8, transpose_w=transpose_w)  # fmt: skip
     w = _dequantized(qt, compute_dtype)
     return a @ (w.t() if transpose_w else w)
 
