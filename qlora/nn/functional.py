@@ -4,7 +4,13 @@
 
 Forward and backward each dequantize W again (or read its codes in a fused kernel): the autograd graph
 saves the packed codes, never a dequantized copy. Gradients flow to X, A and B; the frozen weight and
-bias get none.
+bias get none:
+
+    dX = dY · deq(W) + s · (dY · B) · A        dA = s · (dY · B)ᵀ · dropout(X)        dB = s · dYᵀ · (dropout(X) · Aᵀ)
+
+The LoRA path is two small matmuls through the (M, r) bottleneck, not fused into the dequant kernel:
+it is O(M·r·(in + out)) against the base's O(M·in·out), 1/32 of it at r = 64 and 4096², and keeping it
+separate lets the base matmul go to cuBLAS for large token counts. (Not measured on a GPU yet.)
 """
 
 from __future__ import annotations
