@@ -34,6 +34,18 @@ def left_pad(seqs: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, tor
     return ids, mask
 
 
+def right_pad(seqs: Sequence[Sequence[int] | torch.Tensor], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), both (B, T) long, sequences left-aligned (for encoders)."""
+    longest = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), longest), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), longest), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if len(s):
+            ids[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+            mask[i, : len(s)] = 1
+    return ids, mask
+
+
 def _accepts(model: torch.nn.Module, name: str) -> bool:
     # Only named parameters: a catch-all **kwargs may forward an unknown name somewhere it breaks.
     return name in inspect.signature(model.forward).parameters
@@ -60,6 +72,64 @@ def causal_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention_mas
     if keep_last is not None:
         logits = logits[:, -keep_last:]
     return logits.float()
+
+
+def accepts_cache(model: torch.nn.Module) -> bool:
+    """Whether `model` takes a KV cache (transformers' causal LMs do; stub models may not)."""
+    return all(_accepts(model, name) for name in ("past_key_values", "use_cache", "position_ids", "logits_to_keep"))
+
+
+@torch.no_grad()
+def shared_prefix_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                           continuations: Sequence[Sequence[Sequence[int]]]) -> tuple[torch.Tensor, list[list[torch.Tensor]]]:  # fmt: skip
+    """Next-token logits after each context and the log-probabilities of its continuations, with the
+    context run once: its KV cache is shared by all its continuations.
+
+    Args:
+        input_ids, attention_mask: the contexts, left-padded (B, T) (see `left_pad`).
+        continuations: per context, R token-id lists (the same R for every context), each non-empty.
+
+    Returns:
+        (B, V) float32 logits after each context, and per context R tensors (n,) of float32
+        log-probabilities of each continuation's tokens — what scoring context + continuation whole
+        with `causal_logits` gives, up to float rounding. Requires `accepts_cache(model)`.
+    """
+    repeats = {len(c) for c in continuations}
+    if len(continuations) != input_ids.shape[0] or len(repeats) != 1:
+        raise ValueError(f"need the same number of continuations for each of the {input_ids.shape[0]} contexts, got "
+                         f"{[len(c) for c in continuations]}")  # fmt: skip
+    (r,) = repeats
+    flat = [list(c) for conts in continuations for c in conts]
+    if any(len(c) == 0 for c in flat):
+        raise ValueError("continuations must be non-empty")
+    device = model_device(model)
+    mask = attention_mask.to(device)
+    out = model(input_ids=input_ids.to(device), attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                use_cache=True, logits_to_keep=1)  # fmt: skip
+    last = out.logits[:, -1].float()
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(r)
+    longest = max(len(c) for c in flat)
+    cont_ids = torch.zeros((len(flat), longest), dtype=torch.long)
+    cont_mask = torch.zeros((len(flat), longest), dtype=torch.long)
+    for i, c in enumerate(flat):
+        cont_ids[i, : len(c)] = torch.as_tensor(c, dtype=torch.long)
+        cont_mask[i, : len(c)] = 1
+    ctx_len = mask.sum(-1).repeat_interleave(r)  # real context tokens: the continuation's first position
+    positions = ctx_len.unsqueeze(-1) + torch.arange(longest, device=device)
+    full_mask = torch.cat([mask.repeat_interleave(r, dim=0), cont_mask.to(device)], dim=-1)
+    cont_logits = model(input_ids=cont_ids.to(device), attention_mask=full_mask, position_ids=positions,
+                        past_key_values=cache, use_cache=True).logits.float()  # fmt: skip
+    first = torch.log_softmax(last, dim=-1).repeat_interleave(r, dim=0)  # predicts each continuation's first token
+    rest = torch.log_softmax(cont_logits[:, :-1], dim=-1) if longest > 1 else None
+    scores: list[torch.Tensor] = []
+    for i, c in enumerate(flat):
+        target = torch.as_tensor(c, device=device)
+        lp = first[i, target[:1]]
+        if len(c) > 1:
+            lp = torch.cat([lp, rest[i, : len(c) - 1].gather(-1, target[1:].unsqueeze(-1)).squeeze(-1)])
+        scores.append(lp.cpu())
+    return last.cpu(), [scores[b * r : (b + 1) * r] for b in range(len(continuations))]
 
 
 def batched(items: Sequence, batch_size: int, progress: bool, desc: str) -> Iterator[tuple[int, Sequence]]:

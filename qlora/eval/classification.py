@@ -6,10 +6,9 @@ from collections.abc import Sequence
 
 import torch
 
-from qlora.eval.batches import batched, model_device
+from qlora.eval.batches import batched, model_device, right_pad
 from qlora.eval.result import EvalResult, GroupScore
 from qlora.eval.stats import wilson_interval
-from qlora.train.batching import collate
 
 
 @torch.no_grad()
@@ -25,11 +24,12 @@ def evaluate_classification(model: torch.nn.Module, examples: Sequence[dict[str,
     correct: list[float] = []
     gold: list[int] = []
     for _, chunk in batched(examples, batch_size, progress, "classification"):
-        batch = collate(list(chunk), pad_token_id)
-        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
+        input_ids, attention_mask = right_pad([e["input_ids"] for e in chunk], pad_token_id)
+        gold_chunk = torch.stack([torch.as_tensor(e["label"], dtype=torch.long) for e in chunk])
+        logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
         pred = logits.argmax(-1).cpu()
-        correct += (pred == batch["labels"]).float().tolist()
-        gold += batch["labels"].tolist()
+        correct += (pred == gold_chunk).float().tolist()
+        gold += gold_chunk.tolist()
     hits = int(sum(correct))
     low, high = wilson_interval(hits, len(correct))
     groups = {}

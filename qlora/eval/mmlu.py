@@ -20,7 +20,7 @@ from typing import Protocol
 
 import torch
 
-from qlora.eval.batches import batched, causal_logits, left_pad, pad_id
+from qlora.eval.batches import accepts_cache, batched, causal_logits, left_pad, pad_id, shared_prefix_logprobs
 from qlora.eval.result import EvalResult, GroupScore
 from qlora.eval.sampling import subsample
 from qlora.eval.stats import wilson_interval
@@ -88,12 +88,18 @@ def _continuation(tokenizer, prompt: str, ctx: list[int], text: str) -> list[int
     return tokenizer(text, add_special_tokens=False).input_ids
 
 
+def _choice_continuations(tokenizer, prompts, contexts, max_length: int) -> list[list[list[int]]]:
+    """Per question, the token ids of each " {choice}" after its context (at least one token)."""
+    return [[_continuation(tokenizer, prompt, ctx, " " + choice)[: max_length - 1] or [pad_id(tokenizer)] for choice in q.choices]
+            for (prompt, q), ctx in zip(prompts, contexts)]  # fmt: skip
+
+
 def _choice_scores(model, tokenizer, prompts, contexts, max_length: int) -> torch.Tensor:
-    """(Q, 4) mean log-probability per token of each " {choice}" continuation."""
+    """(Q, 4) mean log-probability per token of each " {choice}" continuation, each context + choice
+    run whole (for models without a KV cache; `shared_prefix_logprobs` gives the same, faster)."""
     seqs, conts = [], []
-    for (prompt, q), ctx in zip(prompts, contexts):
-        for choice in q.choices:
-            cont = _continuation(tokenizer, prompt, ctx, " " + choice)[: max_length - 1] or [pad_id(tokenizer)]
+    for ctx, choices in zip(contexts, _choice_continuations(tokenizer, prompts, contexts, max_length)):
+        for cont in choices:
             seqs.append((ctx + cont)[-max_length:])
             conts.append(cont)
     ids, mask = left_pad(seqs, pad_id(tokenizer))
@@ -120,6 +126,7 @@ def evaluate_mmlu(
     batch_size: int = 4,
     max_length: int = 2048,
     choice_loglik: bool = True,
+    use_cache: bool = True,
     progress: bool = True,
 ) -> EvalResult:
     """k-shot MMLU accuracy of a causal LM.
@@ -136,6 +143,8 @@ def evaluate_mmlu(
         batch_size: questions per forward pass (x4 sequences for the choice log-likelihood).
         max_length: longest prompt in tokens.
         choice_loglik: also compute the length-normalised choice log-likelihood accuracy.
+        use_cache: score the choices from the context's KV cache where the model has one (one
+            forward pass over each context instead of five); False runs each context + choice whole.
         progress: show a tqdm bar.
 
     Returns:
@@ -156,27 +165,42 @@ def evaluate_mmlu(
         raise ValueError("no MMLU questions to evaluate")
     letter_ids = torch.tensor(answer_token_ids(tokenizer))
 
-    letter_correct, loglik_correct, shots_used = [], [], []
-    model.eval()
-    for _, batch in batched(questions, batch_size, progress, "MMLU"):
-        prompts, contexts = [], []
-        for q in batch:
-            shots = []
-            if k > 0:
-                if q.subject not in fewshot_pool or not fewshot_pool[q.subject]:
-                    raise ValueError(f"fewshot_pool has no exemplars for subject {q.subject!r}")
-                shots = list(fewshot_pool[q.subject])[:k]
-            prompt, ids, n_shots = _fit_prompt(tokenizer, q, shots, max_length)
-            prompts.append((prompt, q))
-            contexts.append(ids)
-            shots_used.append(n_shots)
-        ids, mask = left_pad(contexts, pad_id(tokenizer))
-        last = causal_logits(model, ids, mask, keep_last=1)[:, -1]  # (B, V)
+    # The context runs once and its KV cache serves the four choices (transformers' causal LMs);
+    # models without a cache score each context + choice whole, as the cache-free reference.
+    cached = use_cache and accepts_cache(model)
+    prompts, contexts, shots_used = [], [], []
+    for q in questions:
+        shots = []
+        if k > 0:
+            if q.subject not in fewshot_pool or not fewshot_pool[q.subject]:
+                raise ValueError(f"fewshot_pool has no exemplars for subject {q.subject!r}")
+            shots = list(fewshot_pool[q.subject])[:k]
+        prompt, ids, n_shots = _fit_prompt(tokenizer, q, shots, max_length)
+        prompts.append((prompt, q))
+        contexts.append(ids)
+        shots_used.append(n_shots)
+    # Longest prompts first, so that a batch pads little (5-shot prompts range from ~300 to 2048 tokens);
+    # the scores are per question and do not depend on the batch (tested).
+    order = sorted(range(len(questions)), key=lambda i: -len(contexts[i]))
+    letter_correct, loglik_correct = [0.0] * len(questions), [0.0] * len(questions)
+    for _, idx in batched(order, batch_size, progress, "MMLU"):
+        batch = [questions[i] for i in idx]
+        ids, mask = left_pad([contexts[i] for i in idx], pad_id(tokenizer))
+        choice_scores = None
+        if choice_loglik and cached:
+            conts = _choice_continuations(tokenizer, [prompts[i] for i in idx], [contexts[i] for i in idx], max_length)
+            last, logprobs = shared_prefix_logprobs(model, ids, mask, conts)
+            choice_scores = torch.stack([torch.stack([lp.mean() for lp in per_q]) for per_q in logprobs])
+        else:
+            last = causal_logits(model, ids, mask, keep_last=1)[:, -1]  # (B, V)
+            if choice_loglik:
+                choice_scores = _choice_scores(model, tokenizer, [prompts[i] for i in idx], [contexts[i] for i in idx], max_length)
         pred = last[:, letter_ids.to(last.device)].argmax(-1).cpu()
-        letter_correct += [float(int(p) == q.answer) for p, q in zip(pred, batch)]
-        if choice_loglik:
-            pred_ll = _choice_scores(model, tokenizer, prompts, contexts, max_length).argmax(-1)
-            loglik_correct += [float(int(p) == q.answer) for p, q in zip(pred_ll, batch)]
+        for i, p, q in zip(idx, pred, batch):
+            letter_correct[i] = float(int(p) == q.answer)
+        if choice_scores is not None:
+            for i, p, q in zip(idx, choice_scores.argmax(-1), batch):
+                loglik_correct[i] = float(int(p) == q.answer)
 
     groups = _by_subject(questions, letter_correct)
     n, hits = len(questions), int(sum(letter_correct))

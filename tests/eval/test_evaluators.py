@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from qlora.eval.batches import causal_logits, left_pad
+from qlora.eval.batches import accepts_cache, causal_logits, left_pad, shared_prefix_logprobs
 from qlora.data.tokenization import tokenize_classification
 from qlora.eval.classification import evaluate_classification
 from qlora.eval.mmlu import answer_token_ids, evaluate_mmlu, format_prompt
@@ -109,6 +109,35 @@ def test_mmlu_batching_and_subsample_invariance(tok):
     assert a.per_example == b.per_example and a.extra == pytest.approx(b.extra)
     c = evaluate_mmlu(model, tok, qs, {"high_school_biology": qs[:3]}, k=3, limit=4, seed=1, progress=False)
     assert c.n == 4
+
+
+def test_shared_prefix_cache_matches_whole_sequences(tok):
+    """Continuation log-probs from the context's KV cache = scoring each context + continuation whole."""
+    model = tiny_llama(len(tok))
+    assert accepts_cache(model) and not accepts_cache(FavourTokens(len(tok), [0]))
+    contexts = [tok("the cat sat on the mat and then").input_ids, tok("hi").input_ids]
+    conts = [[tok(" ran away", add_special_tokens=False).input_ids, tok(" slept", add_special_tokens=False).input_ids],
+             [tok(" there friend of mine", add_special_tokens=False).input_ids, tok(" !", add_special_tokens=False).input_ids]]
+    last, got = shared_prefix_logprobs(model, *left_pad(contexts, 0), conts)
+    for b, ctx in enumerate(contexts):
+        alone = causal_logits(model, *left_pad([ctx], 0))[0, -1]
+        torch.testing.assert_close(last[b], alone, rtol=1e-4, atol=1e-4)
+        for c, cont in enumerate(conts[b]):
+            logprobs = torch.log_softmax(causal_logits(model, *left_pad([ctx + cont], 0))[0], dim=-1)
+            want = logprobs[len(ctx) - 1 : -1].gather(-1, torch.tensor(cont).unsqueeze(-1)).squeeze(-1)
+            assert got[b][c].shape == (len(cont),)
+            torch.testing.assert_close(got[b][c], want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="same number"):
+        shared_prefix_logprobs(model, *left_pad(contexts, 0), [conts[0], conts[1][:1]])
+
+
+def test_mmlu_cached_choice_scores_equal_uncached(tok):
+    qs = _questions([0, 1, 2, 3, 0, 1, 2])
+    model = tiny_llama(len(tok))
+    pool = {"high_school_biology": qs[:3]}
+    a = evaluate_mmlu(model, tok, qs, pool, k=3, batch_size=3, progress=False, use_cache=False)
+    b = evaluate_mmlu(model, tok, qs, pool, k=3, batch_size=3, progress=False, use_cache=True)
+    assert a.per_example == b.per_example and a.extra == pytest.approx(b.extra)
 
 
 def test_mmlu_drops_shots_to_fit(tok):
