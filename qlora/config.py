@@ -144,13 +144,14 @@ class ModelConfig:
 class DataConfig:
     """The embedded data: BIG-bench tasks (GLUE-style classification, Natural Instructions) and MMLU."""
 
-    classification_task: str = "vitaminc_fact_verification"
+    classification_task: str = "multiemo/all_sentence_en"  # 4-way sentiment (a stand-in for SST-2)
     classification_train: int = 2000
     classification_test: int = 500
     instruction_train: int = 2000  # Natural Instructions records for instruction tuning
     instruction_heldout_tasks: int = 4  # whole subtasks held out for RougeL (as Super-NaturalInstructions)
-    instruction_test: int = 100
-    max_length: int = 256
+    instruction_test: int = 100  # held-out prompts, interleaved across the held-out subtasks
+    instruction_test_max_prompt_tokens: int = 1024  # longest held-out prompt (generation only: not max_length)
+    max_length: int = 256  # longest training sequence
     seed: int = 0
 
 

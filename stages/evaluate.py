@@ -49,7 +49,7 @@ def main(which: str, run: str) -> None:
                              limit=ev.mmlu_questions or None, seed=ev.seed, batch_size=ev.batch_size)  # fmt: skip
         test = json.loads((ARTIFACTS / "data" / INSTRUCT_TEST).read_text())["examples"][: ev.rouge_examples]
         rouge = evaluate_rouge(model, tokenizer, [t["prompt"] for t in test], [t["references"] for t in test],
-                               max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size)  # fmt: skip
+                               max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size, groups=[t["subtask"] for t in test])  # fmt: skip
         records = [_record("mmlu", cfg.causal.name, spec, "MMLU test (5-shot)", mmlu),
                    _record("rougeL", cfg.causal.name, spec, "Natural Instructions held-out subtasks", rouge)]  # fmt: skip
     elif which == "encoder":

@@ -60,9 +60,8 @@ def prepare_datasets(data: DataConfig, evaluation: EvalConfig, causal_tokenizer,
         if len(train) == data.instruction_train:
             break
     TokenizedDataset.from_examples(train).save(out / INSTRUCT_TRAIN)
-    prompt_budget = data.max_length - evaluation.max_new_tokens
-    test = [{"subtask": r.subtask, "prompt": r.prompt, "references": list(r.targets)}
-            for r in test_pool if len(prompt_ids(causal_tokenizer, r.prompt)) <= prompt_budget][: data.instruction_test]  # fmt: skip
+    test = _interleaved_test(test_pool, sorted(held_out), causal_tokenizer, data.instruction_test,
+                             data.instruction_test_max_prompt_tokens)  # fmt: skip
     (out / INSTRUCT_TEST).write_text(json.dumps({"held_out_subtasks": sorted(held_out), "examples": test}, indent=1) + "\n")
 
     questions = load_mmlu()
@@ -75,3 +74,23 @@ def prepare_datasets(data: DataConfig, evaluation: EvalConfig, causal_tokenizer,
     save_file({"input_ids": windows}, str(out / PERPLEXITY), metadata={"source": "MMLU question stems"})
     return {"cls_train": data.classification_train, "cls_test": data.classification_test, "instruct_train": len(train),
             "instruct_test": len(test), "held_out_subtasks": len(held_out), "perplexity_tokens": window * count}  # fmt: skip
+
+
+def _interleaved_test(pool, subtasks: list[str], tokenizer, count: int, max_prompt_tokens: int) -> list[dict]:
+    """Up to `count` held-out examples taken round-robin over `subtasks` (so that any prefix, e.g. the
+    first `eval.rouge_examples`, spreads evenly over them), prompts of at most `max_prompt_tokens`."""
+    per_task: dict[str, list] = {t: [] for t in subtasks}
+    for r in pool:  # already shuffled
+        if len(per_task[r.subtask]) < count and len(prompt_ids(tokenizer, r.prompt)) <= max_prompt_tokens:
+            per_task[r.subtask].append(r)
+    empty = [t for t, rs in per_task.items() if not rs]
+    if empty:
+        raise ValueError(f"held-out subtasks {empty} have no prompt of at most {max_prompt_tokens} tokens "
+                         "(data.instruction_test_max_prompt_tokens)")  # fmt: skip
+    test: list[dict] = []
+    for i in range(count):
+        for t in subtasks:
+            if i < len(per_task[t]) and len(test) < count:
+                r = per_task[t][i]
+                test.append({"subtask": r.subtask, "prompt": r.prompt, "references": list(r.targets)})
+    return test
