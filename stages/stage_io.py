@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -55,3 +56,16 @@ def write_atomic(path: str | Path, text: str) -> None:
 
 def write_json_atomic(path: str | Path, data: Any) -> None:
     write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def fingerprint(*paths: str | Path) -> str:
+    """sha256 over the names and bytes of the files under `paths` (files or folders, sorted walk)."""
+    digest = hashlib.sha256()
+    for root in map(Path, paths):
+        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+        for f in files:
+            digest.update(str(f.relative_to(root) if root.is_dir() else f.name).encode() + b"\0")
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 22), b""):
+                    digest.update(chunk)
+    return digest.hexdigest()

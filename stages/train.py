@@ -9,9 +9,10 @@ metrics/train/<model>_<run>.json (a TrainRecord), metrics/train/<model>_<run>_lo
 import dataclasses
 import hashlib
 import json
+import shutil
 import sys
 
-from stage_io import ARTIFACTS, METRICS, pipeline_params, tracking_uri, write_atomic, write_json_atomic
+from stage_io import ARTIFACTS, METRICS, fingerprint, pipeline_params, tracking_uri, write_atomic, write_json_atomic
 
 from qlora.config import Method, RunSpec
 from qlora.data.prepare import CLS_LABELS, CLS_TRAIN, INSTRUCT_TRAIN
@@ -38,11 +39,17 @@ def main(which: str, run: str) -> None:
         checkpoint, data = ARTIFACTS / "models" / "encoder", ARTIFACTS / "data" / CLS_TRAIN
         num_labels = len(json.loads((ARTIFACTS / "data" / CLS_LABELS).read_text())["labels"])
     settings = json.dumps([dataclasses.asdict(train_cfg), dataclasses.asdict(cfg.lora), dataclasses.asdict(quant)], default=str, sort_keys=True)
-    resume = ARTIFACTS / "resume" / f"{which}_{run}" / hashlib.sha256(settings.encode()).hexdigest()[:12]
+    # A killed run resumes only into the same run: same settings, same base checkpoint, same data.
+    key = hashlib.sha256((settings + fingerprint(checkpoint, data)).encode()).hexdigest()[:12]
+    resume = ARTIFACTS / "resume" / f"{which}_{run}" / key
+    for stale in resume.parent.glob("*"):  # checkpoints of this stage's earlier, different runs
+        if stale != resume:
+            shutil.rmtree(stale)
     out = finetune(
         model_name=model_cfg.name, checkpoint=checkpoint, kind=model_cfg.kind, method=spec.method, quant=quant, lora=cfg.lora,
         train_config=train_cfg, data=data, out_dir=ARTIFACTS / "adapters" / which / run, resume_dir=resume, num_labels=num_labels,
     )  # fmt: skip
+    shutil.rmtree(resume, ignore_errors=True)  # finished: DVC caches the adapter; the resumable state is no longer needed
     record = out.record
     stem = METRICS / ("main" if main_run else "train") / f"{which}_{run}"
     write_json_atomic(f"{stem}.json", dump_records([record]))
