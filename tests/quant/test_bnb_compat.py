@@ -39,7 +39,7 @@ def test_dequantize_equals_bitsandbytes(quant_type, out_dtype):
 
 
 def test_bitsandbytes_cpu_dequant_bug_on_rows_not_multiple_of_block():
-    """bitsandbytes 0.50.2's C dequantizer on CPU is wrong when a row length is even but not a multiple
+    """bitsandbytes 0.50.2's C dequantizer on (some) CPUs is wrong when a row length is even but not a multiple
     of the block size (it indexes blocks per row); its own pure-torch implementation agrees with ours."""
     from bitsandbytes.backends.default.ops import _dequantize_4bit_compute
 
@@ -48,7 +48,9 @@ def test_bitsandbytes_cpu_dequant_bug_on_rows_not_multiple_of_block():
     ours = qlora.dequantize(qlora.quantize(w, "nf4", 64))
     bnb_torch = _dequantize_4bit_compute(packed.reshape(-1), state.absmax, state.code, 64, w.shape, torch.bfloat16)
     assert torch.equal(ours, bnb_torch)
-    assert not torch.equal(ours, F.dequantize_4bit(packed, state))  # fails once bitsandbytes fixes it: then compare directly
+    # Not asserted: F.dequantize_4bit itself. Whether it runs the buggy C kernel depends on the CPU
+    # (on the AVX-512 Xeon of 2026-11-24 it differed from ours; on an AMD EPYC without AVX-512 it
+    # dispatches elsewhere and equals ours), so the fact under test is the torch implementation's.
 
 
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
