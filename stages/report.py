@@ -3,9 +3,9 @@ metrics files only; the paper's published numbers sit in adjacent columns."""
 
 import glob
 
-from stage_io import pipeline_params, tracking_uri, write_atomic
+from stage_io import pipeline_params, tracking_uri, write_atomic, write_json_atomic
 
-from qlora.report import load_records, memory_table, table2, table3, table4, write_table
+from qlora.report import load_records, memory_table, metrics_summary, table2, table3, table4, write_table
 from qlora.report.plots import accuracy_bars, loss_curves, memory_bars
 from qlora.tracking import log_run
 
@@ -24,6 +24,8 @@ def main() -> None:
                 accuracy_bars(evals, "mmlu", f"{REPORTS}/accuracy_mmlu.png"),
                 accuracy_bars(evals, "classification", f"{REPORTS}/accuracy_classification.png"),
                 memory_bars(trains, f"{REPORTS}/memory.png")]  # fmt: skip
+    main_evals, main_trains = load_records(sorted(glob.glob("metrics/main/*.json")))
+    write_json_atomic("metrics/summary.json", metrics_summary(evals, trains, main_evals, main_trains))
     write_atomic(f"{REPORTS}/README.md", "# Regenerated tables\n\n" + "\n".join(t.to_markdown() for t in tables))
     log_run(tracking_uri(cfg), cfg.tracking.experiment, "report", tags={"stage": "report"}, artifacts=written)
 

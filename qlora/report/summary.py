@@ -1,0 +1,47 @@
+"""One nested dict of every headline number, for `dvc metrics show` / `dvc exp show` / `dvc metrics diff`.
+
+The per-stage records are lists (a stage may score several tasks), which DVC's metrics commands do
+not read; this summary is what they compare across experiments:
+
+    {"eval": {task: {model: {"<method>_<quant>": value}}},
+     "train": {"peak_mb" | "tokens_per_s" | "final_loss": {model: {"<method>_<quant>": value}}},
+     "main": {task: value, "peak_mb": ..., "tokens_per_s": ..., "final_loss": ...}}
+
+"main" is the run whose data type `dvc exp run -S quant=...` changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from qlora.report.records import EvalRecord, TrainRecord
+
+_TRAIN_FIELDS = ("peak_mb", "tokens_per_s", "final_loss")
+
+
+def _train_values(t: TrainRecord) -> dict[str, float]:
+    return {"peak_mb": t.peak_mb, "tokens_per_s": t.tokens_per_s, "final_loss": t.losses[-1] if t.losses else float("nan")}
+
+
+def metrics_summary(evals: Sequence[EvalRecord], trains: Sequence[TrainRecord],
+                    main_evals: Sequence[EvalRecord] = (), main_trains: Sequence[TrainRecord] = ()) -> dict:  # fmt: skip
+    """The summary dict (see the module docstring); a duplicate (task, model, method, quant) raises."""
+    out: dict = {"eval": {}, "train": {name: {} for name in _TRAIN_FIELDS}, "main": {}}
+    for r in evals:
+        row = out["eval"].setdefault(r.task, {}).setdefault(r.model, {})
+        key = f"{r.method.value}_{r.quant}"
+        if key in row:
+            raise ValueError(f"two {r.task} records for {r.model} {key}")
+        row[key] = r.value
+    for t in trains:
+        key = f"{t.method.value}_{t.quant}"
+        for name, value in _train_values(t).items():
+            row = out["train"][name].setdefault(t.model, {})
+            if key in row:
+                raise ValueError(f"two training records for {t.model} {key}")
+            row[key] = value
+    for r in main_evals:
+        out["main"][r.task] = r.value
+    for t in main_trains:
+        out["main"].update(_train_values(t))
+    return out
