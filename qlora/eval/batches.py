@@ -22,28 +22,26 @@ def pad_id(tokenizer) -> int:
     return 0
 
 
-def left_pad(seqs: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask), both (B, T) long, sequences right-aligned (last token at T-1)."""
+def _pad(seqs: Sequence[Sequence[int] | torch.Tensor], pad: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
     longest = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), longest), pad, dtype=torch.long)
     mask = torch.zeros((len(seqs), longest), dtype=torch.long)
     for i, s in enumerate(seqs):
         if len(s):
-            ids[i, longest - len(s) :] = torch.as_tensor(list(s), dtype=torch.long)
-            mask[i, longest - len(s) :] = 1
+            span = slice(longest - len(s), longest) if left else slice(0, len(s))
+            ids[i, span] = torch.as_tensor(s, dtype=torch.long)
+            mask[i, span] = 1
     return ids, mask
+
+
+def left_pad(seqs: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), both (B, T) long, sequences right-aligned (last token at T-1)."""
+    return _pad(seqs, pad, left=True)
 
 
 def right_pad(seqs: Sequence[Sequence[int] | torch.Tensor], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask), both (B, T) long, sequences left-aligned (for encoders)."""
-    longest = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), longest), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), longest), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if len(s):
-            ids[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
-            mask[i, : len(s)] = 1
-    return ids, mask
+    return _pad(seqs, pad, left=False)
 
 
 def _accepts(model: torch.nn.Module, name: str) -> bool:
@@ -109,12 +107,8 @@ def shared_prefix_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, atte
     last = out.logits[:, -1].float()
     cache = out.past_key_values
     cache.batch_repeat_interleave(r)
-    longest = max(len(c) for c in flat)
-    cont_ids = torch.zeros((len(flat), longest), dtype=torch.long)
-    cont_mask = torch.zeros((len(flat), longest), dtype=torch.long)
-    for i, c in enumerate(flat):
-        cont_ids[i, : len(c)] = torch.as_tensor(c, dtype=torch.long)
-        cont_mask[i, : len(c)] = 1
+    cont_ids, cont_mask = right_pad(flat, 0)
+    longest = cont_ids.shape[1]
     ctx_len = mask.sum(-1).repeat_interleave(r)  # real context tokens: the continuation's first position
     positions = ctx_len.unsqueeze(-1) + torch.arange(longest, device=device)
     full_mask = torch.cat([mask.repeat_interleave(r, dim=0), cont_mask.to(device)], dim=-1)

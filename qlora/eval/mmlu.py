@@ -185,16 +185,17 @@ def evaluate_mmlu(
     letter_correct, loglik_correct = [0.0] * len(questions), [0.0] * len(questions)
     for _, idx in batched(order, batch_size, progress, "MMLU"):
         batch = [questions[i] for i in idx]
-        ids, mask = left_pad([contexts[i] for i in idx], pad_id(tokenizer))
+        batch_prompts, batch_contexts = [prompts[i] for i in idx], [contexts[i] for i in idx]
+        ids, mask = left_pad(batch_contexts, pad_id(tokenizer))
         choice_scores = None
         if choice_loglik and cached:
-            conts = _choice_continuations(tokenizer, [prompts[i] for i in idx], [contexts[i] for i in idx], max_length)
+            conts = _choice_continuations(tokenizer, batch_prompts, batch_contexts, max_length)
             last, logprobs = shared_prefix_logprobs(model, ids, mask, conts)
             choice_scores = torch.stack([torch.stack([lp.mean() for lp in per_q]) for per_q in logprobs])
         else:
             last = causal_logits(model, ids, mask, keep_last=1)[:, -1]  # (B, V)
             if choice_loglik:
-                choice_scores = _choice_scores(model, tokenizer, [prompts[i] for i in idx], [contexts[i] for i in idx], max_length)
+                choice_scores = _choice_scores(model, tokenizer, batch_prompts, batch_contexts, max_length)
         pred = last[:, letter_ids.to(last.device)].argmax(-1).cpu()
         for i, p, q in zip(idx, pred, batch):
             letter_correct[i] = float(int(p) == q.answer)
