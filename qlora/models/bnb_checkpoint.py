@@ -27,7 +27,7 @@ from qlora.readers import BadFileError, check_finite, get, read_json, read_safet
 
 __all__ = [
     "CONFIG_FILE", "WEIGHTS_FILE", "QuantizedCheckpoint", "check_module_shapes", "load_quantized_checkpoint",
-    "quantization_config", "read_safetensors", "save_quantized_checkpoint",
+    "quantization_config", "save_quantized_checkpoint",
 ]  # fmt: skip
 
 CONFIG_FILE = "config.json"
