@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from qlora.config import DataConfig, EvalConfig
+from qlora.config import DataConfig
 from qlora.data.bigbench import load_classification, load_natural_instructions
 from qlora.data.mmlu import load_mmlu
 from qlora.data.tokenization import TokenizedDataset, encode_instruction, prompt_ids, tokenize_classification
@@ -26,7 +26,7 @@ INSTRUCT_TRAIN, INSTRUCT_TEST = "instruct_train.safetensors", "instruct_test.jso
 PERPLEXITY = "perplexity.safetensors"
 
 
-def prepare_datasets(data: DataConfig, evaluation: EvalConfig, causal_tokenizer, encoder_tokenizer, bigbench: str | Path,
+def prepare_datasets(data: DataConfig, causal_tokenizer, encoder_tokenizer, bigbench: str | Path,
                      out_dir: str | Path) -> dict:  # fmt: skip
     """Writes the token files into `out_dir`; returns a summary (counts) for the stage's metrics."""
     out = Path(out_dir)
@@ -67,7 +67,7 @@ def prepare_datasets(data: DataConfig, evaluation: EvalConfig, causal_tokenizer,
     questions = load_mmlu()
     stems = [q.question for q in rng.sample(questions, min(len(questions), 4000))]
     ids = causal_tokenizer("\n\n".join(stems), add_special_tokens=False).input_ids
-    window, count = evaluation.perplexity_window_tokens, evaluation.perplexity_windows
+    window, count = data.perplexity_window_tokens, data.perplexity_windows
     if len(ids) < window * count:
         raise ValueError(f"perplexity text has {len(ids)} tokens, fewer than {count} windows of {window}")
     windows = torch.tensor(ids[: window * count], dtype=torch.int32).view(count, window)
