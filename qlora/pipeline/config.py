@@ -150,3 +150,8 @@ class PipelineConfig:
         if name not in self.quants:
             raise ConfigError(key, name, f"one of the data types in quants: {', '.join(sorted(self.quants))}")
         return self.quants[name]
+
+
+def main_method(quant: QuantConfig) -> Method:
+    """The main run's method: QLoRA on a quantized base, LoRA on bf16."""
+    return Method.QLORA if quant.dtype.is_quantized else Method.LORA

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from qlora.checks import ConfigError, check_bool, check_float, check_int, parse_enum
-from qlora.pipeline.config import AblationConfig, PipelineConfig
+from qlora.pipeline.config import PipelineConfig
 
 _NoneType = type(None)
 
@@ -105,13 +105,10 @@ def load_params(path: str | Path = "params.yaml") -> PipelineConfig:
 class ReadRecorder:
     """A read-only view of a PipelineConfig that records the dotted keys read through it.
 
-    The root and the `ablation` section are namespaces: reading one of their fields records that
-    field's key; a mapping (`quants`, `models`, `ablation.causal`) records the key of the entry read
-    (`quants.fp4`), or the whole mapping when iterated. Any other value is returned as is (the real,
-    typed object) and its key recorded as read in full.
+    Sections (dataclasses) and mappings are views too: reading a plain value records its full key
+    (`data.perplexity_windows`); `whole(view)` records the view's key and returns the real, typed object
+    (a job keeps real objects only); iterating a mapping records the whole mapping.
     """
-
-    _NAMESPACES = (PipelineConfig, AblationConfig)
 
     def __init__(self, target: Any, prefix: str = "", reads: set[str] | None = None) -> None:
         object.__setattr__(self, "_target", target)
@@ -122,13 +119,13 @@ class ReadRecorder:
         return f"{self._prefix}.{name}" if self._prefix else str(name)
 
     def _wrap(self, value: Any, key: str) -> Any:
-        if isinstance(value, self._NAMESPACES) or isinstance(value, Mapping):
+        if dataclasses.is_dataclass(value) or isinstance(value, Mapping):
             return ReadRecorder(value, key, self.reads)
         self.reads.add(key)
         return value
 
     def __getattr__(self, name: str) -> Any:
-        if isinstance(self._target, Mapping):
+        if isinstance(self._target, Mapping) or name.startswith("_"):
             raise AttributeError(name)
         return self._wrap(getattr(self._target, name), self._key(name))
 
@@ -158,8 +155,22 @@ class ReadRecorder:
         raise AttributeError("params are read-only")
 
 
+def whole(section: Any) -> Any:
+    """The real config object behind a (recorded) view, its whole key recorded as read; others as they are."""
+    if isinstance(section, ReadRecorder):
+        section.reads.add(section._prefix)
+        return section._target
+    return section
+
+
 def lookup(mapping: Mapping[str, Any], name: str, key: str) -> Any:
-    """`mapping[name]`, or a ConfigError naming `key` and the allowed names."""
+    """`mapping[name]` (the real object), or a ConfigError naming `key` and the allowed names."""
     if name not in mapping:
         raise ConfigError(key, name, f"one of {', '.join(sorted(mapping))}")
-    return mapping[name]
+    return whole(mapping[name])
+
+
+def pick(section: Any, kind: type, fields: tuple[str, ...]) -> Any:
+    """`kind` built from only these fields of a (recorded) section, the others left at their defaults:
+    a job that needs three keys of a section depends on those three, not on the section."""
+    return kind(**{f: getattr(section, f) for f in fields})

@@ -54,8 +54,15 @@ def base_items(model: str, quant: str) -> Path:
 
 
 def eval_metrics(role: str, run: str) -> Path:
-    return METRICS / ("main" if run == MAIN else "eval") / f"{role}_{run}.json"
+    if run == MAIN:
+        return METRICS / "main" / f"{role}_{run}_eval.json"
+    return METRICS / "eval" / f"{role}_{run}.json"
 
 
 def eval_items(role: str, run: str) -> Path:
     return ITEMS / ("main" if run == MAIN else "eval") / f"{role}_{run}.json"
+
+
+def seed_dir(row_dir: Path, seed: int) -> Path:
+    """An encoder row's folder holds one adapter per seed."""
+    return row_dir / f"s{seed}"

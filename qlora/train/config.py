@@ -6,7 +6,7 @@ import dataclasses
 import enum
 
 from qlora.checks import check_bool, check_float, check_int, enum_check, validate_fields
-from qlora.optim import StateBits
+from qlora.optim.state_bits import StateBits
 
 
 class Schedule(enum.Enum):
