@@ -134,7 +134,7 @@ def quantize_checkpoint(base_dir: str | Path, kind: ModelKind, quant: "QuantConf
         state = model.state_dict()
         tied = getattr(model.config, "tie_word_embeddings", False)
         others = {k: v for k, v in state.items()
-                  if k.rsplit(".", 1)[0] not in quantized and not (tied and k == "lm_head.weight")}  # fmt: skip
+                  if (k.rsplit(".", 1)[0] not in quantized or k.endswith(".bias")) and not (tied and k == "lm_head.weight")}  # fmt: skip
         tmp = save_quantized_checkpoint(out_dir.with_name(f".{out_dir.name}.tmp"), model.config.to_dict(), quantized, others)
     for f in base_dir.iterdir():  # tokenizer and generation files
         if f.is_file() and not f.name.endswith((".safetensors", ".bin")) and f.name != "config.json":
