@@ -27,13 +27,11 @@ import torch
 from torch import nn
 
 from qlora.config import Checkpointing, LoRAConfig, ModelKind, QuantConfig, Targets
-from qlora.models.surgery import CLASSIFICATION_HEADS, _enable_checkpointing, _is_conv1d, target_modules
+from qlora.models.surgery import CLASSIFICATION_HEADS, _enable_checkpointing, _is_conv1d, linear_modules, select_targets
 from qlora.nn.linear import QLoRALinear
 from qlora.quant.api import quantize
 
 ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_SUBDIR = "adapter"  # where `qlora.save_pretrained` puts the adapter beside a whole model
-QUANT_CONFIG_FILE = "qlora_quant_config.json"  # the QuantConfig a folder was saved with (`qlora.save_pretrained`)
 
 
 def resolve_model_dir(path_or_hub_id: str | Path) -> Path:
@@ -54,21 +52,6 @@ def resolve_model_dir(path_or_hub_id: str | Path) -> Path:
         raise FileNotFoundError(f"{str(path_or_hub_id)!r} is neither a model folder nor a hub id available here ({type(e).__name__}: {e})") from None
 
 
-def read_quant_config(directory: str | Path) -> QuantConfig | None:
-    """The QuantConfig recorded by `qlora.save_pretrained` in `directory`, or None if there is none."""
-    from qlora.config import ComputeDtype
-    from qlora.quant.dtypes import DataType
-
-    path = Path(directory) / QUANT_CONFIG_FILE
-    if not path.is_file():
-        return None
-    raw = json.loads(path.read_text())
-    try:
-        return QuantConfig(DataType.parse(raw["dtype"]), bool(raw["double_quant"]), int(raw["block_size"]), ComputeDtype(raw["compute_dtype"]))
-    except (KeyError, ValueError) as e:
-        raise ValueError(f"{path}: expected dtype, double_quant, block_size and compute_dtype ({e})") from None
-
-
 def from_pretrained(path_or_hub_id: str | Path, *, quant: QuantConfig | None = None, lora: LoRAConfig | None = None,
                     kind: ModelKind = ModelKind.CAUSAL_LM, num_labels: int | None = None, adapter: str | Path | None = None,
                     checkpointing: Checkpointing = Checkpointing.OFF, dtype: torch.dtype = torch.float32) -> nn.Module:  # fmt: skip
@@ -77,10 +60,11 @@ def from_pretrained(path_or_hub_id: str | Path, *, quant: QuantConfig | None = N
     Args:
         path_or_hub_id: a model folder (float safetensors, or a 4-bit one saved by transformers +
             bitsandbytes or by `qlora.save_pretrained`) or a hub id.
-        quant: how to store the base; None: as recorded in the folder, else NF4+DQ block 64. For a
-            folder that is already quantized it must match what the folder holds.
-        lora: fresh adapters (None: none, unless an adapter is loaded); which layers they target also
-            says which are quantized (`Targets.ALL_LINEAR`: every linear but the head, paper §4).
+        quant: how to store the base; None: as recorded with the adapter or the folder
+            (`qlora_quant.json`, or a bitsandbytes `quantization_config`), else NF4+DQ block 64. For a
+            folder that is already quantized its storage must match what the folder holds.
+        lora: fresh adapters on the layers `lora.targets` selects (None: none, unless an adapter is
+            loaded). Every linear layer but the head is quantized whatever the targets (paper §4).
         kind: causal LM or sequence classifier (a new head with `num_labels` outputs, trained in full).
         num_labels: for `ModelKind.SEQ_CLS`.
         adapter: a PEFT LoRA adapter folder to load (its rank, alpha and target modules set the
@@ -96,8 +80,9 @@ def from_pretrained(path_or_hub_id: str | Path, *, quant: QuantConfig | None = N
         ValueError: a bad combination of arguments, or a folder whose tensors do not match its config.
         FileNotFoundError: the folder or hub id is not available.
     """
+    from qlora.models.loading import QUANT_FILE, read_quant_config
     from qlora.models.peft_format import load_peft_adapter
-    from qlora.models.saving import attach_save_pretrained
+    from qlora.models.saving import ADAPTER_SUBDIR, attach_save_pretrained
 
     if quant is not None and not isinstance(quant, QuantConfig):
         raise TypeError(f"quant must be a QuantConfig, got {type(quant).__name__}")
@@ -118,7 +103,8 @@ def from_pretrained(path_or_hub_id: str | Path, *, quant: QuantConfig | None = N
         weights = load_peft_adapter(adapter)
         lora = LoRAConfig(rank=weights.rank, alpha=weights.alpha, dropout=weights.dropout, targets=Targets.NAMES,
                           target_names=tuple(sorted(weights.lora)))  # fmt: skip
-        quant = quant or read_quant_config(adapter)
+        if quant is None and (Path(adapter) / QUANT_FILE).is_file():
+            quant = read_quant_config(adapter)
     quant = quant or read_quant_config(directory) or QuantConfig()
 
     config = json.loads((directory / "config.json").read_text())
@@ -213,9 +199,10 @@ def _load_streaming(directory: Path, kind: ModelKind, quant: QuantConfig, lora: 
             rename[key] = f"{prefix}.{key}"
     file_key = {rename.get(k, k): k for k in index}
 
-    targets = target_modules(model, lora)
+    targets = linear_modules(model)
     if not targets:
-        raise ValueError(f"no linear layer matches targets={lora.targets.value} {lora.target_names or ''} in {type(model).__name__}")
+        raise ValueError(f"{type(model).__name__} has no linear layer to quantize")
+    adapted = set(select_targets(targets, lora)) if lora.rank else set()
     loaded: set[str] = set()
     for name in targets:
         module = model.get_submodule(name)
@@ -229,7 +216,7 @@ def _load_streaming(directory: Path, kind: ModelKind, quant: QuantConfig, lora: 
             raise ValueError(f"{directory}: {name}.weight has shape {tuple(weight.shape)}, the config says {tuple(module.weight.shape)}")
         weight = weight.t() if transposed else weight
         new = QLoRALinear(quantize(weight, quant.dtype, quant.block_size, quant.double_quant), tensors.get(f"{name}.bias"),
-                          lora=lora, compute_dtype=quant.compute_dtype)  # fmt: skip
+                          lora=lora if name in adapted else None, compute_dtype=quant.compute_dtype)  # fmt: skip
         new.from_conv1d = transposed
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, new)

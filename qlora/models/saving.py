@@ -4,7 +4,7 @@ transformers' own `save_pretrained` cannot save a prepared model: the quantized 
 (packed codes, absmax, shared codebooks) are not a layout any loader reads, and the codebooks shared
 between layers make it fail ("shared tensors"). What users of transformers and PEFT expect instead:
 - `Save.ADAPTER`: the adapters in PEFT's format (`adapter_config.json` + `adapter_model.safetensors`,
-  `qlora.models.peft_format`) and the quantization they were trained on (`qlora_quant_config.json`),
+  `qlora.models.peft_format`) and the quantization they were trained on (`qlora_quant.json`),
   so `qlora.from_pretrained(base, adapter=dir)` rebuilds the same model, and
   `peft.PeftModel.from_pretrained` loads the adapter onto a transformers base;
 - `Save.QUANTIZED_MODEL`: the whole 4-bit model in the transformers + bitsandbytes layout
@@ -28,9 +28,11 @@ from torch import nn
 
 from qlora.atomic import atomic_dir
 from qlora.config import ComputeDtype, QuantConfig
-from qlora.models.pretrained import ADAPTER_SUBDIR, QUANT_CONFIG_FILE
 from qlora.models.surgery import CLASSIFICATION_HEADS
 from qlora.nn.linear import QLoRALinear
+
+
+ADAPTER_SUBDIR = "adapter"  # where the adapter goes when it is saved beside a whole model
 
 
 class Save(enum.Flag):
@@ -124,6 +126,7 @@ def save_pretrained(model: nn.Module, directory: str | Path, *, what: Save | Non
             (16-bit LoRA) asked to be saved as a quantized model.
     """
     from qlora.models.bnb_checkpoint import save_quantized_checkpoint
+    from qlora.models.loading import QUANT_FILE, quant_config_json
     from qlora.models.peft_format import save_peft_adapter
 
     quant = model_quant_config(model)
@@ -144,9 +147,8 @@ def save_pretrained(model: nn.Module, directory: str | Path, *, what: Save | Non
             _move_files(save_quantized_checkpoint(tmp / "model", config, quantized, others, compute_dtype=cd), tmp)
             if getattr(model, "generation_config", None) is not None and model.can_generate():
                 model.generation_config.save_pretrained(tmp)
-        record = json.dumps({"dtype": quant.dtype.value, "double_quant": quant.double_quant, "block_size": quant.block_size,
-                             "compute_dtype": quant.compute_dtype.value}, indent=2, sort_keys=True) + "\n"  # fmt: skip
-        (tmp / QUANT_CONFIG_FILE).write_text(record)
+        record = json.dumps(quant_config_json(quant), indent=2, sort_keys=True) + "\n"
+        (tmp / QUANT_FILE).write_text(record)
         if adapter is not None:
             # beside a model, in a subfolder: a root-level adapter_config.json makes transformers treat the
             # folder as an adapter of another base
@@ -154,7 +156,7 @@ def save_pretrained(model: nn.Module, directory: str | Path, *, what: Save | Non
             save_peft_adapter(tmp / "_adapter", adapter)
             adapter_dir.mkdir(exist_ok=True)
             _move_files(tmp / "_adapter", adapter_dir)
-            (adapter_dir / QUANT_CONFIG_FILE).write_text(record)
+            (adapter_dir / QUANT_FILE).write_text(record)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
     return directory

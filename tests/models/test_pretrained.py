@@ -104,7 +104,7 @@ def test_checkpointing_and_bad_arguments(tmp_path):
         from_pretrained(path, quant="nf4")
     with pytest.raises(FileNotFoundError, match="neither a model folder nor a hub id"):
         from_pretrained(tmp_path / "no-such-model")
-    with pytest.raises(ValueError, match="no linear layer matches"):
+    with pytest.raises(ValueError, match=r"lora.target_names \['nothing'\] match no linear layer"):
         from_pretrained(path, lora=LoRAConfig(rank=2, targets=Targets.NAMES, target_names=("nothing",)))
 
 
