@@ -21,14 +21,18 @@ _LAZY = {
     "QLoRALinear": "qlora.nn.linear",
     "QuantConfig": "qlora.config",
     "QuantizedTensor": "qlora.quant.state",
+    "Save": "qlora.models.saving",
     "SurgeryConfig": "qlora.config",
     "Targets": "qlora.config",
     "bits_per_param": "qlora.quant.dtypes",
     "dequantize": "qlora.quant.api",
+    "from_pretrained": "qlora.models.pretrained",
+    "merge_and_unload": "qlora.models.surgery",
     "merge_model": "qlora.models.surgery",
     "model_report": "qlora.models.surgery",
     "prepare_model": "qlora.models.surgery",
     "quantize": "qlora.quant.api",
+    "save_pretrained": "qlora.models.saving",
 }
 __all__ = sorted(_LAZY)
 __getattr__, __dir__ = attach(__name__, _LAZY)

@@ -198,7 +198,7 @@ def quantize_checkpoint(base_dir: str | Path, kind: ModelKind, quant: QuantConfi
             state = model.state_dict()
             tied = getattr(model.config, "tie_word_embeddings", False)
             others = {k: v for k, v in state.items()
-                      if k.rsplit(".", 1)[0] not in quantized and not (tied and k == "lm_head.weight")}  # fmt: skip
+                      if (k.rsplit(".", 1)[0] not in quantized or k.endswith(".bias")) and not (tied and k == "lm_head.weight")}  # fmt: skip
             shutil.rmtree(tmp)
             save_quantized_checkpoint(tmp, model.config.to_dict(), quantized, others)
         write_json(tmp / QUANT_FILE, quant_config_json(quant))

@@ -178,6 +178,9 @@ def prepare_model(model: nn.Module, config: SurgeryConfig | QuantConfig, lora: L
             module.float()
     if config.checkpointing is not Checkpointing.OFF:
         _enable_checkpointing(model, reentrant=config.checkpointing is Checkpointing.REENTRANT)
+    from qlora.models.saving import attach_save_pretrained  # late import: saving imports this module
+
+    attach_save_pretrained(model)  # model.save_pretrained(dir) -> qlora.save_pretrained (it fails otherwise)
     return model_report(model, before)
 
 
@@ -197,23 +200,50 @@ def _enable_checkpointing(model: nn.Module, *, reentrant: bool) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
+def _merged_module(module: QLoRALinear, dtype: torch.dtype) -> nn.Module:
+    """A plain layer with the merged weight deq(W) + s·B·A; Conv1D again when the original was one."""
+    merged = module.to_linear(dtype)
+    if module.from_conv1d:
+        from transformers.pytorch_utils import Conv1D
+
+        conv = Conv1D(module.out_features, module.in_features).to(dtype)
+        with torch.no_grad():
+            conv.weight.copy_(merged.weight.t())
+            conv.bias.copy_(merged.bias if merged.bias is not None else torch.zeros_like(conv.bias))
+        merged = conv
+    merged.train(module.training)
+    return merged
+
+
 def merge_model(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.Module:
     """Replaces every QLoRALinear by a plain nn.Linear with the merged weight deq(W) + s·B·A (in place).
 
     GPT-2's Conv1D layers come back as Conv1D (weight (in, out)), so the model saves in its own layout.
+    `merge_and_unload` does the same on a copy and leaves `model` as it is.
     """
     for name, module in list(model.named_modules()):
         if isinstance(module, QLoRALinear):
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
-            merged = module.to_linear(dtype)
-            if module.from_conv1d:
-                from transformers.pytorch_utils import Conv1D
-
-                conv = Conv1D(module.out_features, module.in_features).to(dtype)
-                with torch.no_grad():
-                    conv.weight.copy_(merged.weight.t())
-                    conv.bias.copy_(merged.bias if merged.bias is not None else torch.zeros_like(conv.bias))
-                merged = conv
-            setattr(parent, child, merged)
+            setattr(parent, child, _merged_module(module, dtype))
     return model
+
+
+def merge_and_unload(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.Module:
+    """A NEW model in which every QLoRALinear is a plain layer holding deq(W) + s·B·A (PEFT's
+    `merge_and_unload`, which however works in place); `model` and its adapters stay unchanged.
+
+    Everything else is deep-copied (its dtype kept; `.to(dtype)` the result for a uniform one). The
+    quantized layers are not copied: their merged replacements are built from the originals and put
+    in place of the copies, so the copy never holds a second set of quantized buffers.
+
+    Args:
+        model: a prepared model (a model without QLoRALinear layers is simply copied).
+        dtype: the merged weights' dtype (computed in fp32, rounded once).
+    """
+    import copy
+
+    memo = {id(m): _merged_module(m, dtype) for m in model.modules() if isinstance(m, QLoRALinear)}
+    merged = copy.deepcopy(model, memo)
+    merged.__dict__.pop("save_pretrained", None)  # qlora.save_pretrained's hook: a plain model saves as usual
+    return merged
