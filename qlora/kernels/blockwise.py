@@ -40,7 +40,8 @@ def _absmax_and_scale(xb, blocks, n_elements, n_blocks, QBLOCK: tl.constexpr):
     """
     absmax = tl.max(tl.abs(xb), axis=1)
     partial = (blocks == n_blocks - 1) & (n_elements % QBLOCK != 0)
-    floored = tl.maximum(absmax, 1e-38)
+    # an fp32 constant: 1e-38 is subnormal in fp32, and Triton 3.4-3.5 make such a Python float fp64
+    floored = tl.maximum(absmax, tl.full(absmax.shape, 1e-38, tl.float32))
     absmax = tl.where(partial, floored, absmax)
     inv = tl.math.div_rn(tl.full(absmax.shape, 1.0, tl.float32), floored)
     by_inverse = xb * inv[:, None]

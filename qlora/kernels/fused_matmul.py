@@ -31,10 +31,12 @@ import triton
 import triton.language as tl
 
 # Note: tiles
-# 16-bit activations: tensor-core dot on 16 x 64 x 64 tiles (BLOCK_M x BLOCK_J x BLOCK_T), 4 warps.
-# fp32 activations: IEEE fp32 dot (no tensor cores); on 16 x 64 x 64 tiles with 4 warps it spills on
-# sm_80 / sm_90 (255 registers and ~330 bytes of local memory per thread, `qlora.kernels.aot`), so the
-# fp32 path uses 16 x 64 x 32 tiles and 8 warps (128 registers, no spill). The interpreter ignores warps.
+# 16 x 64 x 32 tiles (BLOCK_M x BLOCK_J x BLOCK_T) and 8 warps for every dtype. Compiled for sm_80 /
+# sm_90 (`qlora.kernels.aot`), 16 x 64 x 64 with 4 warps spilled: the fp32 (IEEE dot) path in every
+# launch (255 registers + ~330 bytes of local memory per thread), the 16-bit forward on one-token and
+# strided launches (up to 640 bytes). 16 x 64 x 32 with 8 warps needs at most 177 registers and no
+# local memory in every launch variant. Not yet tuned for speed on a GPU (`benchmarks/gpu_check.py`).
+# The interpreter ignores warps.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,9 +49,7 @@ class Tiles:
     num_warps: int
 
 
-def default_tiles(fp32_compute: bool) -> Tiles:
-    """The tiles the wrapper launches unless told otherwise (`# Note: tiles`)."""
-    return Tiles(16, 64, 32, 8) if fp32_compute else Tiles(16, 64, 64, 4)
+DEFAULT_TILES = Tiles(16, 64, 32, 8)  # `# Note: tiles`
 
 
 @triton.jit
@@ -141,7 +141,7 @@ def dequant_matmul(
         transpose_w: True for a @ W^T.
         out_dtype: dtype of C (default a.dtype). Computed in fp32 when a is fp32 and always under the
             interpreter (`# Note: fp32 compute`), then cast in torch.
-        block_m, block_j, block_t: tile sizes (powers of two >= 16); None: `default_tiles`.
+        block_m, block_j, block_t: tile sizes (powers of two >= 16); None: `DEFAULT_TILES`.
 
     Returns:
         C: (M, N) when transpose_w, else (M, K).
@@ -167,7 +167,7 @@ def dequant_matmul(
     if absmax.dtype != torch.float32 or absmax.numel() != -(-n_out * k_in // block_size):
         raise ValueError(f"absmax must be {-(-n_out * k_in // block_size)} float32 values for block {block_size}, got {absmax.numel()} x {absmax.dtype}")
     fp32_compute = a.dtype == torch.float32 or interpreted()
-    tiles = default_tiles(fp32_compute)
+    tiles = DEFAULT_TILES
     block_m, block_j, block_t = (tiles.block_m if block_m is None else block_m, tiles.block_j if block_j is None else block_j,
                                  tiles.block_t if block_t is None else block_t)  # fmt: skip
     for name, tile in (("block_m", block_m), ("block_j", block_j), ("block_t", block_t)):
