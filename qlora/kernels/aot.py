@@ -112,11 +112,13 @@ class Target:
         return GPUTarget("cuda", self.arch, self.warp_size)
 
 
-# A100 (sm_80): 163 KiB opt-in shared memory per block; H100 / H200 (sm_90): 227 KiB (CUDA guide, table 21).
+# Opt-in shared memory per block (cudaDevAttrMaxSharedMemoryPerBlockOptin): A100 (sm_80) 163 KiB, H100 / H200
+# (sm_90) 227 KiB; Triton refuses a launch that asks for more ("out of resource: shared memory").
 TARGETS = (Target("sm_80", 80, 166912), Target("sm_90", 90, 232448))
 
 
-def _kernels() -> dict:
+def kernels() -> dict:
+    """The kernels of this package by name (JIT functions; interpreted ones under TRITON_INTERPRET=1)."""
     return {
         "quantize_4bit": blockwise._quantize_4bit_kernel,
         "quantize_int8": blockwise._quantize_int8_kernel,
@@ -256,7 +258,7 @@ def _ast_source(spec: Specialisation):
     """The ASTSource the JIT would build for this launch (`# Note: launch variants`)."""
     from triton.compiler import ASTSource
 
-    fn = _kernels()[spec.kernel]
+    fn = kernels()[spec.kernel]
     if not isinstance(fn, triton.runtime.jit.JITFunction):
         raise RuntimeError(
             f"{spec.kernel} is a {type(fn).__name__}, not a JITFunction: Triton's interpreter was active when qlora.kernels "

@@ -243,6 +243,9 @@ def dequantize_blockwise(
     double_quant = nested_codes is not None
     if bits not in (4, 8):
         raise ValueError(f"bits must be 4 or 8, got {bits!r}")
+    expected_codes = ((numel + 1) // 2, torch.uint8) if bits == 4 else (numel, torch.int8)
+    if (codes.numel(), codes.dtype) != expected_codes:
+        raise ValueError(f"{bits}-bit codes of {numel} elements must be {expected_codes[0]} x {expected_codes[1]}, got {codes.numel()} x {codes.dtype}")
     if any((t is None) == double_quant for t in nested) or (absmax is None) != double_quant:
         raise ValueError("give either absmax or all four nested tensors (codes, absmax, offset, code)")
     device = codes.device

@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import triton
 
 from qlora.kernels import aot, blockwise, fused_matmul
 from qlora.quant.dtypes import VALID_BLOCK_SIZES
@@ -24,6 +25,11 @@ SM80, SM90 = aot.TARGETS
 
 def test_block_sizes_are_the_quantizers():
     assert aot.BLOCK_SIZES == tuple(VALID_BLOCK_SIZES)
+
+
+def test_no_kernel_is_autotuned():
+    # an autotuned kernel would need every config compiled: aot.py enumerates none
+    assert not any(isinstance(fn, triton.runtime.autotuner.Autotuner) for fn in aot.kernels().values())
 
 
 def test_specialisations_use_the_wrappers_choices():
@@ -42,7 +48,7 @@ def test_specialisations_use_the_wrappers_choices():
 
 def test_the_full_matrix_covers_every_path():
     specs = aot.all_specialisations()
-    assert {s.kernel for s in specs} == set(aot._kernels())
+    assert {s.kernel for s in specs} == set(aot.kernels())
     assert len({(s.kernel, s.label, s.variant) for s in specs}) == len(specs) == 896
     deq = Counter((s.bits, s.double_quant, s.out_dtype) for s in specs if s.kernel == "dequantize")
     assert len(deq) == 2 * 2 * 3 and set(deq.values()) == {16}  # 8 block sizes x 2 variants each
@@ -53,7 +59,7 @@ def test_the_full_matrix_covers_every_path():
 def test_the_ci_matrix_covers_every_kernel_block_size_dtype_and_variant():
     ci = aot.ci_specialisations()
     assert len(ci) == 136
-    for kernel in aot._kernels():
+    for kernel in aot.kernels():
         assert {s.block_size for s in ci if s.kernel == kernel} == set(aot.BLOCK_SIZES), kernel
     at64 = [s for s in ci if s.block_size == 64]
     assert {(s.bits, s.double_quant, s.out_dtype, s.variant) for s in at64 if s.kernel == "dequantize"} == {
