@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import os
 import platform
@@ -120,6 +121,14 @@ def meta(ctx: Context, args) -> dict:
 # ---------------------------------------------------------------- (a) correctness
 
 
+def _guarded(fn, *args) -> dict:
+    """fn(*args), or {"error": traceback} — a peer's failure must not lose our own figures."""
+    try:
+        return fn(*args)
+    except Exception:  # noqa: BLE001
+        return {"error": traceback.format_exc()}
+
+
 def _unpack(packed, n: int):
     """(bytes,) uint8 -> (n,) int32 4-bit codes, element 2j from the high nibble of byte j."""
     b = packed.reshape(-1).int()
@@ -133,6 +142,29 @@ def _bits_differ(a, b) -> int:
     return int((a.reshape(-1).view(as_int) != b.reshape(-1).view(as_int)).sum())
 
 
+def _quantize_case(ctx: Context, dtype, dq: bool, shape: tuple, block: int, in_dtype) -> dict:
+    """Triton quantize / dequantize against the reference on one case: counts of differing values."""
+    torch = ctx.torch
+    import qlora
+    from qlora import Backend
+
+    w = torch.randn(shape, device=ctx.device).to(in_dtype)
+    w.view(-1)[: min(block, w.numel() // 2)] = 0  # an all-zero block
+    ref = qlora.quantize(w, dtype, block, dq, backend=Backend.REFERENCE)
+    tri = qlora.quantize(w, dtype, block, dq, backend=Backend.TRITON)
+    row = {"dtype": dtype.value, "double_quant": dq, "block": block, "shape": list(shape), "in": str(in_dtype)[6:],
+           "codes_differ": int((ref.data != tri.data).sum())}  # fmt: skip
+    if dq:
+        row["absmax_differ"] = int((ref.nested.codes != tri.nested.codes).sum() + (ref.nested.absmax != tri.nested.absmax).sum()
+                                   + (ref.nested.offset != tri.nested.offset).sum())  # fmt: skip
+    else:
+        row["absmax_differ"] = int((ref.absmax != tri.absmax).sum())
+    for out in (torch.float32, torch.bfloat16, torch.float16):
+        expected = qlora.dequantize(ref, out, backend=Backend.REFERENCE)
+        row[f"dequant_{str(out)[6:]}_differ"] = _bits_differ(expected, qlora.dequantize(ref, out, backend=Backend.TRITON))
+    return row
+
+
 def correctness(ctx: Context) -> dict:
     torch = ctx.torch
     import qlora
@@ -141,33 +173,13 @@ def correctness(ctx: Context) -> dict:
     from qlora.quant import block_absmax, codebook
 
     dev, dry = ctx.device, ctx.dry_run
-    shapes = [(33, 65)] if dry else [(4096, 4096), (33, 65), (11008, 4096)]
-    blocks = [64] if dry else [32, 64, 256, 4096]
+    # (shape, block size): every block size on a square weight and a ragged one (odd numel, partial
+    # last block), the 7B MLP shape at the default block size
+    cases = [((33, 65), 64)] if dry else [(shape, b) for shape in ((4096, 4096), (33, 65)) for b in (32, 64, 256, 4096)] + [((11008, 4096), 64)]
     in_dtypes = [torch.bfloat16] if dry else [torch.bfloat16, torch.float16, torch.float32]
-    rows, failures = [], []
-    for dtype in [d for d in DataType if d.is_quantized]:
-        for dq in (False, True):
-            for block in blocks:
-                for shape in shapes:
-                    for in_dtype in in_dtypes:
-                        w = torch.randn(shape, device=dev).to(in_dtype)
-                        w.view(-1)[: min(block, w.numel() // 2)] = 0  # an all-zero block
-                        ref = qlora.quantize(w, dtype, block, dq, backend=Backend.REFERENCE)
-                        tri = qlora.quantize(w, dtype, block, dq, backend=Backend.TRITON)
-                        row = {"dtype": dtype.value, "double_quant": dq, "block": block, "shape": list(shape), "in": str(in_dtype)[6:],
-                               "codes_differ": int((ref.data != tri.data).sum())}  # fmt: skip
-                        if dq:
-                            row["absmax_differ"] = int((ref.nested.codes != tri.nested.codes).sum() + (ref.nested.absmax != tri.nested.absmax).sum()
-                                                       + (ref.nested.offset != tri.nested.offset).sum())  # fmt: skip
-                        else:
-                            row["absmax_differ"] = int((ref.absmax != tri.absmax).sum())
-                        for out in (torch.float32, torch.bfloat16, torch.float16):
-                            a = qlora.dequantize(ref, out, backend=Backend.REFERENCE)
-                            b = qlora.dequantize(ref, out, backend=Backend.TRITON)
-                            row[f"dequant_{str(out)[6:]}_differ"] = _bits_differ(a, b)
-                        if any(v for k, v in row.items() if k.endswith("_differ")):
-                            failures.append(row)
-                        rows.append(row)
+    rows = [_quantize_case(ctx, dtype, dq, shape, block, in_dtype) for dtype, dq, (shape, block), in_dtype
+            in itertools.product([d for d in DataType if d.is_quantized], (False, True), cases, in_dtypes)]  # fmt: skip
+    failures = [row for row in rows if any(v for k, v in row.items() if k.endswith("_differ"))]
     fused = []
     n, k = (40, 48) if dry else (4096, 4096)
     for dtype in (DataType.NF4, DataType.INT8):
@@ -185,7 +197,7 @@ def correctness(ctx: Context) -> dict:
                     fused.append({"dtype": dtype.value, "act": str(act)[6:], "tokens": tokens, "direction": "forward" if forward else "input-grad",
                                   "rel_error": err, "tolerance": tol, "ok": err <= tol})  # fmt: skip
     return {"quantize_dequantize": rows, "mismatches": failures, "all_bit_exact": not failures, "fused": fused,
-            "fused_ok": all(f["ok"] for f in fused), "bitsandbytes": bnb_compare(ctx)}  # fmt: skip
+            "fused_ok": all(f["ok"] for f in fused), "bitsandbytes": _guarded(bnb_compare, ctx)}  # fmt: skip
 
 
 def bnb_compare(ctx: Context) -> dict:
@@ -257,19 +269,23 @@ def bandwidth(ctx: Context) -> dict:
             row = {"shape": list(shape), "double_quant": dq, "bytes_moved": moved, "ours_s": t_ours, "copy_s": t_copy,
                    "ours_GBps": moved / t_ours / 1e9, "copy_GBps": moved / t_copy / 1e9, "fraction_of_copy": t_copy / t_ours}  # fmt: skip
             if not isinstance(F, str):
-                packed, state = F.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=dq)
-                out_b = torch.empty(shape, device=ctx.device, dtype=torch.bfloat16)
-                # bitsandbytes' CPU backend has no out= kernel (dry run): it allocates there
-                kwargs = {"out": out_b} if ctx.device.type == "cuda" else {}
-                t_bnb = ctx.bench(lambda: F.dequantize_4bit(packed, state, **kwargs))
-                row.update(bnb_s=t_bnb, bnb_over_ours=t_bnb / t_ours)
+                bnb = _guarded(_bnb_dequant_seconds, ctx, F, w, dq)
+                row.update({"bnb_error": bnb["error"]} if "error" in bnb else {"bnb_s": bnb["seconds"], "bnb_over_ours": bnb["seconds"] / t_ours})
             rows.append(row)
     result = {"rows": rows, "worst_fraction_of_copy": min(r["fraction_of_copy"] for r in rows)}
     if isinstance(F, str):
         result["bnb_skipped"] = f"bitsandbytes not importable: {F}"
-    else:
+    elif all("bnb_over_ours" in r for r in rows):
         result["worst_bnb_over_ours"] = min(r["bnb_over_ours"] for r in rows)
     return result
+
+
+def _bnb_dequant_seconds(ctx: Context, F, w, dq: bool) -> dict:
+    torch = ctx.torch
+    packed, state = F.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=dq)
+    out = torch.empty(w.shape, device=ctx.device, dtype=torch.bfloat16)
+    kwargs = {"out": out} if ctx.device.type == "cuda" else {}  # bitsandbytes' CPU backend has no out= kernel
+    return {"seconds": ctx.bench(lambda: F.dequantize_4bit(packed, state, **kwargs))}
 
 
 # ---------------------------------------------------------------- (c) QLoRA linear vs bf16 linear with LoRA
