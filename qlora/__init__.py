@@ -1,22 +1,38 @@
-"""qlora: QLoRA fine-tuning in 4 bits (Dettmers et al., 2023, arXiv:2305.14314)."""
+"""qlora: QLoRA fine-tuning in 4 bits (Dettmers et al., 2023, arXiv:2305.14314).
 
-from qlora.config import Checkpointing, ComputeDtype, LoRAConfig, QuantConfig, SurgeryConfig, Targets
-from qlora.models.surgery import ModelReport, merge_model, model_report, prepare_model
-from qlora.nn import QLoRALinear
-from qlora.quant import (
-    Backend,
-    DataType,
-    NestedAbsmax,
-    QuantizedTensor,
-    bits_per_param,
-    dequantize,
-    quantize,
-)
+The public names below are imported on first use (PEP 562), so `import qlora.quant` or a pipeline
+stage loads only the modules it needs (tests/pipeline/test_dvc_contract.py relies on this to keep each
+DVC stage's code dependencies small and exact).
+"""
+
+from qlora._lazy import attach
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Backend", "Checkpointing", "ComputeDtype", "DataType", "LoRAConfig", "ModelReport", "NestedAbsmax", "QLoRALinear", "QuantConfig",
-    "QuantizedTensor", "SurgeryConfig", "Targets", "bits_per_param", "dequantize", "merge_model", "model_report", "prepare_model",
-    "quantize",
-]  # fmt: skip
+# public name -> the module that defines it
+_LAZY = {
+    "Backend": "qlora.quant.api",
+    "Checkpointing": "qlora.config",
+    "ComputeDtype": "qlora.config",
+    "DataType": "qlora.quant.dtypes",
+    "LoRAConfig": "qlora.config",
+    "ModelReport": "qlora.models.surgery",
+    "NestedAbsmax": "qlora.quant.state",
+    "QLoRALinear": "qlora.nn.linear",
+    "QuantConfig": "qlora.config",
+    "QuantizedTensor": "qlora.quant.state",
+    "Save": "qlora.models.saving",
+    "SurgeryConfig": "qlora.config",
+    "Targets": "qlora.config",
+    "bits_per_param": "qlora.quant.dtypes",
+    "dequantize": "qlora.quant.api",
+    "from_pretrained": "qlora.models.pretrained",
+    "merge_and_unload": "qlora.models.surgery",
+    "merge_model": "qlora.models.surgery",
+    "model_report": "qlora.models.surgery",
+    "prepare_model": "qlora.models.surgery",
+    "quantize": "qlora.quant.api",
+    "save_pretrained": "qlora.models.saving",
+}
+__all__ = sorted(_LAZY)
+__getattr__, __dir__ = attach(__name__, _LAZY)

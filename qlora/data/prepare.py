@@ -3,7 +3,10 @@
 - classification (Table 3, GLUE-style): a BIG-bench task, a seeded train/test split, encoder tokens;
 - instruction tuning (Tables 3 and 4): Natural Instructions v1; whole subtasks are held out for the
   RougeL test (as Super-NaturalInstructions evaluates on unseen tasks), the rest sampled for training;
-- perplexity text (Table 2): MMLU question stems, cut into fixed windows of causal-LM tokens.
+- perplexity text (Table 2): a seeded sample of MMLU question stems, as text (each base model cuts it
+  into windows of its own tokens: `perplexity_windows`);
+- held-out instruction loss: held-out subtasks' prompts with their reference responses, tokenized for
+  the response-only NLL (the tuned model vs the untuned one).
 Examples that do not fit `max_length` are skipped, not truncated (a cut response teaches nothing).
 """
 
@@ -14,19 +17,18 @@ import random
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
-from qlora.config import DataConfig, EvalConfig
+from qlora.config import DataConfig
 from qlora.data.bigbench import load_classification, load_natural_instructions
 from qlora.data.mmlu import load_mmlu
 from qlora.data.tokenization import TokenizedDataset, encode_instruction, prompt_ids, tokenize_classification
 
 CLS_TRAIN, CLS_TEST, CLS_LABELS = "cls_train.safetensors", "cls_test.safetensors", "cls_labels.json"
-INSTRUCT_TRAIN, INSTRUCT_TEST = "instruct_train.safetensors", "instruct_test.json"
-PERPLEXITY = "perplexity.safetensors"
+INSTRUCT_TRAIN, INSTRUCT_TEST, INSTRUCT_HELDOUT = "instruct_train.safetensors", "instruct_test.json", "instruct_heldout.safetensors"
+PERPLEXITY_TEXT = "perplexity_text.json"
 
 
-def prepare_datasets(data: DataConfig, evaluation: EvalConfig, causal_tokenizer, encoder_tokenizer, bigbench: str | Path,
+def prepare_datasets(data: DataConfig, causal_tokenizer, encoder_tokenizer, bigbench: str | Path,
                      out_dir: str | Path) -> dict:  # fmt: skip
     """Writes the token files into `out_dir`; returns a summary (counts) for the stage's metrics."""
     out = Path(out_dir)
@@ -64,16 +66,39 @@ def prepare_datasets(data: DataConfig, evaluation: EvalConfig, causal_tokenizer,
                              data.instruction_test_max_prompt_tokens)  # fmt: skip
     (out / INSTRUCT_TEST).write_text(json.dumps({"held_out_subtasks": sorted(held_out), "examples": test}, indent=1) + "\n")
 
+    heldout = []
+    for r in test_pool:
+        if len(heldout) == data.instruction_test:
+            break
+        try:
+            example = encode_instruction(causal_tokenizer, r.prompt, r.targets[0], max_length=None)
+        except ValueError:
+            continue
+        if example["input_ids"].numel() <= data.instruction_test_max_prompt_tokens and (example["labels"] != -100).any():
+            heldout.append(example)
+    if not heldout:
+        raise ValueError("no held-out instruction example fits data.instruction_test_max_prompt_tokens")
+    TokenizedDataset.from_examples(heldout).save(out / INSTRUCT_HELDOUT)
+
     questions = load_mmlu()
     stems = [q.question for q in rng.sample(questions, min(len(questions), 4000))]
-    ids = causal_tokenizer("\n\n".join(stems), add_special_tokens=False).input_ids
-    window, count = evaluation.perplexity_window_tokens, evaluation.perplexity_windows
-    if len(ids) < window * count:
-        raise ValueError(f"perplexity text has {len(ids)} tokens, fewer than {count} windows of {window}")
-    windows = torch.tensor(ids[: window * count], dtype=torch.int32).view(count, window)
-    save_file({"input_ids": windows}, str(out / PERPLEXITY), metadata={"source": "MMLU question stems"})
+    (out / PERPLEXITY_TEXT).write_text(json.dumps({"source": "MMLU question stems (seeded sample)", "texts": stems}, indent=0) + "\n")
     return {"cls_train": data.classification_train, "cls_test": data.classification_test, "instruct_train": len(train),
-            "instruct_test": len(test), "held_out_subtasks": len(held_out), "perplexity_tokens": window * count}  # fmt: skip
+            "instruct_test": len(test), "instruct_heldout": len(heldout), "held_out_subtasks": len(held_out),
+            "perplexity_texts": len(stems)}  # fmt: skip
+
+
+def perplexity_windows(tokenizer, texts: list[str], window: int, count: int):
+    """(count, window) token windows of `texts` joined by blank lines, the same for every data type.
+
+    Raises:
+        ValueError: the text is too short (names data.perplexity_windows / perplexity_window_tokens).
+    """
+    ids = tokenizer("\n\n".join(texts), add_special_tokens=False).input_ids
+    if len(ids) < window * count:
+        raise ValueError(f"perplexity text has {len(ids)} tokens, fewer than data.perplexity_windows={count} "
+                         f"x data.perplexity_window_tokens={window}")  # fmt: skip
+    return torch.tensor(ids[: window * count], dtype=torch.long).view(count, window)
 
 
 def _interleaved_test(pool, subtasks: list[str], tokenizer, count: int, max_prompt_tokens: int) -> list[dict]:

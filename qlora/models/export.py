@@ -8,25 +8,29 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from qlora.models.surgery import merge_model
+from qlora.atomic import atomic_dir
+from qlora.models.surgery import merge_and_unload
+
+_TOKENIZER_FILES = ("tokenizer", "special_tokens", "vocab", "merges", "chat_template")
 
 
 def export_merged(model: nn.Module, out_dir: str | Path, *, dtype: torch.dtype = torch.bfloat16, tokenizer_dir: str | Path | None = None) -> Path:
-    """Merges every QLoRALinear (deq(W) + s·B·A, rounded once to `dtype`) and saves with save_pretrained.
+    """Saves a merged copy (every QLoRALinear as deq(W) + s·B·A, rounded once to `dtype`) with save_pretrained.
 
-    The model is modified in place (its quantized layers become plain ones). Written atomically.
+    `model` is left unchanged (`merge_and_unload` works on a copy). Written atomically (`qlora.atomic`).
+
+    Args:
+        model: a prepared transformers model.
+        out_dir: the folder to write (replaced if it exists).
+        dtype: the dtype of every weight in the folder.
+        tokenizer_dir: a folder whose tokenizer files are copied alongside.
     """
     out_dir = Path(out_dir)
-    merge_model(model, dtype)
-    model.to(dtype)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    if tokenizer_dir is not None:
-        for f in Path(tokenizer_dir).iterdir():
-            if f.is_file() and f.name.startswith(("tokenizer", "special_tokens", "vocab", "merges", "chat_template")):
-                shutil.copy2(f, tmp / f.name)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
+    merged = merge_and_unload(model, dtype).to(dtype)
+    with atomic_dir(out_dir) as tmp:
+        merged.save_pretrained(tmp)
+        if tokenizer_dir is not None:
+            for f in Path(tokenizer_dir).iterdir():
+                if f.is_file() and f.name.startswith(_TOKENIZER_FILES):
+                    shutil.copy2(f, tmp / f.name)
     return out_dir

@@ -8,10 +8,10 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from qlora.config import ComputeDtype, LoRAConfig, ModelKind
-from qlora.models.bnb_checkpoint import load_quantized_checkpoint
+from qlora.config import ComputeDtype, LoRAConfig, ModelKind, QuantConfig, Targets
+from qlora.models.bnb_checkpoint import check_module_shapes, load_quantized_checkpoint
 from qlora.models.peft_format import AdapterWeights, TaskType
-from qlora.models.surgery import CLASSIFICATION_HEADS
+from qlora.models.surgery import CLASSIFICATION_HEADS, select_targets
 from qlora.nn.linear import QLoRALinear
 
 _AUTO = {ModelKind.CAUSAL_LM: AutoModelForCausalLM, ModelKind.SEQ_CLS: AutoModelForSequenceClassification}
@@ -32,13 +32,20 @@ def load_quantized_model(directory: str | Path, kind: ModelKind = ModelKind.CAUS
     """A model whose quantized linear layers come straight from a checkpoint folder (no re-quantizing).
 
     Reads our folders and those transformers + bitsandbytes save for 4-bit models. The model is built
-    from config.json, its other tensors loaded, and each quantized weight wrapped in a QLoRALinear
-    (with fresh adapters when `lora` has a rank). Everything but the adapters is frozen.
+    from config.json, its other tensors loaded, and each quantized weight wrapped in a QLoRALinear;
+    the layers that `lora.targets` selects get fresh adapters (the others none). Everything but the
+    adapters is frozen.
+
+    Raises:
+        ValueError: the checkpoint does not match its config, or `lora` targets no layer (or names a
+            target that matches none).
     """
     config_dict, quantized, tensors = load_quantized_checkpoint(directory)
     config_dict = {k: v for k, v in config_dict.items() if k != "quantization_config"}
     config = AutoConfig.for_model(**config_dict)
     model = _AUTO[kind].from_config(config, dtype=dtype)
+    check_module_shapes(directory, quantized, model)
+    adapted = set(select_targets(list(quantized), lora)) if lora is not None and lora.rank else set()
     for name, q in quantized.items():
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
@@ -46,7 +53,7 @@ def load_quantized_model(directory: str | Path, kind: ModelKind = ModelKind.CAUS
         bias = tensors.pop(f"{name}.bias", None)
         if (bias is None) != (getattr(old, "bias", None) is None):
             raise ValueError(f"{directory}: {name}'s bias in the checkpoint does not match the model")
-        new = QLoRALinear(q, bias, lora=lora, compute_dtype=compute_dtype)
+        new = QLoRALinear(q, bias, lora=lora if name in adapted else None, compute_dtype=compute_dtype)
         new.train(old.training)
         setattr(parent, child, new)
     qlora_buffers = {f"{n}.{b}" for n, m in model.named_modules() if isinstance(m, QLoRALinear) for b, _ in m.named_buffers()}
@@ -109,52 +116,160 @@ def load_adapter_into(model: nn.Module, adapter: AdapterWeights) -> None:
             state[key].copy_(value)
 
 
-def quantize_checkpoint(base_dir: str | Path, kind: ModelKind, quant: "QuantConfig", out_dir: str | Path) -> Path:
+QUANT_FILE = "qlora_quant.json"  # the QuantConfig a checkpoint folder was written with (compute dtype included)
+
+
+def quant_config_json(quant: QuantConfig) -> dict:
+    return {"dtype": quant.dtype.value, "double_quant": quant.double_quant, "block_size": quant.block_size,
+            "compute_dtype": quant.compute_dtype.value}  # fmt: skip
+
+
+def read_quant_config(checkpoint_dir: str | Path) -> QuantConfig | None:
+    """The QuantConfig stored with a checkpoint folder: ours (qlora_quant.json), or derived from a
+    transformers + bitsandbytes `quantization_config`; None for a plain (unquantized) model folder.
+
+    Raises:
+        ValueError: an unreadable or invalid file, naming the file and the key.
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    ours = checkpoint_dir / QUANT_FILE
+    if ours.exists():
+        data = _read_json(ours)
+        try:
+            return QuantConfig(**{k: data[k] for k in ("dtype", "double_quant", "block_size", "compute_dtype")})
+        except KeyError as e:
+            raise ValueError(f"{ours}: missing key {e.args[0]!r}") from None
+        except ValueError as e:
+            raise ValueError(f"{ours}: {e}") from None
+    config = _read_json(checkpoint_dir / "config.json")
+    qc = config.get("quantization_config")
+    if qc is None:
+        return None
+    if qc.get("quant_method") == "bitsandbytes" and qc.get("load_in_4bit", qc.get("_load_in_4bit")):
+        compute = {"bfloat16": ComputeDtype.BF16, "float16": ComputeDtype.FP16, "float32": ComputeDtype.FP32}.get(
+            str(qc.get("bnb_4bit_compute_dtype", "float32")).removeprefix("torch."), ComputeDtype.AUTO)
+        try:
+            return QuantConfig(qc.get("bnb_4bit_quant_type", "fp4"), bool(qc.get("bnb_4bit_use_double_quant", False)),
+                               compute_dtype=compute)  # fmt: skip
+        except ValueError as e:
+            raise ValueError(f"{checkpoint_dir / 'config.json'}: quantization_config: {e}") from None
+    raise ValueError(f"{checkpoint_dir}: quantization_config with quant_method={qc.get('quant_method')!r} and no {QUANT_FILE}: "
+                     "expected a qlora checkpoint or a bitsandbytes 4-bit folder")
+
+
+def _read_json(path: Path) -> dict:
+    import json
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def quantize_checkpoint(base_dir: str | Path, kind: ModelKind, quant: QuantConfig, out_dir: str | Path, *,
+                        num_labels: int | None = None) -> Path:  # fmt: skip
     """Quantizes a base model folder to `quant` and writes the checkpoint folder (+ tokenizer files).
 
     Quantized types: the transformers + bitsandbytes layout (`bnb_checkpoint`). BF16: a plain
-    transformers folder with bf16 weights (what "BF16" means in the paper's tables).
+    transformers folder with bf16 weights (what "BF16" means in the paper's tables). Either way the
+    folder also holds `qlora_quant.json` (the QuantConfig, compute dtype included), so whoever loads it
+    needs nothing else. Written atomically.
     """
     import shutil
 
-    from qlora.config import QuantConfig  # noqa: F401  (annotation)
+    from qlora.atomic import atomic_dir, write_json
     from qlora.models.bnb_checkpoint import save_quantized_checkpoint
     from qlora.models.surgery import prepare_model
-    from qlora.quant.dtypes import DataType
 
     base_dir, out_dir = Path(base_dir), Path(out_dir)
-    model = load_base(base_dir, kind) if kind is ModelKind.CAUSAL_LM else load_base(base_dir, kind, num_labels=2)
-    if quant.dtype is DataType.BF16:
-        tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.to(torch.bfloat16).save_pretrained(tmp)
-    else:
-        prepare_model(model, quant, None)
-        quantized = {n: m.weight for n, m in model.named_modules() if isinstance(m, QLoRALinear)}
-        state = model.state_dict()
-        tied = getattr(model.config, "tie_word_embeddings", False)
-        others = {k: v for k, v in state.items()
-                  if k.rsplit(".", 1)[0] not in quantized and not (tied and k == "lm_head.weight")}  # fmt: skip
-        tmp = save_quantized_checkpoint(out_dir.with_name(f".{out_dir.name}.tmp"), model.config.to_dict(), quantized, others)
-    for f in base_dir.iterdir():  # tokenizer and generation files
-        if f.is_file() and not f.name.endswith((".safetensors", ".bin")) and f.name != "config.json":
-            shutil.copy2(f, tmp / f.name)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
+    if kind is ModelKind.SEQ_CLS and num_labels is None:
+        raise ValueError("quantizing a sequence-classification base needs num_labels")
+    model = load_base(base_dir, kind, num_labels=num_labels)
+    with atomic_dir(out_dir) as tmp:
+        if not quant.dtype.is_quantized:
+            model.to(torch.bfloat16).save_pretrained(tmp)
+        else:
+            prepare_model(model, quant, None)
+            quantized = {n: m.weight for n, m in model.named_modules() if isinstance(m, QLoRALinear)}
+            state = model.state_dict()
+            tied = getattr(model.config, "tie_word_embeddings", False)
+            others = {k: v for k, v in state.items()
+                      if (k.rsplit(".", 1)[0] not in quantized or k.endswith(".bias")) and not (tied and k == "lm_head.weight")}  # fmt: skip
+            shutil.rmtree(tmp)
+            save_quantized_checkpoint(tmp, model.config.to_dict(), quantized, others)
+        write_json(tmp / QUANT_FILE, quant_config_json(quant))
+        for f in base_dir.iterdir():  # tokenizer and generation files
+            if f.is_file() and not f.name.endswith((".safetensors", ".bin")) and f.name not in ("config.json", QUANT_FILE):
+                shutil.copy2(f, tmp / f.name)
     return out_dir
 
 
-def load_for_training(checkpoint_dir: str | Path, kind: ModelKind, quant: "QuantConfig", lora: LoRAConfig | None, *,
+def load_for_training(checkpoint_dir: str | Path, kind: ModelKind, quant: QuantConfig | None, lora: LoRAConfig | None, *,
                       num_labels: int | None = None) -> nn.Module:  # fmt: skip
-    """A model ready to train or evaluate from a `quantize_checkpoint` folder (adapters fresh)."""
-    import json
+    """A model ready to train or evaluate, with fresh adapters where `lora` targets.
 
+    Args:
+        checkpoint_dir: a `quantize_checkpoint` folder (its stored QuantConfig is used), a transformers +
+            bitsandbytes 4-bit folder, or a plain model folder (quantized here to `quant`).
+        quant: None, or the data type expected: a checkpoint stored otherwise is refused.
+
+    Raises:
+        ValueError: `quant` disagrees with the checkpoint's, or a plain folder comes without `quant`.
+    """
     from qlora.models.surgery import prepare_model
 
-    config = json.loads((Path(checkpoint_dir) / "config.json").read_text())
+    stored = read_quant_config(checkpoint_dir)
+    if stored is not None and quant is not None and quant_config_json(quant) != quant_config_json(stored):
+        differ = {k: (v, quant_config_json(stored)[k]) for k, v in quant_config_json(quant).items() if quant_config_json(stored)[k] != v}
+        raise ValueError(f"{checkpoint_dir} was written with another quantization: {', '.join(f'{k}: asked {a!r}, stored {b!r}' for k, (a, b) in differ.items())}")
+    if stored is None and quant is None:
+        raise ValueError(f"{checkpoint_dir} is a plain model folder: pass the QuantConfig to quantize it with")
+    quant = stored or quant
+    config = _read_json(Path(checkpoint_dir) / "config.json")
     if "quantization_config" in config:
         return load_quantized_model(checkpoint_dir, kind, lora=lora, compute_dtype=quant.compute_dtype)
     model = load_base(checkpoint_dir, kind, num_labels=num_labels)
     prepare_model(model, quant, lora)
     return model
+
+
+def adapter_lora_config(adapter: AdapterWeights) -> LoRAConfig:
+    """The LoRAConfig an adapter was trained with: its rank and alpha, on exactly the modules it holds
+    (dropout 0: for inference)."""
+    return LoRAConfig(rank=adapter.rank, alpha=adapter.alpha, dropout=0.0, targets=Targets.NAMES, target_names=tuple(sorted(adapter.lora)))
+
+
+def adapter_num_labels(adapter: AdapterWeights) -> int | None:
+    """The number of classes of an adapter's classification head (None without one)."""
+    for key, value in adapter.extra.items():
+        parts = key.split(".")
+        if parts[-1] == "weight" and any(p in CLASSIFICATION_HEADS for p in parts) and value.dim() == 2:
+            if key.endswith("out_proj.weight") or parts[-2] in CLASSIFICATION_HEADS:
+                return int(value.shape[0])
+    return None
+
+
+def load_for_inference(checkpoint_dir: str | Path, kind: ModelKind, adapter_dir: str | Path | None = None, *,
+                       quant: QuantConfig | None = None) -> nn.Module:  # fmt: skip
+    """A model for evaluation in eval mode: the checkpoint, plus an adapter loaded with its own config
+    (rank, alpha and target modules from adapter_config.json; the number of classes from its head).
+
+    Raises:
+        ValueError: the adapter does not fit the checkpoint (names the module or tensor).
+    """
+    from qlora.models.peft_format import load_peft_adapter
+
+    adapter = load_peft_adapter(adapter_dir) if adapter_dir is not None else None
+    lora = adapter_lora_config(adapter) if adapter is not None else None
+    num_labels = adapter_num_labels(adapter) if adapter is not None else None
+    if kind is ModelKind.SEQ_CLS and num_labels is None:
+        raise ValueError(f"{adapter_dir}: a sequence-classification adapter needs its classification head (none found)")
+    model = load_for_training(checkpoint_dir, kind, quant, lora, num_labels=num_labels)
+    if adapter is not None:
+        load_adapter_into(model, adapter)
+    return model.eval()

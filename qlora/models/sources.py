@@ -2,48 +2,55 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
+from qlora.atomic import atomic_dir
 from qlora.config import ModelConfig, ModelKind, ModelSource
 
+# the embedded causal LMs shipped as GGUF files split over several packages (see qlora.data.offline)
+_SPLIT_GGUF = {ModelSource.GEMMA3_270M: "GEMMA3_270M_GGUF", ModelSource.QWEN25_CODER_05B: "QWEN25_CODER_05B_GGUF"}
 
-def materialise(config: ModelConfig, out_dir: str | Path) -> Path:
+
+def materialise(config: ModelConfig, out_dir: str | Path, *, gguf_cache_dir: str | Path | None = None) -> Path:
     """Writes `out_dir` (config.json, model.safetensors, tokenizer files) atomically; replaces it.
 
-    SMOLLM2 converts the package's GGUF (~30 s); MINILM copies the package's folder; PRETRAINED loads a
-    hub id or folder with transformers (hub access needed for ids) and saves it.
+    SMOLLM2 converts the package's GGUF (~30 s); GEMMA3_270M and QWEN25_CODER_05B join their packages'
+    GGUF parts (sha256-checked) and convert them (~90 s each); MINILM copies the package's folder;
+    PRETRAINED loads a hub id or folder with transformers (hub access needed for ids) and saves it.
+
+    Args:
+        config: which model.
+        out_dir: the folder to write.
+        gguf_cache_dir: where joined GGUF files are kept between calls (outside the repository);
+            None: a temporary folder, removed afterwards.
 
     Raises:
         ValueError: a source this function cannot materialise (TINY_LLAMA has no tokenizer).
+        FileNotFoundError: the source's package is not installed (the message names it).
     """
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     if config.source is ModelSource.SMOLLM2:
         from qlora.data.gguf_model import materialise_smollm2
 
         return materialise_smollm2(out_dir, overwrite=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
+    if config.source in _SPLIT_GGUF:
+        from qlora.data import offline
+        from qlora.data.gguf_model import materialise_split_gguf
+
+        split = getattr(offline, _SPLIT_GGUF[config.source])
+        return materialise_split_gguf(split, out_dir, cache_dir=gguf_cache_dir, overwrite=True)
+    if config.source not in (ModelSource.MINILM, ModelSource.PRETRAINED):
+        raise ValueError(f"cannot materialise model source {config.source.value!r} (it has no tokenizer)")
+    with atomic_dir(out_dir) as tmp:
         if config.source is ModelSource.MINILM:
             from qlora.data.offline import minilm_dir
 
-            shutil.rmtree(tmp)
-            shutil.copytree(minilm_dir(), tmp)
-        elif config.source is ModelSource.PRETRAINED:
+            shutil.copytree(minilm_dir(), tmp, dirs_exist_ok=True)
+        else:
             from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
             auto = AutoModelForCausalLM if config.kind is ModelKind.CAUSAL_LM else AutoModelForSequenceClassification
             auto.from_pretrained(config.path).save_pretrained(tmp)
             AutoTokenizer.from_pretrained(config.path).save_pretrained(tmp)
-        else:
-            raise ValueError(f"cannot materialise model source {config.source.value!r} (it has no tokenizer)")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir

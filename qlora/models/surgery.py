@@ -47,13 +47,33 @@ def _selected(name: str, lora: LoRAConfig) -> bool:
     return has(lora.target_names)
 
 
+def linear_modules(model: nn.Module) -> list[str]:
+    """Names of the linear layers `prepare_model` quantizes: every nn.Linear / Conv1D but the heads."""
+    return [name for name, module in model.named_modules()
+            if (isinstance(module, nn.Linear) or _is_conv1d(module)) and not _is_head(name)]  # fmt: skip
+
+
+def select_targets(names: list[str], lora: LoRAConfig) -> list[str]:
+    """The layers among `names` that get adapters under `lora.targets`.
+
+    Raises:
+        ValueError: nothing is selected, or (targets NAMES) a target name matches no layer — naming it.
+    """
+    chosen = [n for n in names if _selected(n, lora)]
+    if lora.targets is Targets.NAMES:
+        unmatched = [t for t in lora.target_names if not any(n == t or n.endswith("." + t) for n in names)]
+        if unmatched:
+            raise ValueError(f"lora.target_names {unmatched} match no linear layer (layers end in: "
+                             f"{', '.join(sorted({n.rsplit('.', 1)[-1] for n in names}))})")  # fmt: skip
+    if not chosen:
+        raise ValueError(f"lora.targets={lora.targets.name} matches no linear layer (layers end in: "
+                         f"{', '.join(sorted({n.rsplit('.', 1)[-1] for n in names}))})")  # fmt: skip
+    return chosen
+
+
 def target_modules(model: nn.Module, lora: LoRAConfig) -> list[str]:
-    """Names of the linear layers `prepare_model` replaces."""
-    names = []
-    for name, module in model.named_modules():
-        if (isinstance(module, nn.Linear) or _is_conv1d(module)) and not _is_head(name) and _selected(name, lora):
-            names.append(name)
-    return names
+    """Names of the linear layers that get adapters (all of `linear_modules` are quantized)."""
+    return select_targets(linear_modules(model), lora)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +82,8 @@ class ModelReport:
 
     total_params: int
     trainable_params: int
-    replaced_layers: int
+    replaced_layers: int  # linear layers quantized (all but the heads)
+    adapted_layers: int  # of those, the ones with an adapter (`LoRAConfig.targets`)
     weight_bytes_before: int  # all weights and buffers before surgery
     weight_bytes_after: int  # frozen storage after surgery (packed codes + constants + everything else)
     quantized_params: int  # elements of the quantized linear weights
@@ -101,6 +122,7 @@ def model_report(model: nn.Module, before_bytes: int | None = None) -> ModelRepo
         total_params=total,
         trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
         replaced_layers=len(qlayers),
+        adapted_layers=sum(1 for m in qlayers if m.lora_a is not None),
         weight_bytes_before=before_bytes if before_bytes is not None else after,
         weight_bytes_after=after,
         quantized_params=quantized_params,
@@ -133,16 +155,17 @@ def prepare_model(model: nn.Module, config: SurgeryConfig | QuantConfig, lora: L
         raise TypeError("lora goes inside the SurgeryConfig; the separate argument is only for the QuantConfig shorthand")
     quant, lora = config.quant, config.lora
     before = _bytes(model.parameters()) + _bytes(model.buffers())
-    names = target_modules(model, lora)
+    names = linear_modules(model)
     if not names:
-        raise ValueError(f"no linear layer matches targets={lora.targets.value} {lora.target_names or ''} in {type(model).__name__}")
+        raise ValueError(f"{type(model).__name__} has no linear layer to quantize")
+    adapted = set(select_targets(names, lora)) if lora.rank else set()
     for p in model.parameters():
         p.requires_grad = False
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         old = getattr(parent, child)
-        new = QLoRALinear.from_linear(old, quant, lora, transposed=_is_conv1d(old))
+        new = QLoRALinear.from_linear(old, quant, lora if name in adapted else None, transposed=_is_conv1d(old))
         new.train(old.training)
         setattr(parent, child, new)
     # a classification head is new: it trains in full (PEFT's modules_to_save)
@@ -155,6 +178,9 @@ def prepare_model(model: nn.Module, config: SurgeryConfig | QuantConfig, lora: L
             module.float()
     if config.checkpointing is not Checkpointing.OFF:
         _enable_checkpointing(model, reentrant=config.checkpointing is Checkpointing.REENTRANT)
+    from qlora.models.saving import attach_save_pretrained  # late import: saving imports this module
+
+    attach_save_pretrained(model)  # model.save_pretrained(dir) -> qlora.save_pretrained (it fails otherwise)
     return model_report(model, before)
 
 
@@ -174,23 +200,50 @@ def _enable_checkpointing(model: nn.Module, *, reentrant: bool) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
+def _merged_module(module: QLoRALinear, dtype: torch.dtype) -> nn.Module:
+    """A plain layer with the merged weight deq(W) + s·B·A; Conv1D again when the original was one."""
+    merged = module.to_linear(dtype)
+    if module.from_conv1d:
+        from transformers.pytorch_utils import Conv1D
+
+        conv = Conv1D(module.out_features, module.in_features).to(dtype)
+        with torch.no_grad():
+            conv.weight.copy_(merged.weight.t())
+            conv.bias.copy_(merged.bias if merged.bias is not None else torch.zeros_like(conv.bias))
+        merged = conv
+    merged.train(module.training)
+    return merged
+
+
 def merge_model(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.Module:
     """Replaces every QLoRALinear by a plain nn.Linear with the merged weight deq(W) + s·B·A (in place).
 
     GPT-2's Conv1D layers come back as Conv1D (weight (in, out)), so the model saves in its own layout.
+    `merge_and_unload` does the same on a copy and leaves `model` as it is.
     """
     for name, module in list(model.named_modules()):
         if isinstance(module, QLoRALinear):
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
-            merged = module.to_linear(dtype)
-            if module.from_conv1d:
-                from transformers.pytorch_utils import Conv1D
-
-                conv = Conv1D(module.out_features, module.in_features).to(dtype)
-                with torch.no_grad():
-                    conv.weight.copy_(merged.weight.t())
-                    conv.bias.copy_(merged.bias if merged.bias is not None else torch.zeros_like(conv.bias))
-                merged = conv
-            setattr(parent, child, merged)
+            setattr(parent, child, _merged_module(module, dtype))
     return model
+
+
+def merge_and_unload(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.Module:
+    """A NEW model in which every QLoRALinear is a plain layer holding deq(W) + s·B·A (PEFT's
+    `merge_and_unload`, which however works in place); `model` and its adapters stay unchanged.
+
+    Everything else is deep-copied (its dtype kept; `.to(dtype)` the result for a uniform one). The
+    quantized layers are not copied: their merged replacements are built from the originals and put
+    in place of the copies, so the copy never holds a second set of quantized buffers.
+
+    Args:
+        model: a prepared model (a model without QLoRALinear layers is simply copied).
+        dtype: the merged weights' dtype (computed in fp32, rounded once).
+    """
+    import copy
+
+    memo = {id(m): _merged_module(m, dtype) for m in model.modules() if isinstance(m, QLoRALinear)}
+    merged = copy.deepcopy(model, memo)
+    merged.__dict__.pop("save_pretrained", None)  # qlora.save_pretrained's hook: a plain model saves as usual
+    return merged

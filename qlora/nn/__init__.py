@@ -1,7 +1,13 @@
 """The quantized LoRA linear, its adapter parameters and its autograd Function."""
 
-from qlora.nn.functional import QuantizedLoRAFunction
-from qlora.nn.linear import QLoRALinear
-from qlora.nn.lora import lora_delta, lora_parameters, reset_lora_parameters
+from qlora._lazy import attach
 
-__all__ = ["QLoRALinear", "QuantizedLoRAFunction", "lora_delta", "lora_parameters", "reset_lora_parameters"]
+_LAZY = {
+    "QLoRALinear": "qlora.nn.linear",
+    "QuantizedLoRAFunction": "qlora.nn.functional",
+    "lora_delta": "qlora.nn.lora",
+    "lora_parameters": "qlora.nn.lora",
+    "reset_lora_parameters": "qlora.nn.lora",
+}
+__all__ = sorted(_LAZY)
+__getattr__, __dir__ = attach(__name__, _LAZY)

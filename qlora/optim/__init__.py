@@ -1,5 +1,11 @@
 """Paged AdamW with 32-bit or 8-bit blockwise state (QLoRA §3, "Paged Optimizers")."""
 
-from qlora.optim.paged_adamw import AdamWConfig, PagedAdamW, StateBits
+from qlora._lazy import attach
 
-__all__ = ["AdamWConfig", "PagedAdamW", "StateBits"]
+_LAZY = {
+    "AdamWConfig": "qlora.optim.paged_adamw",
+    "PagedAdamW": "qlora.optim.paged_adamw",
+    "StateBits": "qlora.optim.state_bits",
+}
+__all__ = sorted(_LAZY)
+__getattr__, __dir__ = attach(__name__, _LAZY)

@@ -25,19 +25,14 @@ from typing import Any, Callable
 
 import torch
 
+from qlora.optim.state_bits import StateBits
+
 from qlora.optim import paging, state8bit
 from qlora.optim.state8bit import MomentMap
 
 _STATE_32 = ("exp_avg", "exp_avg_sq")
 _STATE_8 = ("exp_avg_codes", "exp_avg_absmax", "exp_avg_sq_codes", "exp_avg_sq_absmax")
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
-
-
-class StateBits(enum.Enum):
-    """Width of the stored Adam moments."""
-
-    BITS_32 = 32
-    BITS_8 = 8
 
 
 def _check_number(name: str, value: Any) -> float:

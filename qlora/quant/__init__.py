@@ -1,19 +1,19 @@
 """Data types, codebooks, reference maths, double quantization and `QuantizedTensor`."""
 
-from qlora.quant.api import Backend, block_absmax, dequantize, quantize
-from qlora.quant.dtypes import DEFAULT_BLOCK_SIZE, NESTED_BLOCK_SIZE, DataType, bits_per_param, codebook
-from qlora.quant.state import NestedAbsmax, QuantizedTensor
+from qlora._lazy import attach
 
-__all__ = [
-    "Backend",
-    "DataType",
-    "DEFAULT_BLOCK_SIZE",
-    "NESTED_BLOCK_SIZE",
-    "NestedAbsmax",
-    "QuantizedTensor",
-    "bits_per_param",
-    "block_absmax",
-    "codebook",
-    "dequantize",
-    "quantize",
-]
+_LAZY = {
+    "Backend": "qlora.quant.api",
+    "DEFAULT_BLOCK_SIZE": "qlora.quant.dtypes",
+    "DataType": "qlora.quant.dtypes",
+    "NESTED_BLOCK_SIZE": "qlora.quant.dtypes",
+    "NestedAbsmax": "qlora.quant.state",
+    "QuantizedTensor": "qlora.quant.state",
+    "bits_per_param": "qlora.quant.dtypes",
+    "block_absmax": "qlora.quant.api",
+    "codebook": "qlora.quant.dtypes",
+    "dequantize": "qlora.quant.api",
+    "quantize": "qlora.quant.api",
+}
+__all__ = sorted(_LAZY)
+__getattr__, __dir__ = attach(__name__, _LAZY)

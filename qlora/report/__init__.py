@@ -1,10 +1,20 @@
 """The paper's tables (2, 3, 4, memory) and plots, regenerated from this run's records."""
 
-from qlora.report.records import EvalRecord, Method, TrainRecord, dump_records, load_records
-from qlora.report.summary import metrics_summary
-from qlora.report.tables import Table, memory_table, table2, table3, table4, write_table
+from qlora._lazy import attach
 
-__all__ = [
-    "EvalRecord", "Method", "Table", "TrainRecord", "dump_records", "load_records",
-    "memory_table", "metrics_summary", "table2", "table3", "table4", "write_table",
-]  # fmt: skip
+_LAZY = {
+    "EvalRecord": "qlora.report.records",
+    "Method": "qlora.report.records",
+    "Table": "qlora.report.tables",
+    "TrainRecord": "qlora.report.records",
+    "dump_records": "qlora.report.records",
+    "load_records": "qlora.report.records",
+    "memory_table": "qlora.report.tables",
+    "metrics_summary": "qlora.report.summary",
+    "table2": "qlora.report.tables",
+    "table3": "qlora.report.tables",
+    "table4": "qlora.report.tables",
+    "write_table": "qlora.report.tables",
+}
+__all__ = sorted(_LAZY)
+__getattr__, __dir__ = attach(__name__, _LAZY)

@@ -1,6 +1,13 @@
 """Training: the loop, resumable checkpoints, memory accounting."""
 
-from qlora.train.config import Schedule, TrainConfig
-from qlora.train.trainer import StepMetrics, TrainResult, train
+from qlora._lazy import attach
 
-__all__ = ["Schedule", "StepMetrics", "TrainConfig", "TrainResult", "train"]
+_LAZY = {
+    "Schedule": "qlora.train.config",
+    "StepMetrics": "qlora.train.trainer",
+    "TrainConfig": "qlora.train.config",
+    "TrainResult": "qlora.train.trainer",
+    "train": "qlora.train.trainer",
+}
+__all__ = sorted(_LAZY)
+__getattr__, __dir__ = attach(__name__, _LAZY)

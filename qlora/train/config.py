@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 
-from qlora.optim import StateBits
+from qlora.checks import check_bool, check_float, check_int, enum_check, validate_fields
+from qlora.optim.state_bits import StateBits
 
 
 class Schedule(enum.Enum):
@@ -51,22 +52,18 @@ class TrainConfig:
     keep_checkpoints: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("max_steps", "micro_batch_size", "grad_accum", "keep_checkpoints"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.schedule, Schedule):
-            raise ValueError(f"schedule must be a Schedule ({', '.join(s.value for s in Schedule)}), got {self.schedule!r}")
-        if not isinstance(self.optimizer_bits, StateBits):
-            raise ValueError(f"optimizer_bits must be a StateBits ({', '.join(str(b.value) for b in StateBits)}), got {self.optimizer_bits!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
-        if self.max_grad_norm < 0 or self.weight_decay < 0:
-            raise ValueError(f"max_grad_norm and weight_decay must be >= 0, got {self.max_grad_norm!r}, {self.weight_decay!r}")
-        if not isinstance(self.save_every, int) or self.save_every < 0:
-            raise ValueError(f"save_every must be an integer >= 0, got {self.save_every!r}")
+        positive = lambda k, v: check_int(k, v, minimum=1)  # noqa: E731
+        nonnegative = lambda k, v: check_float(k, v, minimum=0)  # noqa: E731
+        validate_fields(self, {
+            "max_steps": positive, "micro_batch_size": positive, "grad_accum": positive, "keep_checkpoints": positive,
+            "lr": lambda k, v: check_float(k, v, minimum=0, exclusive_minimum=True),
+            "schedule": enum_check(Schedule),
+            "warmup_ratio": lambda k, v: check_float(k, v, minimum=0, maximum=1, exclusive_maximum=True),
+            "max_grad_norm": nonnegative, "weight_decay": nonnegative,
+            "group_by_length": check_bool, "seed": lambda k, v: check_int(k, v, minimum=0), "deterministic": check_bool,
+            "optimizer_bits": enum_check(StateBits), "paged": check_bool,
+            "save_every": lambda k, v: check_int(k, v, minimum=0),
+        })  # fmt: skip
 
     @property
     def warmup_steps(self) -> int:

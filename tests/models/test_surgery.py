@@ -77,19 +77,21 @@ def test_targets_subset_and_report():
     model = tiny_llama()
     total_before = sum(p.numel() for p in model.parameters())
     report = prepare_model(model, NF4_DQ, LoRAConfig(rank=4, targets=Targets.ATTENTION))
-    assert report.replaced_layers == 8
-    assert all(type(model.get_submodule(f"model.layers.0.mlp.{p}")) is torch.nn.Linear for p in ("up_proj", "down_proj"))
+    # every linear layer is stored quantized; only the targets get adapters
+    assert report.replaced_layers == 14 and report.adapted_layers == 8
+    assert all(model.get_submodule(f"model.layers.0.mlp.{p}").lora_a is None for p in ("up_proj", "down_proj"))
+    assert all(model.get_submodule(f"model.layers.0.self_attn.{p}").lora_a is not None for p in ("q_proj", "o_proj"))
     assert report.total_params == total_before
-    assert report.trainable_params == sum(4 * (m.in_features + m.out_features) for m in model.modules() if isinstance(m, QLoRALinear))
+    assert report.trainable_params == sum(4 * (m.in_features + m.out_features) for m in model.modules() if isinstance(m, QLoRALinear) and m.lora_a is not None)
     assert 4.12 < report.quantized_bits_per_param < 4.2  # NF4+DQ, small tensors (partial DQ blocks)
     assert report.weight_bytes_after < report.weight_bytes_before
     named = prepare_model(tiny_llama(), NF4_DQ, LoRAConfig(rank=4, targets=Targets.NAMES, target_names=("down_proj",)))
-    assert named.replaced_layers == 2
-    with pytest.raises(ValueError, match="no linear layer matches targets=names"):
+    assert named.replaced_layers == 14 and named.adapted_layers == 2
+    with pytest.raises(ValueError, match=r"lora.target_names \['nope'\] match no linear layer \(layers end in: down_proj, gate_proj, k_proj"):
         prepare_model(tiny_llama(), NF4_DQ, LoRAConfig(rank=4, targets=Targets.NAMES, target_names=("nope",)))
     with pytest.raises(TypeError, match="config must be a SurgeryConfig"):
         prepare_model(tiny_llama(), LoRAConfig(rank=4))
-    with pytest.raises(TypeError, match="SurgeryConfig.checkpointing must be a Checkpointing"):
+    with pytest.raises(ValueError, match="checkpointing=True: expected one of OFF, REENTRANT, NON_REENTRANT"):
         SurgeryConfig(NF4_DQ, LoRAConfig(rank=4), checkpointing=True)
 
 

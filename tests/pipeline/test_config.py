@@ -8,11 +8,12 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from qlora.config import Method
-from qlora.config_store import pipeline_config, register_configs
+from qlora.pipeline.config_store import register_configs
+from qlora.pipeline.params import pipeline_config
 from qlora.quant import DataType
 from qlora.train import Schedule
 
-CONF = str(Path(__file__).resolve().parent.parent / "conf")
+CONF = str(Path(__file__).resolve().parents[2] / "conf")
 
 
 def composed(*overrides):
@@ -24,7 +25,7 @@ def test_default_config_is_valid_and_typed():
     cfg = pipeline_config(composed())
     assert cfg.quant.dtype is DataType.NF4 and cfg.quant.double_quant
     assert sorted(cfg.quants) == ["bf16", "fp4", "fp4_e3m0", "int4", "int8", "nf4", "nf4_dq"]
-    assert cfg.ablation.encoder["full_bf16"].method is Method.FULL
+    assert cfg.ablation.encoder["full_bf16"].method is Method.FULL and cfg.ablation.encoder["full_bf16"].lr == 3e-5
     assert cfg.lora.rank == 64 and cfg.lora.alpha == 16 and cfg.lora.dropout == 0.1
 
 
@@ -52,14 +53,14 @@ def test_typo_in_a_key_fails():
         composed("train.lrr=0.1")
     params = composed()
     params["train"]["lrr"] = 0.1
-    with pytest.raises(ValueError, match="Key 'lrr' not in 'TrainConfig'"):
+    with pytest.raises(ValueError, match=r"train.lrr=0.1: expected no such key; train has: .*grad_accum.*lr"):
         pipeline_config(params)
 
 
 def test_bad_enum_value_names_key_and_allowed_values():
     params = composed()
     params["quant"]["dtype"] = "NF5"
-    with pytest.raises(ValueError, match=r"(?s)Invalid value 'NF5', expected one of \[BF16, INT8, INT4, FP4, FP4_E3M0, NF4\].*quant.dtype"):
+    with pytest.raises(ValueError, match=r"quant.dtype='NF5': expected one of BF16, INT8, INT4, FP4, FP4_E3M0, NF4"):
         pipeline_config(params)
 
 

@@ -1,7 +1,7 @@
 import mlflow
 import pytest
 
-from qlora.tracking import log_run
+from qlora.pipeline.tracking import log_run
 
 
 def test_log_run_writes_params_metrics_and_series(tmp_path, monkeypatch):

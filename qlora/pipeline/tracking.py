@@ -1,4 +1,8 @@
-"""MLflow logging for the pipeline's stages (only stages call this; the library returns numbers).
+"""MLflow logging for the pipeline (only qlora/pipeline logs; the library returns numbers).
+
+Where runs go is a `Tracking` (URI + experiment) that the entry point resolves (from MLFLOW_TRACKING_URI
+and MLFLOW_EXPERIMENT_NAME, MLflow's own variables, or a sqlite file under the user's cache): it is not
+a param of the pipeline, so pointing MLflow elsewhere does not invalidate any DVC stage.
 
 One MLflow run per stage item (e.g. "train causal qlora_nf4_dq"), in one experiment per pipeline;
 params flattened with dots, scalar metrics and series (loss curves) in batches (one `log_batch` of up
@@ -7,12 +11,25 @@ to 1000 metrics instead of one request per value).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 _BATCH = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class Tracking:
+    """An MLflow destination. `uri` empty: log nothing (library tests, dry runs)."""
+
+    uri: str
+    experiment: str = "qlora-pipeline"
+
+    def log(self, run_name: str, **kwargs: Any) -> str | None:
+        """`log_run` to this destination; None when disabled."""
+        return log_run(self.uri, self.experiment, run_name, **kwargs) if self.uri else None
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:

@@ -1,0 +1,173 @@
+"""The pipeline's configs: the whole of params.yaml (composed by Hydra from conf/), runs and the ablation.
+
+The library's configs (quant, LoRA, train, model, data, eval) are the section types; this module adds
+what only the pipeline knows: which base models take part, which data types, which rows of the
+paper's tables, per-row learning rates and seeds. Everything is validated when composed
+(`qlora.pipeline.params.pipeline_config`), before any stage does any work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+from qlora.checks import ConfigError, check_float, check_int, check_str, parse_enum
+from qlora.config import DataConfig, EvalConfig, LoRAConfig, Method, ModelConfig, ModelKind, ModelSource, QuantConfig
+from qlora.train.config import TrainConfig
+
+CAUSAL, ENCODER = "causal", "encoder"  # the two roles every pipeline has (keys of PipelineConfig.models)
+
+
+@dataclasses.dataclass  # not frozen: Hydra/OmegaConf schemas must accept merges
+class RunSpec:
+    """One row of an ablation: a training method on a base stored as `quant` (a key of `quants`).
+
+    Attributes:
+        lr: this row's learning rate; None takes the train section's (full fine-tuning of a BERT-class
+            model needs ~2e-5..5e-5, adapters ~1e-4..1e-3).
+    """
+
+    method: Method = Method.QLORA
+    quant: str = "nf4_dq"
+    lr: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "method", parse_enum("method", self.method, Method))
+        check_str("quant", self.quant)
+        if self.lr is not None:
+            object.__setattr__(self, "lr", check_float("lr", self.lr, minimum=0, exclusive_minimum=True))
+        if self.method is Method.NONE:
+            raise ConfigError("method", self.method.name, "FULL, LORA or QLORA for a training row (NONE trains nothing)")
+
+
+@dataclasses.dataclass  # not frozen: Hydra/OmegaConf schemas must accept merges
+class AblationConfig:
+    """Which models, data types and training rows `dvc repro` runs.
+
+    Attributes:
+        base_models: keys of `models` whose quantized bases are evaluated without training (Table 2:
+            perplexity; zero-shot MMLU) for every data type in `base_quants`.
+        base_quants: keys of `quants` for those evaluations.
+        causal / encoder: the training rows (Tables 3 and 4) of `models.causal` and `models.encoder`; every
+            causal row's data type must be one of `base_quants` (its quantized base is shared).
+        encoder_seeds: every encoder row is trained once per seed (run-to-run noise of a small encoder).
+    """
+
+    base_models: tuple[str, ...] = ("causal",)
+    base_quants: tuple[str, ...] = ("bf16", "int8", "int4", "fp4", "fp4_e3m0", "nf4", "nf4_dq")
+    causal: dict[str, RunSpec] = dataclasses.field(default_factory=dict)
+    encoder: dict[str, RunSpec] = dataclasses.field(default_factory=dict)
+    encoder_seeds: tuple[int, ...] = (0,)
+
+    def __post_init__(self) -> None:
+        for key in ("base_models", "base_quants", "encoder_seeds"):
+            values = getattr(self, key)
+            if isinstance(values, (str, int)) or not values:
+                raise ConfigError(key, values, "a non-empty list")
+            if len(set(values)) != len(values):
+                raise ConfigError(key, list(values), "a list without repeats")
+            object.__setattr__(self, key, tuple(values))
+        for seed in self.encoder_seeds:
+            check_int("encoder_seeds", seed, minimum=0)
+
+
+@dataclasses.dataclass  # not frozen: Hydra/OmegaConf schemas must accept merges
+class DemoConfig:
+    """The quantization demo (stage quantize_demo): every data type on the embedded encoder's weights."""
+
+    model: str = "encoder"  # a key of `models`
+    block_size: int = 64
+    dtypes: tuple[str, ...] = ("bf16", "int8", "int4", "fp4", "fp4_e3m0", "nf4")
+    double_quant_for: tuple[str, ...] = ("fp4", "nf4")
+
+    def __post_init__(self) -> None:
+        from qlora.quant.dtypes import VALID_BLOCK_SIZES, DataType
+
+        check_str("model", self.model)
+        if isinstance(self.block_size, bool) or self.block_size not in VALID_BLOCK_SIZES:
+            raise ConfigError("block_size", self.block_size, f"one of {', '.join(map(str, VALID_BLOCK_SIZES))}")
+        if not self.dtypes:
+            raise ConfigError("dtypes", list(self.dtypes), "a non-empty list of data types")
+        for i, d in enumerate(self.dtypes):
+            parse_enum(f"dtypes[{i}]", d, DataType)
+        for i, d in enumerate(self.double_quant_for):
+            if not parse_enum(f"double_quant_for[{i}]", d, DataType).is_quantized:
+                raise ConfigError(f"double_quant_for[{i}]", d, "a quantized data type")
+
+
+@dataclasses.dataclass  # not frozen: Hydra/OmegaConf schemas must accept merges
+class PipelineConfig:
+    """The whole of params.yaml (composed by Hydra from conf/).
+
+    Attributes:
+        models: every base model the pipeline uses, by key (conf/model options): `causal` (fine-tuned, and
+            evaluated per data type), `encoder` (classification rows), and any further causal LMs that
+            `ablation.base_models` evaluates per data type.
+        quant: the main QLoRA run's data type (what `dvc exp run -S quant=fp4` changes).
+        quants: the data types of the ablation, by key.
+        train / train_encoder: training of the causal rows and of the encoder rows.
+        profile: the name of the experiment profile that produced these params (reports say it).
+    """
+
+    models: dict[str, ModelConfig] = dataclasses.field(
+        default_factory=lambda: {CAUSAL: ModelConfig(), ENCODER: ModelConfig("all-MiniLM-L6-v2", ModelSource.MINILM, ModelKind.SEQ_CLS)})
+    quant: QuantConfig = dataclasses.field(default_factory=QuantConfig)
+    quants: dict[str, QuantConfig] = dataclasses.field(default_factory=dict)
+    lora: LoRAConfig = dataclasses.field(default_factory=LoRAConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    train_encoder: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    ablation: AblationConfig = dataclasses.field(default_factory=AblationConfig)
+    demo: DemoConfig = dataclasses.field(default_factory=DemoConfig)
+    profile: str = "cpu"
+
+    def __post_init__(self) -> None:
+        check_str("profile", self.profile)
+        ab = self.ablation
+        for role, kind in ((CAUSAL, ModelKind.CAUSAL_LM), (ENCODER, ModelKind.SEQ_CLS)):
+            self._model("models", role, kind)
+        for key in ab.base_models:
+            self._model("ablation.base_models", key, ModelKind.CAUSAL_LM)
+        if CAUSAL not in ab.base_models:
+            raise ConfigError("ablation.base_models", list(ab.base_models), f"a list that includes {CAUSAL!r} (its bases are fine-tuned)")
+        for name in ab.base_quants:
+            self._quant("ablation.base_quants", name)
+        for section, runs in (("causal", ab.causal), ("encoder", ab.encoder)):
+            for run, spec in runs.items():
+                where = f"ablation.{section}.{run}"
+                quant = self._quant(f"{where}.quant", spec.quant)
+                if section == "causal" and spec.quant not in ab.base_quants:
+                    raise ConfigError(f"{where}.quant", spec.quant, f"one of ablation.base_quants ({', '.join(ab.base_quants)})")
+                if spec.method is Method.QLORA and not quant.dtype.is_quantized:
+                    raise ConfigError(f"{where}.quant", spec.quant, "a quantized data type for a QLORA row (use method LORA on bf16)")
+                if spec.method in (Method.LORA, Method.FULL) and quant.dtype.is_quantized:
+                    raise ConfigError(f"{where}.quant", spec.quant, f"a bf16 base for a {spec.method.name} row")
+                if spec.method is not Method.FULL and self.lora.rank == 0:
+                    raise ConfigError("lora.rank", 0, f">= 1: row {where} trains adapters")
+        if self.lora.rank == 0:
+            raise ConfigError("lora.rank", 0, ">= 1: the main run trains adapters")
+        if self.demo.model not in self.models:
+            raise ConfigError("demo.model", self.demo.model, f"one of the models: {', '.join(sorted(self.models))}")
+
+    def _model(self, key: str, name: str, kind: ModelKind) -> ModelConfig:
+        if name not in self.models:
+            if key == "models":
+                raise ConfigError(f"models.{name}", None, f"a {kind.name} model (the pipeline needs models.{CAUSAL} and models.{ENCODER})")
+            raise ConfigError(key, name, f"one of the models: {', '.join(sorted(self.models))}")
+        model = self.models[name]
+        if model.kind is not kind:
+            if key == "models":
+                raise ConfigError(f"models.{name}.kind", model.kind.name, f"{kind.name} (the {name} role)")
+            raise ConfigError(key, name, f"a {kind.name} model (models.{name}.kind is {model.kind.name})")
+        return model
+
+    def _quant(self, key: str, name: str) -> QuantConfig:
+        if name not in self.quants:
+            raise ConfigError(key, name, f"one of the data types in quants: {', '.join(sorted(self.quants))}")
+        return self.quants[name]
+
+
+def main_method(quant: QuantConfig) -> Method:
+    """The main run's method: QLoRA on a quantized base, LoRA on bf16."""
+    return Method.QLORA if quant.dtype.is_quantized else Method.LORA

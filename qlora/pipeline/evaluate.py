@@ -1,0 +1,201 @@
+"""Evaluation runs: a base model per data type (Table 2: perplexity; zero-shot MMLU), a fine-tuned causal
+row (k-shot MMLU, RougeL, held-out instruction loss) and an encoder row (classification accuracy).
+
+Each writes its records (metrics/...) and its per-item scores (items/...), keyed by stable item ids so
+the report pairs rows on the same items. The DVC stages and the Hydra sweep both call these.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from qlora.config import EvalConfig, Method, ModelKind, QuantConfig
+from qlora.pipeline import paths
+from qlora.pipeline.config import CAUSAL, ENCODER, PipelineConfig, main_method
+from qlora.pipeline.params import lookup, pick, whole
+from qlora.pipeline.quantize import quant_params
+from qlora.pipeline.tracking import Tracking
+
+
+def _write(records, items: dict, metrics_path: Path, items_path: Path) -> None:
+    from qlora.atomic import write_json
+    from qlora.report.records import dump_records
+
+    write_json(items_path, items)
+    write_json(metrics_path, dump_records(records))
+
+
+def _record(result, task: str, model: str, quant: str, method: Method, dataset: str):
+    from qlora.report.records import EvalRecord
+
+    return EvalRecord(task, model, quant, method, dataset, result.value, result.n, result.ci_low, result.ci_high)
+
+
+def _items(result) -> list[float]:
+    return list(result.per_example)
+
+
+@dataclasses.dataclass(frozen=True)
+class BaseEvalJob:
+    """A base model stored as one data type, without training: perplexity and zero-shot MMLU."""
+
+    model_key: str
+    model_name: str
+    quant_name: str
+    quant: QuantConfig
+    windows: int  # data.perplexity_windows
+    window_tokens: int  # data.perplexity_window_tokens
+    eval: EvalConfig  # base_mmlu_questions, batch_size, seed
+
+    def run(self, tracking: Tracking, *, progress: bool = True) -> list:
+        from transformers import AutoTokenizer
+
+        from qlora.data.mmlu import load_mmlu
+        from qlora.data.prepare import PERPLEXITY_TEXT, perplexity_windows
+        from qlora.eval.mmlu import evaluate_mmlu
+        from qlora.eval.perplexity import evaluate_perplexity
+        from qlora.models.loading import load_for_inference
+
+        checkpoint = paths.quantized_dir(self.model_key, self.quant_name)
+        model = load_for_inference(checkpoint, ModelKind.CAUSAL_LM, quant=self.quant)
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+        texts = json.loads((paths.data_dir() / PERPLEXITY_TEXT).read_text())["texts"]
+        windows = perplexity_windows(tokenizer, texts, self.window_tokens, self.windows)
+        ppl = evaluate_perplexity(model, windows, batch_size=self.eval.batch_size, progress=progress)
+        mmlu = evaluate_mmlu(model, tokenizer, load_mmlu(), None, k=0, limit=self.eval.base_mmlu_questions or None,
+                             seed=self.eval.seed, batch_size=self.eval.batch_size, progress=progress)  # fmt: skip
+        label = self.quant.label
+        records = [_record(ppl, "perplexity", self.model_name, label, Method.NONE, "MMLU question stems"),
+                   _record(mmlu, "mmlu_zero_shot", self.model_name, label, Method.NONE, "MMLU test (0-shot)")]  # fmt: skip
+        _write(records, {"perplexity": _items(ppl), "mmlu_zero_shot": _items(mmlu)},
+               paths.base_metrics(self.model_key, self.quant_name), paths.base_items(self.model_key, self.quant_name))
+        tracking.log(f"evaluate base {self.model_key} {self.quant_name}",
+                     params={"model": self.model_name, "method": Method.NONE.value, **quant_params(self.quant)},
+                     metrics={"perplexity": ppl.value, "perplexity_tokens": ppl.n, "mmlu_zero_shot": mmlu.value,
+                              "mmlu_zero_shot_n": mmlu.n},
+                     tags={"stage": "evaluate_base", "model": self.model_name, "quant": self.quant.label})  # fmt: skip
+        return records
+
+
+def plan_base_eval(params: PipelineConfig, model_key: str, quant_name: str) -> BaseEvalJob:
+    model = lookup(params.models, model_key, "models")
+    if model.kind is not ModelKind.CAUSAL_LM:
+        from qlora.checks import ConfigError
+
+        raise ConfigError("model", model_key, f"a causal LM (models.{model_key}.kind is {model.kind.name})")
+    return BaseEvalJob(model_key, model.name, quant_name, lookup(params.quants, quant_name, "quants"),
+                       params.data.perplexity_windows, params.data.perplexity_window_tokens,
+                       pick(params.eval, EvalConfig, ("base_mmlu_questions", "batch_size", "seed")))  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class CausalEvalJob:
+    """A causal row after fine-tuning (or the untuned base): k-shot MMLU, RougeL and held-out NLL."""
+
+    row: str  # a key of ablation.causal, "untuned" or "main"
+    model_name: str
+    method: Method
+    quant: QuantConfig
+    eval: EvalConfig
+    checkpoint: Path
+    adapter: Path | None  # None: the untuned base
+    metrics_path: Path
+    items_path: Path
+
+    def run(self, tracking: Tracking, *, progress: bool = True) -> list:
+        from transformers import AutoTokenizer
+
+        from qlora.data.mmlu import load_fewshot_pool, load_mmlu
+        from qlora.data.prepare import INSTRUCT_TEST
+        from qlora.eval.mmlu import evaluate_mmlu
+        from qlora.eval.rouge import evaluate_rouge
+        from qlora.models.loading import load_for_inference
+
+        model = load_for_inference(self.checkpoint, ModelKind.CAUSAL_LM, self.adapter, quant=self.quant)
+        tokenizer = AutoTokenizer.from_pretrained(self.checkpoint)
+        ev = self.eval
+        mmlu = evaluate_mmlu(model, tokenizer, load_mmlu(), load_fewshot_pool(), k=ev.mmlu_shots, limit=ev.mmlu_questions or None,
+                             seed=ev.seed, batch_size=ev.batch_size, progress=progress)  # fmt: skip
+        test = json.loads((paths.data_dir() / INSTRUCT_TEST).read_text())["examples"][: ev.rouge_examples]
+        rouge = evaluate_rouge(model, tokenizer, [t["prompt"] for t in test], [t["references"] for t in test],
+                               max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size, groups=[t["subtask"] for t in test],
+                               progress=progress)  # fmt: skip
+        label = self.quant.label
+        records = [_record(mmlu, "mmlu", self.model_name, label, self.method, f"MMLU test ({ev.mmlu_shots}-shot)"),
+                   _record(rouge, "rougeL", self.model_name, label, self.method, "Natural Instructions held-out subtasks")]  # fmt: skip
+        _write(records, {"mmlu": _items(mmlu), "rougeL": _items(rouge)}, self.metrics_path, self.items_path)
+        tracking.log(f"evaluate causal {self.row}", params={"model": self.model_name, "method": self.method.value, **quant_params(self.quant)},
+                     metrics={r.task: r.value for r in records} | {f"{r.task}_n": r.n for r in records},
+                     tags={"stage": "evaluate", "role": CAUSAL, "run": self.row})  # fmt: skip
+        return records
+
+
+def plan_causal_eval(params: PipelineConfig, run: str) -> CausalEvalJob:
+    model = lookup(params.models, CAUSAL, "models")
+    if run == paths.MAIN:
+        quant, quant_name = whole(params.quant), paths.MAIN
+        method = main_method(quant)
+    elif run == paths.UNTUNED:
+        quant_name, method = "bf16", Method.NONE
+        quant = lookup(params.quants, quant_name, "quants")
+    else:
+        spec = lookup(params.ablation.causal, run, "ablation.causal")
+        quant_name, method = spec.quant, spec.method
+        quant = lookup(params.quants, spec.quant, f"ablation.causal.{run}.quant")
+    adapter = None if method is Method.NONE else paths.adapter_dir(CAUSAL, run)
+    ev = pick(params.eval, EvalConfig, ("mmlu_questions", "mmlu_shots", "rouge_examples", "max_new_tokens", "heldout_examples",
+                                        "batch_size", "seed"))  # fmt: skip
+    return CausalEvalJob(run, model.name, method, quant, ev, paths.quantized_dir(CAUSAL, quant_name), adapter,
+                         paths.eval_metrics(CAUSAL, run), paths.eval_items(CAUSAL, run))  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderEvalJob:
+    """An encoder row: classification accuracy on the held-out test split, once per trained seed."""
+
+    row: str
+    model_name: str
+    method: Method
+    quant: QuantConfig
+    seeds: tuple[int, ...]
+    eval: EvalConfig  # batch_size
+
+    def run(self, tracking: Tracking, *, progress: bool = True) -> list:
+        from transformers import AutoTokenizer
+
+        from qlora.data.prepare import CLS_LABELS, CLS_TEST
+        from qlora.data.tokenization import TokenizedDataset
+        from qlora.eval.batches import pad_id
+        from qlora.eval.classification import evaluate_classification
+        from qlora.models.loading import load_base, load_for_inference
+
+        labels = json.loads((paths.data_dir() / CLS_LABELS).read_text())
+        tokenizer = AutoTokenizer.from_pretrained(paths.model_dir(ENCODER))
+        test = TokenizedDataset.load(paths.data_dir() / CLS_TEST)
+        label = "bf16" if self.method is Method.FULL else self.quant.label
+        records, items = [], {}
+        for seed in self.seeds:
+            adapter = paths.seed_dir(paths.adapter_dir(ENCODER, self.row), seed)
+            if self.method is Method.FULL:
+                model = load_base(adapter, ModelKind.SEQ_CLS, num_labels=len(labels["labels"])).eval()
+            else:
+                model = load_for_inference(paths.model_dir(ENCODER), ModelKind.SEQ_CLS, adapter, quant=self.quant)
+            result = evaluate_classification(model, test, pad_token_id=pad_id(tokenizer), batch_size=self.eval.batch_size * 4,
+                                             progress=progress)  # fmt: skip
+            records.append(_record(result, "classification", self.model_name, label, self.method, labels["task"]))
+            items[f"s{seed}"] = _items(result)
+        _write(records, {"classification": items}, paths.eval_metrics(ENCODER, self.row), paths.eval_items(ENCODER, self.row))
+        tracking.log(f"evaluate encoder {self.row}", params={"model": self.model_name, "method": self.method.value, **quant_params(self.quant)},
+                     metrics={"classification": sum(r.value for r in records) / len(records), "classification_n": records[0].n,
+                              "seeds": len(records)},
+                     tags={"stage": "evaluate", "role": ENCODER, "run": self.row})  # fmt: skip
+        return records
+
+
+def plan_encoder_eval(params: PipelineConfig, run: str) -> EncoderEvalJob:
+    model = lookup(params.models, ENCODER, "models")
+    spec = lookup(params.ablation.encoder, run, "ablation.encoder")
+    return EncoderEvalJob(run, model.name, spec.method, lookup(params.quants, spec.quant, f"ablation.encoder.{run}.quant"),
+                          params.ablation.encoder_seeds, pick(params.eval, EvalConfig, ("batch_size",)))  # fmt: skip

@@ -1,0 +1,237 @@
+"""One fine-tuning run of the pipeline: base checkpoint -> trained adapter (or full model) + its record.
+
+A killed run resumes when re-run with the same inputs: the resume folder is keyed to the settings and
+the sha256 of the base checkpoint and the data (`resume_key`); checkpoints of an earlier, different run
+of the same row are removed, and the finished run's resumable state too (DVC caches the adapter).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+from qlora.config import LoRAConfig, Method, ModelKind, QuantConfig
+from qlora.pipeline import paths
+from qlora.pipeline.config import CAUSAL, ENCODER, PipelineConfig, main_method, RunSpec
+from qlora.pipeline.params import lookup, whole
+from qlora.pipeline.tracking import Tracking
+from qlora.train.config import TrainConfig
+
+
+def fingerprint(*items: str | Path) -> str:
+    """sha256 over the names and bytes of the files under `items` (files or folders, sorted walk)."""
+    digest = hashlib.sha256()
+    for root in map(Path, items):
+        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+        for f in files:
+            digest.update(str(f.relative_to(root) if root.is_dir() else f.name).encode() + b"\0")
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 22), b""):
+                    digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneResult:
+    record: "TrainRecord"  # noqa: F821
+    result: "TrainResult"  # noqa: F821
+
+
+def finetune(
+    *,
+    model_name: str,
+    checkpoint: str | Path,
+    kind: ModelKind,
+    method: Method,
+    quant: QuantConfig,
+    lora: LoRAConfig,
+    train_config: TrainConfig,
+    data: str | Path,
+    out_dir: str | Path,
+    resume_dir: str | Path,
+    num_labels: int | None = None,
+    pad_token_id: int = 0,
+    progress: bool = True,
+    on_step=None,
+) -> FinetuneResult:
+    """Trains and writes `out_dir` atomically (a PEFT adapter folder, or for FULL a transformers folder).
+
+    Args:
+        checkpoint: a `quantize_checkpoint` folder (FULL, or an encoder: a plain base folder).
+        method: FULL trains every weight of a BF16 base; LORA/QLORA train adapters (+ a classification head).
+        resume_dir: where resumable training checkpoints live (a killed run resumes from here).
+        on_step: called with each step's `StepMetrics` (live logging).
+    """
+    from qlora.atomic import atomic_dir, write_json
+    from qlora.data.tokenization import TokenizedDataset
+    from qlora.models.loading import QUANT_FILE, adapter_weights, load_base, load_for_training, quant_config_json
+    from qlora.models.peft_format import TaskType, save_peft_adapter
+    from qlora.models.surgery import model_report
+    from qlora.quant.dtypes import bits_per_param
+    from qlora.report.records import TrainRecord
+    from qlora.train.trainer import train
+
+    if method is Method.NONE:
+        raise ValueError("method NONE trains nothing; evaluate the base instead")
+    if method is Method.FULL:
+        model = load_base(checkpoint, kind, num_labels=num_labels)
+        for p in model.parameters():
+            p.requires_grad = True
+        stored_bits = 16.0
+    else:
+        model = load_for_training(checkpoint, kind, quant, lora, num_labels=num_labels)
+        stored_bits = bits_per_param(quant.dtype, quant.block_size, quant.double_quant) if quant.dtype.is_quantized else 16.0
+    report = model_report(model)
+    dataset = TokenizedDataset.load(data)
+    result = train(model, dataset, train_config, pad_token_id=pad_token_id, checkpoint_dir=resume_dir, progress=progress,
+                   on_step=on_step)  # fmt: skip
+
+    with atomic_dir(out_dir) as tmp:
+        if method is Method.FULL:
+            shutil.rmtree(tmp)
+            model.save_pretrained(tmp)
+        else:
+            task = TaskType.SEQ_CLS if kind is ModelKind.SEQ_CLS else TaskType.CAUSAL_LM
+            shutil.rmtree(tmp)
+            save_peft_adapter(tmp, adapter_weights(model, lora, task, base_model=model_name))
+            write_json(tmp / QUANT_FILE, quant_config_json(quant))
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    last = result.history[-1].memory if result.history else None
+    seconds = sum(m.tokens / m.tokens_per_s for m in result.history)
+    tokens_per_s = sum(m.tokens for m in result.history) / seconds if result.history and seconds > 0 else 0.0
+    record = TrainRecord(
+        model=model_name,
+        quant="bf16" if method is Method.FULL else quant.label,
+        method=method,
+        bits_per_param=stored_bits,
+        weight_mb=report.weight_bytes_after / 2**20,  # stored weights without the adapters (FULL: the whole model)
+        adapter_mb=sum(p.numel() * p.element_size() for p in trainable) / 2**20,
+        peak_mb=(last.peak / 2**20) if last else 0.0,
+        peak_kind="cuda_max_allocated" if last and last.device == "cuda" else "cpu_peak_rss",
+        steps=result.steps,
+        tokens_per_s=tokens_per_s,
+        losses=tuple(result.losses),
+    )
+    return FinetuneResult(record, result)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainJob:
+    """One training row (or the main QLoRA run) of the pipeline."""
+
+    role: str  # CAUSAL or ENCODER
+    row: str  # a key of ablation.<role> (with -s<seed> for encoder rows), or "main"
+    model_name: str
+    kind: ModelKind
+    method: Method
+    quant: QuantConfig
+    lora: LoRAConfig
+    train: TrainConfig  # with the row's lr and seed applied
+    checkpoint: Path
+    data: Path
+    out_dir: Path  # the adapter (or, FULL, the model)
+    resume_root: Path  # resumable checkpoints, one sub-folder per resume key
+    metrics_path: Path | None  # the TrainRecord (None: the caller writes it)
+    loss_path: Path | None  # the loss curve (CSV, a DVC plot)
+    labels_path: Path | None = None  # classification labels (encoder rows)
+
+    def resume_key(self) -> str:
+        """Settings + the bytes of the base checkpoint and the data: a killed run resumes only into itself."""
+        settings = json.dumps([dataclasses.asdict(self.train), dataclasses.asdict(self.lora), dataclasses.asdict(self.quant),
+                               self.method.value], default=lambda v: getattr(v, "value", str(v)), sort_keys=True)  # fmt: skip
+        return hashlib.sha256((settings + fingerprint(self.checkpoint, self.data)).encode()).hexdigest()[:12]
+
+    def run(self, tracking: Tracking, *, progress: bool = True):
+        from qlora.atomic import write_json, write_text
+        from qlora.report.records import dump_records
+
+        num_labels = None
+        if self.labels_path is not None:
+            num_labels = len(json.loads(self.labels_path.read_text())["labels"])
+        resume = self.resume_root / self.resume_key()
+        if resume.parent.exists():
+            for stale in resume.parent.iterdir():  # checkpoints of this row's earlier, different runs
+                if stale != resume:
+                    shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+        out = finetune(model_name=self.model_name, checkpoint=self.checkpoint, kind=self.kind, method=self.method, quant=self.quant,
+                       lora=self.lora, train_config=self.train, data=self.data, out_dir=self.out_dir,
+                       resume_dir=resume, num_labels=num_labels, progress=progress)  # fmt: skip
+        shutil.rmtree(resume, ignore_errors=True)  # finished: DVC caches the adapter
+        record = out.record
+        if self.metrics_path is not None:
+            write_json(self.metrics_path, dump_records([record]))
+        if self.loss_path is not None:
+            write_text(self.loss_path, loss_csv([record.losses]))
+        tracking.log(f"train {self.role} {self.row}",
+                     params={"model": self.model_name, "method": self.method.value, "quant": dataclasses.asdict(self.quant),
+                             "lora": dataclasses.asdict(self.lora), "train": dataclasses.asdict(self.train)},
+                     metrics={"peak_mb": record.peak_mb, "weight_mb": record.weight_mb, "adapter_mb": record.adapter_mb,
+                              "bits_per_param": record.bits_per_param, "tokens_per_s": record.tokens_per_s},
+                     series={"loss": record.losses}, tags={"stage": "train", "role": self.role, "run": self.row})  # fmt: skip
+        return out
+
+
+def loss_csv(curves: list[tuple[float, ...]]) -> str:
+    """`step,loss` (the mean over the curves, e.g. an encoder row's seeds), for `dvc plots`."""
+    steps = min(len(c) for c in curves)
+    return "step,loss\n" + "".join(f"{i + 1},{sum(c[i] for c in curves) / len(curves)}\n" for i in range(steps))
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedsJob:
+    """An encoder row trained once per seed: adapters in <row>/s<seed>/, one record per seed."""
+
+    jobs: tuple[TrainJob, ...]
+    metrics_path: Path
+    loss_path: Path
+
+    def run(self, tracking: Tracking, *, progress: bool = True) -> list:
+        from qlora.atomic import write_json, write_text
+        from qlora.report.records import dump_records
+
+        results = [job.run(tracking, progress=progress) for job in self.jobs]
+        write_json(self.metrics_path, dump_records([r.record for r in results]))
+        write_text(self.loss_path, loss_csv([r.record.losses for r in results]))
+        return results
+
+
+def plan_train(params: PipelineConfig, role: str, run: str) -> TrainJob | SeedsJob:
+    """The training job of row `run` of ablation.<role> (or the main run), validated before any work.
+
+    Raises:
+        ConfigError: an unknown role or row, naming the key and the allowed values.
+    """
+    from qlora.checks import ConfigError
+    from qlora.data.prepare import CLS_LABELS, CLS_TRAIN, INSTRUCT_TRAIN
+
+    if role not in (CAUSAL, ENCODER):
+        raise ConfigError("role", role, f"{CAUSAL} or {ENCODER}")
+    model = lookup(params.models, role, "models")
+    if role == CAUSAL and run == paths.MAIN:
+        quant = whole(params.quant)
+        spec = RunSpec(main_method(quant), paths.MAIN)
+        checkpoint = paths.quantized_dir(CAUSAL, paths.MAIN)
+    else:
+        spec = lookup(params.ablation.causal if role == CAUSAL else params.ablation.encoder, run, f"ablation.{role}")
+        quant = lookup(params.quants, spec.quant, f"ablation.{role}.{run}.quant")
+        checkpoint = paths.quantized_dir(CAUSAL, spec.quant) if role == CAUSAL else paths.model_dir(ENCODER)
+    base = whole(params.train if role == CAUSAL else params.train_encoder)
+    if spec.lr is not None:
+        base = dataclasses.replace(base, lr=spec.lr)
+    lora = whole(params.lora)
+    if role == CAUSAL:
+        return TrainJob(role, run, model.name, model.kind, spec.method, quant, lora, base, checkpoint, paths.data_dir() / INSTRUCT_TRAIN,
+                        out_dir=paths.adapter_dir(role, run), resume_root=paths.resume_root(role, run),
+                        metrics_path=paths.train_metrics(role, run), loss_path=paths.loss_curve(role, run))  # fmt: skip
+    jobs = tuple(
+        TrainJob(role, f"{run}-s{seed}", model.name, model.kind, spec.method, quant, lora, dataclasses.replace(base, seed=seed),
+                 checkpoint, paths.data_dir() / CLS_TRAIN, out_dir=paths.seed_dir(paths.adapter_dir(role, run), seed),
+                 resume_root=paths.seed_dir(paths.resume_root(role, run), seed), metrics_path=None, loss_path=None,
+                 labels_path=paths.data_dir() / CLS_LABELS)
+        for seed in params.ablation.encoder_seeds
+    )  # fmt: skip
+    return SeedsJob(jobs, paths.train_metrics(role, run), paths.loss_curve(role, run))

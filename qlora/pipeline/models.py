@@ -1,0 +1,37 @@
+"""Preparing the base models: each `models.<key>` as a plain safetensors folder (artifacts/models/<key>)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from qlora.config import ModelConfig
+from qlora.pipeline import paths
+from qlora.pipeline.config import PipelineConfig
+from qlora.pipeline.params import lookup
+from qlora.pipeline.tracking import Tracking
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareModelJob:
+    """Materialise `models.<key>` into artifacts/models/<key>."""
+
+    key: str
+    model: ModelConfig
+
+    def run(self, tracking: Tracking) -> Path:
+        import time
+
+        from qlora.models.sources import materialise
+
+        t0 = time.perf_counter()
+        out = materialise(self.model, paths.model_dir(self.key))
+        size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+        tracking.log(f"prepare_model {self.key}", params={"model": self.model.name, "source": self.model.source.value},
+                     metrics={"folder_mb": size / 2**20, "seconds": time.perf_counter() - t0},
+                     tags={"stage": "prepare_model", "model": self.model.name})  # fmt: skip
+        return out
+
+
+def plan_prepare_model(params: PipelineConfig, key: str) -> PrepareModelJob:
+    return PrepareModelJob(key, lookup(params.models, key, "models"))

@@ -1,0 +1,134 @@
+"""`qlora.save_pretrained` and the matching load: adapter, whole 4-bit model, or both; logits identical."""
+
+import json
+
+import pytest
+import torch
+
+from qlora import DataType, dequantize
+from qlora.config import ComputeDtype, LoRAConfig, QuantConfig
+from qlora.models.pretrained import from_pretrained
+from qlora.models.saving import Save, save_pretrained
+from qlora.models.surgery import prepare_model
+from qlora.nn import QLoRALinear
+from tests.models import tiny_models
+from tests.models.test_pretrained import assert_same_model, randomize_adapters
+
+NF4_DQ = QuantConfig(DataType.NF4, True, compute_dtype=ComputeDtype.FP32)
+LORA = LoRAConfig(rank=4, alpha=8, dropout=0.0)
+IDS = torch.randint(1, 96, (2, 11), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(params=[tiny_models.llama_tied, tiny_models.qwen2])
+def base(request, tmp_path):
+    return tiny_models.save(request.param(), tmp_path / "base")
+
+
+def logits(model):
+    with torch.no_grad():
+        return model(IDS).logits
+
+
+def trained(base, quant=NF4_DQ, lora=LORA):
+    model = from_pretrained(base, quant=quant, lora=lora)
+    randomize_adapters(model)
+    return model
+
+
+def test_adapter_round_trip_rebuilds_the_model(base, tmp_path):
+    quant = QuantConfig(DataType.FP4, False, 128, ComputeDtype.FP32)  # not the default: the folder must say it
+    model = trained(base, quant)
+    out = save_pretrained(model, tmp_path / "adapter", what=Save.ADAPTER, base_model=str(base))
+    assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors", "qlora_quant.json"]
+    assert json.loads((out / "qlora_quant.json").read_text()) == {"block_size": 128, "compute_dtype": "fp32", "double_quant": False, "dtype": "fp4"}
+    loaded = from_pretrained(base, adapter=out)
+    assert_same_model(loaded, model)
+    assert torch.equal(logits(loaded), logits(model))
+    with pytest.raises(ValueError, match="either lora .* or adapter"):
+        from_pretrained(base, adapter=out, lora=LORA)
+    with pytest.raises(FileNotFoundError, match="has no config.json .a PEFT adapter folder: pass its base model as path"):
+        from_pretrained(out)
+
+
+def test_quantized_model_round_trip(base, tmp_path):
+    model = from_pretrained(base, quant=NF4_DQ)  # no adapters: inference of the 4-bit model
+    out = save_pretrained(model, tmp_path / "q4")  # default: the quantized model (no adapter to add)
+    assert not (out / "adapter_config.json").exists()
+    config = json.loads((out / "config.json").read_text())
+    assert config["quantization_config"]["bnb_4bit_quant_type"] == "nf4" and config["quantization_config"]["bnb_4bit_use_double_quant"]
+    loaded = from_pretrained(out)
+    assert_same_model(loaded, model)
+    assert torch.equal(logits(loaded), logits(model))
+    if loaded.config.tie_word_embeddings:
+        assert loaded.get_output_embeddings().weight is loaded.get_input_embeddings().weight
+
+
+def test_both_in_one_folder_and_model_save_pretrained(base, tmp_path):
+    model = trained(base)
+    model.save_pretrained(tmp_path / "both")  # transformers' habit; default: 4-bit model + adapter
+    names = {p.name for p in (tmp_path / "both").iterdir()}
+    assert {"config.json", "model.safetensors", "qlora_quant.json", "adapter"} <= names and "adapter_config.json" not in names
+    assert {p.name for p in (tmp_path / "both" / "adapter").iterdir()} == {"adapter_config.json", "adapter_model.safetensors", "qlora_quant.json"}
+    loaded = from_pretrained(tmp_path / "both")
+    assert_same_model(loaded, model)
+    assert torch.equal(logits(loaded), logits(model))
+    with pytest.raises(TypeError, match=r"not \['push_to_hub'\] \(see qlora.save_pretrained\)"):
+        model.save_pretrained(tmp_path / "x", push_to_hub=True)
+
+
+def test_prepare_model_gives_a_model_that_saves(tmp_path):
+    model = tiny_models.llama()
+    prepare_model(model, NF4_DQ, LORA)
+    randomize_adapters(model)
+    model.save_pretrained(tmp_path / "adapter", what=Save.ADAPTER)
+    loaded = from_pretrained(tiny_models.save(tiny_models.llama(), tmp_path / "base"), adapter=tmp_path / "adapter")
+    assert torch.equal(logits(loaded.eval()), logits(model.eval()))
+
+
+def test_the_adapter_loads_in_peft_and_the_model_in_transformers(tmp_path):
+    peft = pytest.importorskip("peft")
+    pytest.importorskip("bitsandbytes")
+    from transformers import AutoModelForCausalLM
+
+    base = tiny_models.save(tiny_models.llama(), tmp_path / "base")
+    model = trained(base)
+    save_pretrained(model, tmp_path / "adapter", what=Save.ADAPTER)
+    theirs = peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base).eval(), tmp_path / "adapter").eval()
+    with torch.no_grad():  # PEFT's base holds our dequantized weights: what differs then is only the adapter
+        for name, m in model.named_modules():
+            if isinstance(m, QLoRALinear):
+                theirs.base_model.model.get_submodule(name).base_layer.weight.copy_(dequantize(m.weight, torch.float32))
+    torch.testing.assert_close(logits(theirs), logits(model), rtol=1e-5, atol=1e-5)
+
+    q4 = from_pretrained(base, quant=NF4_DQ)
+    save_pretrained(q4, tmp_path / "q4")
+    bnb_model = AutoModelForCausalLM.from_pretrained(tmp_path / "q4", device_map="cpu").eval()
+    assert type(bnb_model.model.layers[0].mlp.up_proj).__name__ == "Linear4bit"
+    ours = logits(q4)
+    assert (logits(bnb_model).float() - ours).norm() / ours.norm() < 2e-2  # bitsandbytes computes in bf16
+
+
+def test_refusals(tmp_path):
+    base = tiny_models.save(tiny_models.llama(), tmp_path / "base")
+    plain = from_pretrained(base, quant=NF4_DQ)
+    with pytest.raises(ValueError, match="no adapters"):
+        save_pretrained(plain, tmp_path / "a", what=Save.ADAPTER)
+    with pytest.raises(ValueError, match="not a prepared model"):
+        save_pretrained(tiny_models.llama(), tmp_path / "b")
+    with pytest.raises(ValueError, match="BF16 base is not a quantized model"):
+        save_pretrained(trained(base, QuantConfig(DataType.BF16, False)), tmp_path / "c", what=Save.QUANTIZED_MODEL)
+    assert not any(p.name != "base" for p in tmp_path.iterdir())  # nothing half-written
+
+
+def test_merged_copy_saves_as_a_plain_model(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from qlora.models.surgery import merge_and_unload
+
+    base = tiny_models.save(tiny_models.llama(), tmp_path / "base")
+    model = trained(base)
+    merged = merge_and_unload(model, torch.float32)
+    merged.save_pretrained(tmp_path / "merged")  # transformers' own save: the hook is not copied
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    assert not any(isinstance(m, QLoRALinear) for m in reloaded.modules())
+    torch.testing.assert_close(logits(reloaded), logits(model), rtol=1e-4, atol=1e-4)
