@@ -65,15 +65,12 @@ class DataTypeLabel:
         if isinstance(value, DataTypeLabel):
             return value
         match = _PATTERN.match(value.strip().lower()) if isinstance(value, str) else None
-        try:
-            if match is None:
-                raise ValueError("no match")
-            block = int(match["block"]) if match["block"] else DEFAULT_BLOCK_SIZE
-            return cls(DataType(match["dtype"]), bool(match["dq"]), block)
-        except ValueError:
+        dtype = next((d for d in DataType if match and d.value == match["dtype"]), None)
+        if dtype is None:
             allowed = ", ".join(d.value for d in DataType)
             raise ValueError(f"data type label must be <data type>[_dq][_b<block size>] with a data type in {allowed}; "
-                             f"got {value!r}") from None  # fmt: skip
+                             f"got {value!r}")  # fmt: skip
+        return cls(dtype, bool(match["dq"]), int(match["block"]) if match["block"] else DEFAULT_BLOCK_SIZE)
 
     @classmethod
     def of(cls, quant) -> "DataTypeLabel":
