@@ -46,7 +46,7 @@ class QuantDemoJob:
                              "mean_abs_error": r.mean_abs_error, "rel_rmse": r.rel_rmse} for r in rows}  # fmt: skip
         write_json(paths.REPORTS / "quantization_demo.json", summary)
         tracking.log("quantize_demo", params={"model": self.model_name, "block_size": self.block_size},
-                     metrics={f"{label}.{k}": v for label, d in summary.items() for k, v in d.items()},
+                     metrics={f"{label.replace('+', '_').replace(' ', '')}.{k}": v for label, d in summary.items() for k, v in d.items()},
                      tags={"stage": "quantize_demo"})  # fmt: skip
         return table
 
