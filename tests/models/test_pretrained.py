@@ -136,7 +136,7 @@ _PEAK = textwrap.dedent("""
     from qlora.models.pretrained import from_pretrained
     from qlora.models.surgery import prepare_model
     quant = QuantConfig(compute_dtype=ComputeDtype.FP32)
-    torch.nn.Linear(64, 64)  # import-time allocations before the baseline
+    torch.nn.Linear(64, 64)  # import-time allocations before the baseline (the quantizer compiles in both runs)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if sys.argv[2] == "streamed":
         model = from_pretrained(sys.argv[1], quant=quant)
@@ -151,19 +151,22 @@ _PEAK = textwrap.dedent("""
 def test_streaming_keeps_peak_memory_near_the_quantized_size(tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=256, hidden_size=1024, intermediate_size=4096, num_hidden_layers=4, num_attention_heads=8,
+    config = LlamaConfig(vocab_size=256, hidden_size=1024, intermediate_size=4096, num_hidden_layers=8, num_attention_heads=8,
                          num_key_value_heads=8)  # fmt: skip
     with torch.device("meta"):
         n_params = sum(p.numel() for p in LlamaForCausalLM(config).parameters())
     model = LlamaForCausalLM(config)
     model.save_pretrained(tmp_path / "model")
     del model
-    fp32_bytes = 4 * n_params  # 67M parameters: 268 MB
+    fp32_bytes = 4 * n_params  # 134M parameters: 537 MB
     peaks = {}
     for how in ("streamed", "full"):
         out = subprocess.run([sys.executable, "-c", _PEAK, str(tmp_path / "model"), how], capture_output=True, text=True, check=True)
         peaks[how] = int(out.stdout.split()[-1])
     print(f"peak RSS above imports: streamed {peaks['streamed'] / 2**20:.0f} MiB, load-then-prepare {peaks['full'] / 2**20:.0f} MiB, "
           f"fp32 weights {fp32_bytes / 2**20:.0f} MiB")  # fmt: skip
-    assert peaks["full"] > fp32_bytes  # the float model is all in memory once
-    assert peaks["streamed"] < peaks["full"] - 0.6 * fp32_bytes
+    # measured (ru_maxrss is a high-water mark, so "0" means never above the import-time peak): streamed
+    # 0 MiB (the 4-bit model is 69 MB), load-then-prepare 511-513 MiB; a 67M-parameter model was too small
+    # (its load-then-prepare peak varied 134-289 MiB against import-time peaks)
+    assert peaks["full"] > 0.8 * fp32_bytes  # the float model is in memory at once
+    assert peaks["streamed"] < 0.35 * fp32_bytes and peaks["streamed"] < peaks["full"] - 0.6 * fp32_bytes

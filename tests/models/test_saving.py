@@ -132,3 +132,21 @@ def test_merged_copy_saves_as_a_plain_model(tmp_path):
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
     assert not any(isinstance(m, QLoRALinear) for m in reloaded.modules())
     torch.testing.assert_close(logits(reloaded), logits(model), rtol=1e-4, atol=1e-4)
+
+
+def test_the_hook_survives_pickling_and_deep_copies(tmp_path):
+    import copy
+    import pickle
+
+    model = trained(tiny_models.save(tiny_models.llama(), tmp_path / "base"))
+    for clone in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
+        clone.save_pretrained(tmp_path / "clone", what=Save.ADAPTER)  # saves the clone, not the original
+        with torch.no_grad():
+            for m in clone.modules():
+                if isinstance(m, QLoRALinear):
+                    m.lora_b.zero_()
+        clone.save_pretrained(tmp_path / "zeroed", what=Save.ADAPTER)
+        from qlora.models.peft_format import load_peft_adapter
+
+        assert all(float(b.abs().sum()) == 0 for _, b in load_peft_adapter(tmp_path / "zeroed").lora.values())
+        assert any(float(b.abs().sum()) > 0 for _, b in load_peft_adapter(tmp_path / "clone").lora.values())
