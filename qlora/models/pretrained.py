@@ -65,8 +65,9 @@ def from_pretrained(path_or_hub_id: str | Path, *, quant: QuantConfig | None = N
             folder that is already quantized its storage must match what the folder holds.
         lora: fresh adapters on the layers `lora.targets` selects (None: none, unless an adapter is
             loaded). Every linear layer but the head is quantized whatever the targets (paper §4).
-        kind: causal LM or sequence classifier (a new head with `num_labels` outputs, trained in full).
-        num_labels: for `ModelKind.SEQ_CLS`.
+        kind: causal LM or sequence classifier (its head, new or loaded, is trained in full).
+        num_labels: for `ModelKind.SEQ_CLS`; None: from the adapter's head, else config.json's labels
+            (as transformers: a config saved without labels says 2).
         adapter: a PEFT LoRA adapter folder to load (its rank, alpha and target modules set the
             adapters; `lora` must then be None). None: `path_or_hub_id/adapter` if there is one (as
             `qlora.save_pretrained` writes it beside a whole model) and `lora` is None.
@@ -88,8 +89,8 @@ def from_pretrained(path_or_hub_id: str | Path, *, quant: QuantConfig | None = N
         raise TypeError(f"quant must be a QuantConfig, got {type(quant).__name__}")
     if not isinstance(kind, ModelKind):
         raise TypeError(f"kind must be a ModelKind ({[k.value for k in ModelKind]}), got {kind!r}")
-    if (kind is ModelKind.SEQ_CLS) != (num_labels is not None):
-        raise ValueError(f"num_labels must be given exactly for kind=ModelKind.SEQ_CLS (kind={kind}, num_labels={num_labels!r})")
+    if kind is ModelKind.CAUSAL_LM and num_labels is not None:
+        raise ValueError(f"num_labels={num_labels!r} is for kind=ModelKind.SEQ_CLS, not {kind}")
     directory = resolve_model_dir(path_or_hub_id)
     if not (directory / "config.json").is_file():
         hint = " (a PEFT adapter folder: pass its base model as path and this folder as adapter=)" if (directory / ADAPTER_CONFIG).is_file() else ""
@@ -108,6 +109,12 @@ def from_pretrained(path_or_hub_id: str | Path, *, quant: QuantConfig | None = N
     quant = quant or read_quant_config(directory) or QuantConfig()
 
     config = json.loads((directory / "config.json").read_text())
+    if kind is ModelKind.SEQ_CLS and num_labels is None:
+        from qlora.models.loading import adapter_num_labels
+
+        num_labels = (adapter_num_labels(weights) if weights is not None else None) or len(config.get("id2label") or {}) or None
+        if num_labels is None:
+            raise ValueError(f"{directory} has no classification labels (no id2label in config.json): pass num_labels")
     if "quantization_config" in config:
         model = _load_quantized(directory, kind, quant, lora, dtype)
     else:

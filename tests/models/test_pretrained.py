@@ -98,8 +98,10 @@ def test_checkpointing_and_bad_arguments(tmp_path):
     model = from_pretrained(path, quant=NF4_DQ, lora=LORA, checkpointing=Checkpointing.NON_REENTRANT)
     flag = "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing") else "is_gradient_checkpointing"
     assert getattr(model, flag)
-    with pytest.raises(ValueError, match="num_labels must be given exactly"):
+    with pytest.raises(ValueError, match="num_labels=3 is for kind=ModelKind.SEQ_CLS"):
         from_pretrained(path, num_labels=3)
+    bare = tiny_models.save(tiny_models.bert_base(), tmp_path / "bert")  # config.json says 3 labels (bert_config)
+    assert from_pretrained(bare, kind=ModelKind.SEQ_CLS).classifier.out_features == 3
     with pytest.raises(TypeError, match="quant must be a QuantConfig"):
         from_pretrained(path, quant="nf4")
     with pytest.raises(FileNotFoundError, match="neither a model folder nor a hub id"):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from qlora import DataType, dequantize
-from qlora.config import ComputeDtype, LoRAConfig, QuantConfig
+from qlora.config import ComputeDtype, LoRAConfig, ModelKind, QuantConfig
 from qlora.models.pretrained import from_pretrained
 from qlora.models.saving import Save, save_pretrained
 from qlora.models.surgery import prepare_model
@@ -150,3 +150,15 @@ def test_the_hook_survives_pickling_and_deep_copies(tmp_path):
 
         assert all(float(b.abs().sum()) == 0 for _, b in load_peft_adapter(tmp_path / "zeroed").lora.values())
         assert any(float(b.abs().sum()) > 0 for _, b in load_peft_adapter(tmp_path / "clone").lora.values())
+
+
+def test_classifier_adapter_round_trip(tmp_path):
+    base = tiny_models.save(tiny_models.bert_base(), tmp_path / "base")  # no head, no labels: the adapter has them
+    model = from_pretrained(base, quant=NF4_DQ, lora=LORA, kind=ModelKind.SEQ_CLS, num_labels=3)
+    randomize_adapters(model)
+    with torch.no_grad():
+        model.classifier.weight.normal_()
+    save_pretrained(model, tmp_path / "adapter", what=Save.ADAPTER)
+    loaded = from_pretrained(base, kind=ModelKind.SEQ_CLS, adapter=tmp_path / "adapter")
+    assert_same_model(loaded, model.eval())
+    assert torch.equal(logits(loaded), logits(model))
