@@ -1,4 +1,5 @@
-"""Writes params.yaml from conf/ with Hydra's compose API (what `dvc exp run` does with hydra.enabled)."""
+"""Writes params.yaml (and each profile folder's, e.g. findings/params.yaml) from conf/ with Hydra's compose
+API (what `dvc exp run` does with hydra.enabled for the root params.yaml)."""
 
 import sys
 from pathlib import Path
@@ -15,5 +16,10 @@ def compose_params(overrides: list[str] | None = None) -> str:
     return OmegaConf.to_yaml(cfg, resolve=True)
 
 
+# params files of the pipelines: the root's (the default profile) and each profile folder's
+PROFILES = {"params.yaml": [], "findings/params.yaml": ["experiment=findings"]}
+
 if __name__ == "__main__":
-    (root / "params.yaml").write_text(compose_params(sys.argv[1:]))
+    for path, overrides in PROFILES.items():
+        (root / path).parent.mkdir(exist_ok=True)
+        (root / path).write_text(compose_params(overrides + sys.argv[1:]))

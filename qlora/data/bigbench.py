@@ -23,11 +23,13 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from qlora.atomic import atomic_dir
+
 SDIST_NAME = "bigbench-1.0.0.tar.gz"
+SDIST_SHA256 = "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2"  # PyPI's bigbench 1.0.0 sdist
 _TASKS_ROOT = "bigbench-1.0.0/bigbench/benchmark_tasks/"
 
 # Label order is fixed here (it is the classifier's output order), not taken from the files.
@@ -95,14 +97,28 @@ def download_sdist(dest_dir: str | Path) -> Path:
     """
     dest_dir = Path(dest_dir)
     target = dest_dir / SDIST_NAME
-    if target.is_file():
+    if target.is_file() and _sha256(target) == SDIST_SHA256:
         return target
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "bigbench==1.0.0", "-d", str(dest_dir)]
-    subprocess.run(cmd, check=True)  # a failure raises CalledProcessError after pip's own message
-    if not target.is_file():
-        raise FileNotFoundError(f"pip download finished but {target} is missing")
+    with atomic_dir(dest_dir / ".download") as tmp:  # a killed download leaves nothing that looks complete
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "bigbench==1.0.0", "-d", str(tmp)]
+        subprocess.run(cmd, check=True)  # a failure raises CalledProcessError after pip's own message
+        if not (tmp / SDIST_NAME).is_file():
+            raise FileNotFoundError(f"pip download finished but {tmp / SDIST_NAME} is missing")
+        if _sha256(tmp / SDIST_NAME) != SDIST_SHA256:
+            raise ValueError(f"downloaded {SDIST_NAME} has sha256 {_sha256(tmp / SDIST_NAME)}, expected {SDIST_SHA256}")
+        os.replace(tmp / SDIST_NAME, target)
+    shutil.rmtree(dest_dir / ".download", ignore_errors=True)
     return target
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _wanted(member: str, tasks: tuple[str, ...]) -> str | None:
@@ -141,10 +157,7 @@ def extract_tasks(sdist: str | Path, out_dir: str | Path, tasks: Iterable[str] =
     sdist, out_dir, tasks = Path(sdist), Path(out_dir), _check_tasks(tasks)
     if not sdist.is_file():
         raise FileNotFoundError(f"BIG-bench sdist {sdist} does not exist")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        tmp.chmod(0o755)
+    with atomic_dir(out_dir) as tmp:
         found = set()
         for rel, data in _iter_task_files(sdist, tasks):
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -153,12 +166,6 @@ def extract_tasks(sdist: str | Path, out_dir: str | Path, tasks: Iterable[str] =
         missing = [t for t in tasks if t not in found]
         if missing:
             raise FileNotFoundError(f"no task.json for {missing} in {sdist}")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

@@ -16,7 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save
+
+from qlora.atomic import write_bytes
+from qlora.readers import BadFileError, check_tensor, read_safetensors_with_metadata
 
 IGNORE_INDEX = -100
 _FORMAT = "qlora-tokens/1"
@@ -116,9 +119,30 @@ class TokenizedDataset(Sequence):
     def __post_init__(self):
         if self.kind not in (CAUSAL, CLASSIFICATION):
             raise ValueError(f"kind must be {CAUSAL!r} or {CLASSIFICATION!r}, got {self.kind!r}")
+        for name in ("input_ids", "offsets", "labels"):
+            t = getattr(self, name)
+            if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+                got = f"{t.dtype} {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+                raise ValueError(f"{name} must be a 1-D integer tensor, got {got}")
         n_tok, n = self.input_ids.numel(), self.offsets.numel() - 1
-        assert self.offsets[0] == 0 and self.offsets[-1] == n_tok
-        assert self.labels.numel() == (n_tok if self.kind == CAUSAL else n)
+        if n < 0 or int(self.offsets[0]) != 0 or int(self.offsets[-1]) != n_tok:
+            first = self.offsets[:1].tolist()
+            last = self.offsets[-1:].tolist()
+            raise ValueError(f"offsets must start at 0 and end at the number of tokens ({n_tok}), got {first} .. {last}")
+        if n and bool((self.offsets[1:] < self.offsets[:-1]).any()):
+            raise ValueError("offsets must be non-decreasing (sequence i is input_ids[offsets[i]:offsets[i + 1]])")
+        expected = n_tok if self.kind == CAUSAL else n
+        if self.labels.numel() != expected:
+            per = "one per token" if self.kind == CAUSAL else "one per example"
+            raise ValueError(f"{self.kind} labels must have {expected} entries ({per}), got {self.labels.numel()}")
+        if n_tok and int(self.input_ids.min()) < 0:
+            raise ValueError(f"input_ids must be >= 0, got {int(self.input_ids.min())}")
+        if self.labels.numel():
+            low = IGNORE_INDEX if self.kind == CAUSAL else 0
+            bad = (self.labels < 0) & (self.labels != low)
+            if bool(bad.any()):
+                allowed = f"token ids >= 0 or {IGNORE_INDEX}" if self.kind == CAUSAL else "class indices >= 0"
+                raise ValueError(f"labels must be {allowed}, got {int(self.labels[bad][0])}")
 
     @classmethod
     def from_examples(cls, examples: Sequence[dict[str, torch.Tensor]]) -> "TokenizedDataset":
@@ -155,21 +179,39 @@ class TokenizedDataset(Sequence):
         return (self.offsets[1:] - self.offsets[:-1]).tolist()
 
     def save(self, path: str | Path) -> None:
-        """One .safetensors file (tensors + a format tag and the kind in its metadata)."""
+        """One .safetensors file (tensors + a format tag and the kind in its metadata), written atomically."""
         tensors = {"input_ids": self.input_ids.contiguous(), "offsets": self.offsets.contiguous(),
                    "labels": self.labels.contiguous()}  # fmt: skip
-        save_file(tensors, str(path), metadata={"format": _FORMAT, "kind": self.kind})
+        write_bytes(path, save(tensors, metadata={"format": _FORMAT, "kind": self.kind}))
 
     @classmethod
     def load(cls, path: str | Path) -> "TokenizedDataset":
-        from safetensors import safe_open
+        """Reads a token file written by `save`, checking its format tag, tensors and their consistency.
 
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+        Raises:
+            FileNotFoundError: no such file.
+            BadFileError (ValueError): naming the file and the key: not a token file, a truncated file,
+                a missing or extra tensor, a wrong dtype, offsets or labels that disagree with the tokens.
+        """
+        tensors, meta = read_safetensors_with_metadata(path, "token file")
         if meta.get("format") != _FORMAT:
-            raise ValueError(f"{path} is not a token file of format {_FORMAT!r} (metadata {meta!r})")
-        t = load_file(str(path))
-        return cls(meta["kind"], t["input_ids"], t["offsets"], t["labels"])
+            raise BadFileError(path, "format", f"not a token file: the metadata's format is {meta.get('format')!r}, expected {_FORMAT!r}")
+        kind = meta.get("kind")
+        if kind not in (CAUSAL, CLASSIFICATION):
+            raise BadFileError(path, "kind", f"metadata says {kind!r}; expected {CAUSAL!r} or {CLASSIFICATION!r}")
+        expected = {"input_ids": (torch.int32,), "offsets": (torch.int64,),
+                    "labels": (torch.int32,) if kind == CAUSAL else (torch.int64,)}  # fmt: skip
+        for key in sorted(set(tensors) - set(expected)):
+            raise BadFileError(path, key, f"unexpected tensor; a token file holds {sorted(expected)}")
+        for key, dtypes in expected.items():
+            if key not in tensors:
+                raise BadFileError(path, key, f"missing; a token file holds {sorted(expected)}")
+            check_tensor(tensors[key], path, key, dtypes=dtypes)
+        try:
+            return cls(kind, tensors["input_ids"], tensors["offsets"], tensors["labels"])
+        except ValueError as e:
+            key = str(e).split(" ", 1)[0]
+            raise BadFileError(path, key if key in expected else None, str(e)) from None
 
 
 def tokenize_instructions(tokenizer, pairs: Sequence[tuple[str, str]], max_length: int | None = None) -> TokenizedDataset:

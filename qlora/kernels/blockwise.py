@@ -19,11 +19,9 @@ import torch
 import triton
 import triton.language as tl
 
-from qlora.quant.state import QuantizedTensor
-
 # Elements per program. Big tiles: each interpreted program costs ~40 ms on CPU whatever its size.
-_QUANT_TILE = 4096
-_DEQUANT_TILE = 4096
+QUANT_TILE = 4096
+DEQUANT_TILE = 4096
 
 
 def interpreter_active() -> bool:
@@ -42,7 +40,8 @@ def _absmax_and_scale(xb, blocks, n_elements, n_blocks, QBLOCK: tl.constexpr):
     """
     absmax = tl.max(tl.abs(xb), axis=1)
     partial = (blocks == n_blocks - 1) & (n_elements % QBLOCK != 0)
-    floored = tl.maximum(absmax, 1e-38)
+    # an fp32 constant: 1e-38 is subnormal in fp32, and Triton 3.4-3.5 make such a Python float fp64
+    floored = tl.maximum(absmax, tl.full(absmax.shape, 1e-38, tl.float32))
     absmax = tl.where(partial, floored, absmax)
     inv = tl.math.div_rn(tl.full(absmax.shape, 1.0, tl.float32), floored)
     by_inverse = xb * inv[:, None]
@@ -156,9 +155,19 @@ def _dequantize_kernel(
     tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+# enable_fp_fusion=False keeps `a * b + c` as two roundings, as the reference computes it (no FMA): with
+# fusion, int8 quantize's `scaled * 127 + 1.5 * 2^23` compiles to 32 FMAs per program on sm_80 / sm_90
+# (qlora.kernels.aot), which round the exact product instead of the fp32 one.
+EXACT_OPTIONS = {"enable_fp_fusion": False}
+
+
 def _launch_options(device: torch.device) -> dict:
-    # enable_fp_fusion=False keeps `a * b + c` as two roundings, as the reference computes it.
-    return {} if device.type != "cuda" else {"enable_fp_fusion": False}
+    return {} if device.type != "cuda" else dict(EXACT_OPTIONS)
+
+
+def quantize_blocks_per_program(block_size: int) -> int:
+    """Quantization blocks per program of the quantize kernels: QUANT_TILE elements, at least one block."""
+    return max(1, QUANT_TILE // block_size)
 
 
 def quantize_blockwise(flat: torch.Tensor, block_size: int, code_search: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,50 +184,95 @@ def quantize_blockwise(flat: torch.Tensor, block_size: int, code_search: tuple[t
     flat = flat.contiguous()
     n = flat.numel()
     n_blocks = triton.cdiv(n, block_size)
-    blocks_per_program = max(1, _QUANT_TILE // block_size)
+    blocks_per_program = quantize_blocks_per_program(block_size)
     grid = (triton.cdiv(n_blocks, blocks_per_program),)
     absmax = torch.empty(n_blocks, dtype=torch.float32, device=flat.device)
     if code_search is None:
         q = torch.empty(n, dtype=torch.int8, device=flat.device)
-        _quantize_int8_kernel[grid](flat, q, absmax, n, n_blocks, QBLOCK=block_size, BLOCKS_PER_PROGRAM=blocks_per_program)
+        _quantize_int8_kernel[grid](flat, q, absmax, n, n_blocks, QBLOCK=block_size, BLOCKS_PER_PROGRAM=blocks_per_program,
+                                    **_launch_options(flat.device))  # fmt: skip
         return q, absmax
     midpoints, order = code_search
     packed = torch.empty((n + 1) // 2, dtype=torch.uint8, device=flat.device)
     _quantize_4bit_kernel[grid](
-        flat, packed, absmax, midpoints, order, n, n_blocks, QBLOCK=block_size, BLOCKS_PER_PROGRAM=blocks_per_program
+        flat, packed, absmax, midpoints, order, n, n_blocks, QBLOCK=block_size, BLOCKS_PER_PROGRAM=blocks_per_program,
+        **_launch_options(flat.device),
     )
     return packed.unsqueeze(1), absmax
 
 
-def dequantize_blockwise(qt: QuantizedTensor, code: torch.Tensor, out_dtype: torch.dtype, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Dequantizes `qt` with one kernel launch; returns a flat (n,) tensor of `out_dtype` (or `out`)."""
-    n = qt.numel
-    device = qt.device
+def dequantize_blockwise(
+    codes: torch.Tensor,
+    absmax: torch.Tensor | None,
+    code: torch.Tensor,
+    *,
+    numel: int,
+    block_size: int,
+    bits: int,
+    out_dtype: torch.dtype,
+    nested_codes: torch.Tensor | None = None,
+    nested_absmax: torch.Tensor | None = None,
+    nested_offset: torch.Tensor | None = None,
+    nested_code: torch.Tensor | None = None,
+    nested_block_size: int = 256,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """out[e] = code[index(e)] * absmax[e // block_size], with one kernel launch.
+
+    With double quantization (the four `nested_*` tensors instead of `absmax`), the absmax of block b is
+    nested_code[nested_codes[b]] * nested_absmax[b // nested_block_size] + nested_offset, computed in
+    the same kernel.
+
+    Args:
+        codes: 4-bit: ((numel + 1) // 2,) uint8 bytes, element 2j in the high nibble of byte j;
+            8-bit: (numel,) int8 (codebook row = code + 128). Any shape with that many elements.
+        absmax: (ceil(numel / block_size),) float32, or None when the nested tensors are given.
+        code: the codebook, float32: 16 values (bits=4) or 256 (bits=8).
+        numel: elements of the dequantized tensor.
+        block_size: elements per absmax.
+        bits: 4 or 8.
+        out_dtype: float32, float16 or bfloat16.
+        nested_codes: (n_blocks,) uint8. nested_absmax: (ceil(n_blocks / nested_block_size),) float32.
+        nested_offset: one float32 value. nested_code: (256,) float32.
+        out: optional preallocated output of `numel` elements of `out_dtype`.
+
+    Returns:
+        (numel,) tensor of `out_dtype` (`out` flattened when given).
+    """
+    nested = (nested_codes, nested_absmax, nested_offset, nested_code)
+    double_quant = nested_codes is not None
+    if bits not in (4, 8):
+        raise ValueError(f"bits must be 4 or 8, got {bits!r}")
+    expected_codes = ((numel + 1) // 2, torch.uint8) if bits == 4 else (numel, torch.int8)
+    if (codes.numel(), codes.dtype) != expected_codes:
+        raise ValueError(f"{bits}-bit codes of {numel} elements must be {expected_codes[0]} x {expected_codes[1]}, got {codes.numel()} x {codes.dtype}")
+    if any((t is None) == double_quant for t in nested) or (absmax is None) != double_quant:
+        raise ValueError("give either absmax or all four nested tensors (codes, absmax, offset, code)")
+    device = codes.device
     # Note: interpreter — compute and store fp32, let torch round to bf16 (see module docstring).
     kernel_dtype = torch.float32 if (out_dtype == torch.bfloat16 and interpreter_active()) else out_dtype
     if out is not None and kernel_dtype == out_dtype and out.is_contiguous():
         target = out.view(-1)
     else:
-        target = torch.empty(n, dtype=kernel_dtype, device=device)
-    nested = qt.nested
+        target = torch.empty(numel, dtype=kernel_dtype, device=device)
     dummy_f32 = torch.empty(1, dtype=torch.float32, device=device)
     dummy_u8 = torch.empty(1, dtype=torch.uint8, device=device)
-    grid = (triton.cdiv(n, _DEQUANT_TILE),)
+    grid = (triton.cdiv(numel, DEQUANT_TILE),)
     _dequantize_kernel[grid](
-        qt.data,
-        dummy_f32 if qt.absmax is None else qt.absmax,
+        codes,
+        dummy_f32 if absmax is None else absmax,
         code,
-        dummy_u8 if nested is None else nested.codes,
-        dummy_f32 if nested is None else nested.absmax,
-        dummy_f32 if nested is None else nested.code,
-        dummy_f32 if nested is None else nested.offset.reshape(1),
+        nested_codes if double_quant else dummy_u8,
+        nested_absmax if double_quant else dummy_f32,
+        nested_code if double_quant else dummy_f32,
+        nested_offset.reshape(1) if double_quant else dummy_f32,
         target,
-        n,
-        QBLOCK=qt.block_size,
-        NESTED_BLOCK=256 if nested is None else nested.block_size,
-        TILE=_DEQUANT_TILE,
-        IS_4BIT=qt.dtype.is_4bit,
-        DOUBLE_QUANT=nested is not None,
+        numel,
+        QBLOCK=block_size,
+        NESTED_BLOCK=nested_block_size,
+        TILE=DEQUANT_TILE,
+        IS_4BIT=bits == 4,
+        DOUBLE_QUANT=double_quant,
         **_launch_options(device),
     )
     if target.dtype != out_dtype:

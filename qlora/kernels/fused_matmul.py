@@ -12,7 +12,8 @@ element in the high nibble, or one int8 code per byte):
 with deq(W)[e] = code[index(e)] * absmax[e // QBLOCK]. Both walk W's elements by index
 e = j * stride_j + t * stride_t (j: output column, t: reduction). The kernel takes the codebook and the
 first-level fp32 absmax as tensors and knows no formats (double-quantized constants are expanded by the
-caller: `qlora.quant.block_absmax`, 1/16 of the codes' bytes for block 64).
+caller: `qlora.quant.block_absmax`, 1/16 of the codes' bytes for block 64). When to use it instead of
+dequantize + matmul is the caller's choice (`qlora.nn.functional`, `# Note: dispatch threshold`).
 
 # Note: fp32 compute
 Triton's CPU interpreter gets bf16 wrong (bf16 arithmetic and casts misround, bf16 `tl.dot` multiplies
@@ -23,28 +24,32 @@ takes this path under the interpreter, and for fp32 activations on a GPU.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import triton
 import triton.language as tl
 
-# Note: dispatch threshold
-# At most this many tokens (rows of X) the fused kernel is used on GPU; above it, dequantize + cuBLAS.
-# Small token counts are bound by reading the weight, where 4-bit codes beat a 16-bit copy; large ones
-# are compute-bound, where cuBLAS's tensor-core GEMM wins and the dequantize is amortised. The value is
-# a placeholder, NOT yet measured: the machine this was written on has no GPU. To be set from a GPU sweep
-# over tokens (1..16k) at Llama-7B shapes (4096x4096, 4096x11008), fused vs dequantize + matmul.
-FUSED_MAX_TOKENS = 16
+# Note: tiles
+# 16 x 64 x 32 tiles (BLOCK_M x BLOCK_J x BLOCK_T) and 8 warps for every dtype. Compiled for sm_80 /
+# sm_90 (`qlora.kernels.aot`), 16 x 64 x 64 with 4 warps spilled: the fp32 (IEEE dot) path in every
+# launch (255 registers + ~330 bytes of local memory per thread), the 16-bit forward on one-token and
+# strided launches (up to 640 bytes). 16 x 64 x 32 with 8 warps needs at most 177 registers and no
+# local memory in every launch variant. Not yet tuned for speed on a GPU (`benchmarks/gpu_check.py`).
+# The interpreter ignores warps.
 
 
-def use_fused_kernel(device: torch.device | str, tokens: int, quantized: bool) -> bool:
-    """The dispatch rule of the quantized linear: fused kernel for few tokens on CUDA (see the Note).
+@dataclasses.dataclass(frozen=True)
+class Tiles:
+    """Tile sizes and warps of one fused-matmul launch."""
 
-    Args:
-        device: where the weight lives (the CPU path is always dequantize + matmul).
-        tokens: rows of the 2-D activation (batch x sequence).
-        quantized: False for BF16 passthrough storage (nothing to dequantize).
-    """
-    return torch.device(device).type == "cuda" and quantized and 0 < tokens <= FUSED_MAX_TOKENS
+    block_m: int
+    block_j: int
+    block_t: int
+    num_warps: int
+
+
+DEFAULT_TILES = Tiles(16, 64, 32, 8)  # `# Note: tiles`
 
 
 @triton.jit
@@ -119,9 +124,9 @@ def dequant_matmul(
     bits: int,
     transpose_w: bool,
     out_dtype: torch.dtype | None = None,
-    block_m: int = 16,
-    block_j: int = 64,
-    block_t: int = 64,
+    block_m: int | None = None,
+    block_j: int | None = None,
+    block_t: int | None = None,
 ) -> torch.Tensor:
     """C = a @ deq(W)^T (transpose_w: forward) or a @ deq(W) (input gradient), W never materialised.
 
@@ -136,7 +141,7 @@ def dequant_matmul(
         transpose_w: True for a @ W^T.
         out_dtype: dtype of C (default a.dtype). Computed in fp32 when a is fp32 and always under the
             interpreter (`# Note: fp32 compute`), then cast in torch.
-        block_m, block_j, block_t: tile sizes (powers of two >= 16).
+        block_m, block_j, block_t: tile sizes (powers of two >= 16); None: `DEFAULT_TILES`.
 
     Returns:
         C: (M, N) when transpose_w, else (M, K).
@@ -161,12 +166,15 @@ def dequant_matmul(
         raise ValueError(f"the codebook must be {2**bits} float32 values, got {code.numel()} x {code.dtype}")
     if absmax.dtype != torch.float32 or absmax.numel() != -(-n_out * k_in // block_size):
         raise ValueError(f"absmax must be {-(-n_out * k_in // block_size)} float32 values for block {block_size}, got {absmax.numel()} x {absmax.dtype}")
+    fp32_compute = a.dtype == torch.float32 or interpreted()
+    tiles = DEFAULT_TILES
+    block_m, block_j, block_t = (tiles.block_m if block_m is None else block_m, tiles.block_j if block_j is None else block_j,
+                                 tiles.block_t if block_t is None else block_t)  # fmt: skip
     for name, tile in (("block_m", block_m), ("block_j", block_j), ("block_t", block_t)):
-        if tile < 16 or tile & (tile - 1):
-            raise ValueError(f"{name} must be a power of two >= 16, got {tile}")
+        if isinstance(tile, bool) or not isinstance(tile, int) or tile < 16 or tile & (tile - 1):
+            raise ValueError(f"{name} must be a power of two >= 16, got {tile!r}")
     out_dtype = out_dtype or a.dtype
     m = a.shape[0]
-    fp32_compute = a.dtype == torch.float32 or interpreted()
     out = torch.empty((m, j), dtype=torch.float32 if fp32_compute else out_dtype, device=a.device)
     if m == 0 or j == 0:
         return out.to(out_dtype)
@@ -175,6 +183,6 @@ def dequant_matmul(
     _dequant_matmul_kernel[grid](
         a, codes.reshape(-1), absmax, code, out, m, j, t, code.numel(), a.stride(0), a.stride(1), out.stride(0), out.stride(1),
         w_stride_j, w_stride_t, QBLOCK=block_size, IS_4BIT=bits == 4, FP32_COMPUTE=fp32_compute,
-        BLOCK_M=block_m, BLOCK_J=block_j, BLOCK_T=block_t,
+        BLOCK_M=block_m, BLOCK_J=block_j, BLOCK_T=block_t, **({"num_warps": tiles.num_warps} if a.is_cuda else {}),
     )  # fmt: skip
     return out.to(out_dtype)

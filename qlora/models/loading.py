@@ -9,7 +9,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from qlora.config import ComputeDtype, LoRAConfig, ModelKind, QuantConfig, Targets
-from qlora.models.bnb_checkpoint import load_quantized_checkpoint
+from qlora.models.bnb_checkpoint import check_module_shapes, load_quantized_checkpoint
 from qlora.models.peft_format import AdapterWeights, TaskType
 from qlora.models.surgery import CLASSIFICATION_HEADS, select_targets
 from qlora.nn.linear import QLoRALinear
@@ -44,6 +44,7 @@ def load_quantized_model(directory: str | Path, kind: ModelKind = ModelKind.CAUS
     config_dict = {k: v for k, v in config_dict.items() if k != "quantization_config"}
     config = AutoConfig.for_model(**config_dict)
     model = _AUTO[kind].from_config(config, dtype=dtype)
+    check_module_shapes(directory, quantized, model)
     adapted = set(select_targets(list(quantized), lora)) if lora is not None and lora.rank else set()
     for name, q in quantized.items():
         parent_name, _, child = name.rpartition(".")
@@ -157,17 +158,11 @@ def read_quant_config(checkpoint_dir: str | Path) -> QuantConfig | None:
 
 
 def _read_json(path: Path) -> dict:
-    import json
+    from qlora.readers import read_json
 
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
+    return read_json(path)
 
 
 def quantize_checkpoint(base_dir: str | Path, kind: ModelKind, quant: QuantConfig, out_dir: str | Path, *,

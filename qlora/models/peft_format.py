@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import json
-import os
-import shutil
-import tempfile
+import re
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+
+from qlora.atomic import atomic_dir, write_json
+from qlora.readers import BadFileError, check_finite, check_tensor, get, read_json, read_safetensors
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -61,7 +61,7 @@ class AdapterWeights:
 
 
 def save_peft_adapter(out_dir: str | Path, adapter: AdapterWeights) -> Path:
-    """Writes the adapter folder atomically (a temporary folder renamed into place)."""
+    """Writes the adapter folder atomically (`qlora.atomic.atomic_dir`: whole or not at all)."""
     out_dir = Path(out_dir)
     tensors: dict[str, torch.Tensor] = {}
     for name, (a, b) in adapter.lora.items():
@@ -86,65 +86,128 @@ def save_peft_adapter(out_dir: str | Path, adapter: AdapterWeights) -> Path:
         "use_rslora": False,
         "use_dora": False,
     }
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
+    with atomic_dir(out_dir) as tmp:
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_json(tmp / CONFIG_FILE, config)
     return out_dir
 
 
+def _matches(name: str, targets: str | list[str]) -> bool:
+    """PEFT's rule: a list entry matches the module name or its last components; a string is a regex."""
+    if isinstance(targets, str):
+        return re.fullmatch(targets, name) is not None
+    return any(name == t or name.endswith(f".{t}") for t in targets)
+
+
+def _read_config(path: Path) -> dict:
+    """adapter_config.json, every key we use checked (type, range, unsupported features)."""
+    config = read_json(path, "adapter config")
+    peft_type = get(config, "peft_type", path, str)
+    if peft_type != "LORA":
+        raise BadFileError(path, "peft_type", f"got {peft_type!r}; expected 'LORA'")
+    for flag in ("use_dora", "use_rslora", "lora_bias"):
+        if get(config, flag, path, bool, default=False):
+            raise BadFileError(path, flag, f"adapters with {flag}=true are not supported")
+    for pattern in ("rank_pattern", "alpha_pattern"):
+        if get(config, pattern, path, dict, default={}):
+            raise BadFileError(path, pattern, f"per-module patterns are not supported: {config[pattern]}")
+    bias = get(config, "bias", path, str, default="none")
+    if bias != "none":
+        raise BadFileError(path, "bias", f"got {bias!r}; only 'none' is supported")
+    rank = get(config, "r", path, int)
+    if rank < 1:
+        raise BadFileError(path, "r", f"got {rank}; expected an integer >= 1")
+    alpha = get(config, "lora_alpha", path, float)
+    if alpha <= 0:
+        raise BadFileError(path, "lora_alpha", f"got {alpha}; expected a number > 0")
+    dropout = get(config, "lora_dropout", path, float, default=0.0)
+    if not 0 <= dropout < 1:
+        raise BadFileError(path, "lora_dropout", f"got {dropout}; expected a number in [0, 1)")
+    task = get(config, "task_type", path, str, default="CAUSAL_LM")
+    if task not in {t.value for t in TaskType}:
+        raise BadFileError(path, "task_type", f"got {task!r}; expected one of {[t.value for t in TaskType]}")
+    targets = get(config, "target_modules", path, (list, str), default=None)
+    if isinstance(targets, list) and not all(isinstance(t, str) for t in targets):
+        raise BadFileError(path, "target_modules", f"expected a list of module names, got {targets!r}")
+    if isinstance(targets, str) and targets != "all-linear":
+        try:
+            re.compile(targets)
+        except re.error as e:
+            raise BadFileError(path, "target_modules", f"not a valid regular expression ({e}): {targets!r}") from None
+    to_save = get(config, "modules_to_save", path, list, default=[])
+    if not all(isinstance(m, str) for m in to_save):
+        raise BadFileError(path, "modules_to_save", f"expected a list of module names, got {to_save!r}")
+    return {
+        "rank": rank, "alpha": alpha, "dropout": dropout, "task_type": TaskType(task),
+        "targets": None if targets == "all-linear" else targets, "modules_to_save": tuple(to_save),
+        "fan_in_fan_out": get(config, "fan_in_fan_out", path, bool, default=False),
+        "base_model": get(config, "base_model_name_or_path", path, str, default=None),
+    }  # fmt: skip
+
+
 def load_peft_adapter(directory: str | Path) -> AdapterWeights:
-    """Reads a PEFT LoRA adapter folder (ours or PEFT's).
+    """Reads a PEFT LoRA adapter folder (ours or PEFT's), checking it against its own config.
 
     Raises:
-        ValueError: not a LoRA adapter, or one using features we do not implement (DoRA, rsLoRA,
-            per-module ranks, LoRA biases) — named, never silently ignored.
+        FileNotFoundError: no such folder, or a missing adapter_config.json / adapter_model.safetensors.
+        BadFileError (ValueError), naming the file and the key: invalid JSON; a missing or mistyped
+            config key (`r`, `lora_alpha`, ...); features we do not implement (DoRA, rsLoRA, per-module
+            ranks, LoRA biases); a target without both lora_A and lora_B; a tensor whose rank, shape
+            or dtype disagrees with the config; NaN/Inf values; tensors the config does not explain.
     """
     directory = Path(directory)
-    config = json.loads((directory / CONFIG_FILE).read_text())
-    if config.get("peft_type") != "LORA":
-        raise ValueError(f"{directory}: peft_type must be 'LORA', got {config.get('peft_type')!r}")
-    for flag in ("use_dora", "use_rslora", "lora_bias"):
-        if config.get(flag):
-            raise ValueError(f"{directory}: adapters with {flag}=true are not supported")
-    for pattern in ("rank_pattern", "alpha_pattern"):
-        if config.get(pattern):
-            raise ValueError(f"{directory}: per-module {pattern} is not supported: {config[pattern]}")
-    if config.get("bias", "none") != "none":
-        raise ValueError(f"{directory}: bias={config['bias']!r} is not supported (expected 'none')")
-    from qlora.models.bnb_checkpoint import read_safetensors
-
-    state = read_safetensors(directory / WEIGHTS_FILE)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory}: adapter folder not found")
+    cfg = _read_config(directory / CONFIG_FILE)
+    weights = directory / WEIGHTS_FILE
+    state = read_safetensors(weights, "adapter weights")
     lora: dict[str, list] = {}
     extra: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         if not key.startswith(_PREFIX):
-            raise ValueError(f"{directory}: unexpected key {key!r} (expected the prefix {_PREFIX!r})")
-        key = key[len(_PREFIX):]
+            raise BadFileError(weights, key, f"unexpected key (expected the prefix {_PREFIX!r})")
+        check_finite(value, weights, key)
+        name = key[len(_PREFIX):]
         for part, slot in ((".lora_A.weight", 0), (".lora_B.weight", 1)):
-            if key.endswith(part):
-                lora.setdefault(key[: -len(part)], [None, None])[slot] = value
+            if name.endswith(part):
+                module = name[: -len(part)]
+                floats = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+                check_tensor(value, weights, key, dtypes=floats)
+                r_dim = 0 if slot == 0 else 1
+                if value.dim() != 2 or value.shape[r_dim] != cfg["rank"]:
+                    layout = "(r, in_features)" if slot == 0 else "(out_features, r)"
+                    raise BadFileError(weights, key, f"shape {tuple(value.shape)}, expected {layout} with r={cfg['rank']} "
+                                                     f"from {CONFIG_FILE}")  # fmt: skip
+                lora.setdefault(module, [None, None])[slot] = value
                 break
         else:
-            extra[key] = value
-    missing = [n for n, ab in lora.items() if ab[0] is None or ab[1] is None]
-    if missing:
-        raise ValueError(f"{directory}: modules without both lora_A and lora_B: {missing}")
+            module = name.rpartition(".")[0]
+            if not cfg["modules_to_save"] or not _matches(module, list(cfg["modules_to_save"])):
+                raise BadFileError(weights, key, f"neither a lora_A/lora_B weight nor in modules_to_save "
+                                                 f"{list(cfg['modules_to_save'])} of {CONFIG_FILE}")  # fmt: skip
+            extra[name] = value
+    for module, (a, b) in sorted(lora.items()):
+        if a is None or b is None:
+            missing = f"{_PREFIX}{module}.lora_{'A' if a is None else 'B'}.weight"
+            raise BadFileError(weights, missing, f"missing: {module} has only lora_{'B' if a is None else 'A'}")
+        if cfg["targets"] is not None and not _matches(module, cfg["targets"]):
+            raise BadFileError(weights, f"{_PREFIX}{module}.lora_A.weight",
+                               f"{module} is not among target_modules {cfg['targets']!r} of {CONFIG_FILE}")  # fmt: skip
+    if isinstance(cfg["targets"], list):
+        for target in cfg["targets"]:
+            if not any(_matches(module, [target]) for module in lora):
+                raise BadFileError(weights, f"{_PREFIX}{target}.lora_A.weight",
+                                   f"missing: target_modules of {CONFIG_FILE} names {target!r}, but no lora_A/lora_B for it")  # fmt: skip
+    if not lora:
+        raise BadFileError(weights, None, "holds no lora_A/lora_B weights")
     return AdapterWeights(
         lora={n: (a, b) for n, (a, b) in lora.items()},
-        rank=int(config["r"]),
-        alpha=float(config["lora_alpha"]),
-        dropout=float(config.get("lora_dropout", 0.0)),
-        task_type=TaskType(config.get("task_type") or "CAUSAL_LM"),
+        rank=cfg["rank"],
+        alpha=cfg["alpha"],
+        dropout=cfg["dropout"],
+        task_type=cfg["task_type"],
         extra=extra,
-        modules_to_save=tuple(config.get("modules_to_save") or ()),
-        fan_in_fan_out=bool(config.get("fan_in_fan_out", False)),
-        base_model=config.get("base_model_name_or_path"),
+        modules_to_save=cfg["modules_to_save"],
+        fan_in_fan_out=cfg["fan_in_fan_out"],
+        base_model=cfg["base_model"],
     )

@@ -28,6 +28,25 @@ from qlora.quant.state import QuantizedTensor
 # paid once. GPU buffers come from torch's caching allocator.
 _SCRATCH: dict[tuple[int, torch.dtype], torch.Tensor] = {}
 
+# Note: dispatch threshold
+# At most this many tokens (rows of X) the fused dequant-matmul kernel is used on GPU; above it,
+# dequantize + cuBLAS. Small token counts are bound by reading the weight, where 4-bit codes beat a
+# 16-bit copy; large ones are compute-bound, where cuBLAS's tensor-core GEMM wins and the dequantize is
+# amortised. The value is a placeholder, NOT yet measured: no GPU has been available to this project.
+# `benchmarks/gpu_check.py` measures it (its "dispatch" section) and prints the value to set here.
+FUSED_MAX_TOKENS = 16
+
+
+def use_fused_kernel(device: torch.device | str, tokens: int, quantized: bool) -> bool:
+    """The dispatch rule of the quantized linear: fused kernel for few tokens on CUDA (see the Note).
+
+    Args:
+        device: where the weight lives (the CPU path is always dequantize + matmul).
+        tokens: rows of the 2-D activation (batch x sequence).
+        quantized: False for BF16 passthrough storage (nothing to dequantize).
+    """
+    return torch.device(device).type == "cuda" and quantized and 0 < tokens <= FUSED_MAX_TOKENS
+
 
 def _dequantized(qt: QuantizedTensor, dtype: torch.dtype) -> torch.Tensor:
     if qt.device.type != "cpu":
@@ -43,11 +62,9 @@ def quantized_matmul(a: torch.Tensor, qt: QuantizedTensor, compute_dtype: torch.
     """a @ deq(W)ᵀ (transpose_w) or a @ deq(W), in `compute_dtype`; a is 2-D.
 
     On GPU the fused kernel serves small token counts, dequantize + cuBLAS large ones
-    (`qlora.kernels.fused_matmul.use_fused_kernel`, `# Note: dispatch threshold`); on CPU it is
-    dequantize + matmul (torch's CPU GEMM beats any interpreted or fused kernel there).
+    (`use_fused_kernel`, `# Note: dispatch threshold`); on CPU it is dequantize + matmul (torch's CPU
+    GEMM beats any interpreted or fused kernel there).
     """
-    from qlora.kernels.fused_matmul import use_fused_kernel
-
     a = a.to(compute_dtype)
     if use_fused_kernel(qt.device, a.shape[0], qt.dtype.is_quantized):
         from qlora.kernels.fused_matmul import dequant_matmul

@@ -58,6 +58,23 @@ def _check_hyperparameters(lr: Any, betas: Any, eps: Any, weight_decay: Any) -> 
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
 
 
+_NONNEGATIVE = ("step", "exp_avg_sq", "exp_avg_absmax", "exp_avg_sq_absmax")
+
+
+def _check_moment(key: str, index: Any, value: torch.Tensor) -> None:
+    """Saved state must be finite (and >= 0 where Adam's maths keeps it so): NaN moments give NaN updates."""
+    if not value.is_floating_point():
+        return
+    bad = ~torch.isfinite(value)
+    if key in _NONNEGATIVE:
+        bad |= value < 0
+    if bool(bad.any()):
+        first = value.reshape(-1)[bad.reshape(-1)][0].item()
+        expected = "finite and >= 0" if key in _NONNEGATIVE else "finite"
+        raise ValueError(f"optimizer state {key!r} for parameter {index}: {int(bad.sum())} of {value.numel()} values "
+                         f"are not {expected} (e.g. {first})")  # fmt: skip
+
+
 @dataclass(frozen=True)
 class AdamWConfig:
     """Hyperparameters of `PagedAdamW`; defaults are torch.optim.AdamW's.
@@ -225,8 +242,14 @@ class PagedAdamW(torch.optim.Optimizer):
 
         Raises:
             ValueError: the groups do not match, or a parameter's saved state does not have the form
-                (32/8-bit keys, shapes, dtypes) this optimizer would create for it.
+                (32/8-bit keys, shapes, dtypes) this optimizer would create for it, or holds NaN/Inf
+                (or negative second moments, absmax or step counts): resuming from it would give NaN updates.
         """
+        if not isinstance(state_dict, dict) or not isinstance(state_dict.get("state"), dict) or not isinstance(
+            state_dict.get("param_groups"), list
+        ):
+            keys = sorted(state_dict) if isinstance(state_dict, dict) else type(state_dict).__name__
+            raise ValueError(f"optimizer state_dict must be a dict with 'state' (dict) and 'param_groups' (list), got {keys}")
         saved_state = state_dict["state"]
         super().load_state_dict({**state_dict, "state": {}})  # checks and restores the groups
         for group in self.param_groups:
@@ -242,6 +265,8 @@ class PagedAdamW(torch.optim.Optimizer):
 
     def _restored(self, p: torch.Tensor, index: Any, saved: dict[str, Any]) -> dict[str, torch.Tensor]:
         state = self._new_state(p)
+        if not isinstance(saved, dict):
+            raise ValueError(f"optimizer state for parameter {index} must be a dict, got {type(saved).__name__}")
         if set(saved) != set(state):
             raise ValueError(
                 f"optimizer state for parameter {index} (shape {tuple(p.shape)}) has keys {sorted(saved)}, but this "
@@ -254,5 +279,6 @@ class PagedAdamW(torch.optim.Optimizer):
                     f"optimizer state {key!r} for parameter {index}: expected shape {tuple(buffer.shape)} "
                     f"({buffer.dtype}), got {tuple(value.shape)} ({value.dtype})"
                 )
+            _check_moment(key, index, value)
             buffer.copy_(value)
         return state

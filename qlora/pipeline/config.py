@@ -80,6 +80,20 @@ class DemoConfig:
     dtypes: tuple[str, ...] = ("bf16", "int8", "int4", "fp4", "fp4_e3m0", "nf4")
     double_quant_for: tuple[str, ...] = ("fp4", "nf4")
 
+    def __post_init__(self) -> None:
+        from qlora.quant.dtypes import VALID_BLOCK_SIZES, DataType
+
+        check_str("model", self.model)
+        if isinstance(self.block_size, bool) or self.block_size not in VALID_BLOCK_SIZES:
+            raise ConfigError("block_size", self.block_size, f"one of {', '.join(map(str, VALID_BLOCK_SIZES))}")
+        if not self.dtypes:
+            raise ConfigError("dtypes", list(self.dtypes), "a non-empty list of data types")
+        for i, d in enumerate(self.dtypes):
+            parse_enum(f"dtypes[{i}]", d, DataType)
+        for i, d in enumerate(self.double_quant_for):
+            if not parse_enum(f"double_quant_for[{i}]", d, DataType).is_quantized:
+                raise ConfigError(f"double_quant_for[{i}]", d, "a quantized data type")
+
 
 @dataclasses.dataclass  # not frozen: Hydra/OmegaConf schemas must accept merges
 class PipelineConfig:
@@ -143,6 +157,8 @@ class PipelineConfig:
             raise ConfigError(key, name, f"one of the models: {', '.join(sorted(self.models))}")
         model = self.models[name]
         if model.kind is not kind:
+            if key == "models":
+                raise ConfigError(f"models.{name}.kind", model.kind.name, f"{kind.name} (the {name} role)")
             raise ConfigError(key, name, f"a {kind.name} model (models.{name}.kind is {model.kind.name})")
         return model
 

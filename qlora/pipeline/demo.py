@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 
-from qlora.checks import ConfigError
 from qlora.pipeline import paths
 from qlora.pipeline.config import PipelineConfig
 from qlora.pipeline.params import lookup
@@ -53,19 +52,11 @@ class QuantDemoJob:
 
 
 def plan_quant_demo(params: PipelineConfig) -> QuantDemoJob:
-    from qlora.checks import check_int, parse_enum
-    from qlora.quant.dtypes import VALID_BLOCK_SIZES, DataType
+    from qlora.checks import parse_enum
+    from qlora.quant.dtypes import DataType
 
     demo = params.demo
     model = lookup(params.models, demo.model, "demo.model")
-    if check_int("demo.block_size", demo.block_size) not in VALID_BLOCK_SIZES:
-        raise ConfigError("demo.block_size", demo.block_size, f"one of {', '.join(map(str, VALID_BLOCK_SIZES))}")
-    if not demo.dtypes:
-        raise ConfigError("demo.dtypes", [], "a non-empty list of data types")
-    runs = [(parse_enum(f"demo.dtypes[{i}]", d, DataType).value, False) for i, d in enumerate(demo.dtypes)]
-    for i, d in enumerate(demo.double_quant_for):
-        dtype = parse_enum(f"demo.double_quant_for[{i}]", d, DataType)
-        if not dtype.is_quantized:
-            raise ConfigError(f"demo.double_quant_for[{i}]", d, "a quantized data type")
-        runs.append((dtype.value, True))
+    runs = [(parse_enum("demo.dtypes", d, DataType).value, False) for d in demo.dtypes]
+    runs += [(parse_enum("demo.double_quant_for", d, DataType).value, True) for d in demo.double_quant_for]
     return QuantDemoJob(demo.model, model.name, demo.block_size, tuple(runs))

@@ -22,7 +22,7 @@ class PrepareModelJob:
     def run(self, tracking: Tracking) -> Path:
         import time
 
-        from qlora.models.sources import materialise
+        from qlora.data.sources import materialise
 
         t0 = time.perf_counter()
         out = materialise(self.model, paths.model_dir(self.key))

@@ -37,6 +37,12 @@ def build(kind: Any, value: Any, key: str) -> Any:
         if unknown:
             where = f"{key}.{unknown[0]}" if key else str(unknown[0])
             raise ConfigError(where, value[unknown[0]], f"no such key; {key or 'params'} has: {', '.join(sorted(fields))}")
+        optional = {f.name for f in dataclasses.fields(kind) if f.default is None}  # may be left out
+        missing = sorted(fields - set(value) - optional)
+        if missing:
+            where = f"{key}.{missing[0]}" if key else missing[0]
+            raise ConfigError(where, None, "a value: the key is missing (params.yaml is composed with every key: run "
+                              "scripts/compose_params.py)")  # fmt: skip
         kwargs = {name: build(hints[name], v, f"{key}.{name}" if key else name) for name, v in value.items()}
         try:
             return kind(**kwargs)

@@ -11,6 +11,7 @@ All backends produce bit-identical codes and absmax, and identical float32 dequa
 from __future__ import annotations
 
 import enum
+import math
 
 import torch
 
@@ -21,6 +22,13 @@ from qlora.quant.state import NestedAbsmax, QuantizedTensor
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
+# Note: magnitude limit
+# Quantization computes in float32: a float64 value beyond float32's largest finite value (~3.4e38)
+# becomes Inf there and its block NaN, so it is refused (BF16 storage: bfloat16's largest value). Double
+# quantization also sums the n_blocks absmax values (their mean is the offset) and adds the offset back
+# when dequantizing: |value| <= float32 max / (2 * n_blocks) keeps every such sum finite.
+
+
 class Backend(enum.Enum):
     AUTO = "auto"
     REFERENCE = "reference"
@@ -28,7 +36,8 @@ class Backend(enum.Enum):
     CPU = "cpu"  # the fast CPU path; bit-identical to REFERENCE
 
 
-def _check_input(tensor: torch.Tensor) -> None:
+def _check_input(tensor: torch.Tensor) -> float:
+    """Refuses non-tensors, non-floating dtypes, empty tensors and NaN/Inf; returns the largest |value|."""
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"expected a torch.Tensor, got {type(tensor).__name__}")
     if tensor.dtype not in _FLOAT_DTYPES:
@@ -37,12 +46,31 @@ def _check_input(tensor: torch.Tensor) -> None:
         )
     if tensor.numel() == 0:
         raise ValueError(f"cannot quantize an empty tensor (shape {tuple(tensor.shape)})")
-    finite = torch.isfinite(tensor)
-    if not bool(finite.all()):
+    peak = float(torch.linalg.vector_norm(tensor.detach(), float("inf")))  # max |value|; NaN if any is NaN
+    if not math.isfinite(peak):
+        finite = torch.isfinite(tensor)
         bad = (~finite).nonzero()[0].tolist()
         raise ValueError(
             f"cannot quantize a tensor with NaN or Inf: {int((~finite).sum())} non-finite value(s), "
             f"the first at index {bad} = {tensor[tuple(bad)].item()}"
+        )
+    return peak
+
+
+def _check_magnitude(peak: float, tensor: torch.Tensor, dtype: DataType, block_size: int, double_quant: bool) -> None:
+    """Refuses a largest |value| that the computation overflows on (`# Note: magnitude limit`)."""
+    if dtype is DataType.BF16:
+        allowed, why = torch.finfo(torch.bfloat16).max, "bfloat16 storage"
+    elif double_quant:
+        n_blocks = math.ceil(tensor.numel() / block_size)
+        allowed = torch.finfo(torch.float32).max / (2 * n_blocks)
+        why = f"float32 computation with double_quant over {n_blocks} blocks: float32 max / (2 * n_blocks)"
+    else:
+        allowed, why = torch.finfo(torch.float32).max, "float32 computation: float32 max"
+    if peak > allowed:
+        raise ValueError(
+            f"cannot quantize a {tensor.dtype} tensor whose largest magnitude is {peak:.6g}: {dtype.value} allows at "
+            f"most {allowed:.6g} ({why}); beyond it the values overflow to Inf and quantize to NaN"
         )
 
 
@@ -86,16 +114,19 @@ def quantize(
         QuantizedTensor whose codes and absmax equal bitsandbytes' `quantize_4bit` for NF4/FP4.
 
     Raises:
-        TypeError: non-floating input. ValueError: empty input, NaN/Inf, bad block size or data type.
+        TypeError: non-floating input. ValueError: empty input, NaN/Inf, a magnitude the float32
+        computation overflows on (`# Note: magnitude limit`), bad block size or data type.
     """
     dtype = DataType.parse(dtype)
-    _check_input(tensor)
+    peak = _check_input(tensor)
     shape, orig_dtype = tensor.shape, tensor.dtype
     if dtype is DataType.BF16:
         if double_quant:
             raise ValueError("double_quant=True needs a quantized data type, got bf16 (identity storage)")
+        _check_magnitude(peak, tensor, dtype, block_size, double_quant)
         return QuantizedTensor(tensor.detach().to(torch.bfloat16).contiguous().clone(), dtype, shape, orig_dtype, block_size)
     validate_block_size(block_size)
+    _check_magnitude(peak, tensor, dtype, block_size, double_quant)
     flat = tensor.detach().reshape(-1).to(torch.float32)
     backend = _resolve(backend, flat.device)
 
@@ -167,7 +198,13 @@ def dequantize(
     if backend is Backend.TRITON:
         from qlora.kernels import dequantize_blockwise
 
-        result = dequantize_blockwise(qt, codebook(qt.dtype, qt.device), out_dtype, out)
+        n = qt.nested
+        result = dequantize_blockwise(
+            qt.data, qt.absmax, codebook(qt.dtype, qt.device), numel=qt.numel, block_size=qt.block_size,
+            bits=4 if qt.dtype.is_4bit else 8, out_dtype=out_dtype, out=out,
+            **({} if n is None else dict(nested_codes=n.codes, nested_absmax=n.absmax, nested_offset=n.offset,
+                                         nested_code=n.code, nested_block_size=n.block_size)),
+        )  # fmt: skip
         return result.view(qt.shape)
     absmax = block_absmax(qt)
     if backend is Backend.CPU and qt.dtype.is_4bit:

@@ -12,10 +12,11 @@ same structure with the key `quant_state.qlora__<type>`; bitsandbytes cannot loa
 from __future__ import annotations
 
 import json
+import math
 
 import torch
 
-from qlora.quant.dtypes import DataType, codebook
+from qlora.quant.dtypes import VALID_BLOCK_SIZES, DataType, codebook
 from qlora.quant.state import NestedAbsmax, QuantizedTensor
 
 _BNB_TYPES = {DataType.NF4: "nf4", DataType.FP4: "fp4"}
@@ -60,8 +61,39 @@ def to_bnb_dict(qt: QuantizedTensor) -> dict[str, torch.Tensor]:
     return out
 
 
+_ORIG_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+_PLAIN_KEYS = ("absmax", "quant_map", "nested_absmax", "nested_quant_map")
+_NESTED_KEYS = ("nested_absmax", "nested_quant_map")
+
+
+def _meta_field(meta: dict, state_key: str, key: str, kind: type, check=None, expected: str = "") -> object:
+    """meta[key] if it is a `kind` (bool is no number; numbers finite) passing `check`; else ValueError naming it."""
+    value = meta.get(key)
+    if kind in (int, float):
+        ok = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
+        ok = ok and math.isfinite(value)
+    else:
+        ok = isinstance(value, kind)
+    if not ok or (check is not None and not check(value)):
+        what = "missing" if key not in meta else f"got {value!r}"
+        raise ValueError(f"{state_key}: {key!r} {what}; expected {expected or kind.__name__}")
+    return value
+
+
+def _parse_meta(key: str, packed: torch.Tensor) -> dict:
+    if packed.dtype != torch.uint8 or packed.dim() != 1:
+        raise ValueError(f"{key}: expected a 1-D uint8 tensor of UTF-8 JSON, got {packed.dtype} {tuple(packed.shape)}")
+    try:
+        meta = json.loads(bytes(packed.cpu().tolist()).decode("utf-8"))  # NaN/Infinity parse: refused below
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{key}: not valid UTF-8 JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{key}: expected a JSON object, got {type(meta).__name__}")
+    return meta
+
+
 def from_bnb_dict(data: torch.Tensor, state: dict[str, torch.Tensor]) -> QuantizedTensor:
-    """Builds a QuantizedTensor from a packed weight and its serialized state.
+    """Builds a QuantizedTensor from a packed weight and its serialized state, checking every entry.
 
     Args:
         data: the packed weight as saved (uint8 ((n + 1) // 2, 1) for 4-bit, int8 (n,) for Int8).
@@ -69,8 +101,10 @@ def from_bnb_dict(data: torch.Tensor, state: dict[str, torch.Tensor]) -> Quantiz
             "model.layers.0.mlp.up_proj.weight." is ignored.
 
     Raises:
-        ValueError: missing or conflicting keys, an unknown quant_type, or a codebook that differs from
-            the data type's (we never guess a format from data).
+        ValueError: naming the entry (e.g. "absmax", "quant_state.bitsandbytes__nf4: 'dtype'"): missing,
+            unexpected or conflicting keys, an unknown quant_type or dtype, a codebook that differs from
+            the data type's (we never guess a format from data), shapes or dtypes that disagree with the
+            quant_state, NaN/Inf or negative block constants.
     """
     stripped = {}
     for key, value in state.items():
@@ -79,30 +113,76 @@ def from_bnb_dict(data: torch.Tensor, state: dict[str, torch.Tensor]) -> Quantiz
     state_keys = [k for k in stripped if k.startswith(_STATE_PREFIX)]
     if len(state_keys) != 1:
         raise ValueError(f"expected exactly one '{_STATE_PREFIX}*' entry, found {state_keys or 'none'}")
-    meta = json.loads(bytes(stripped[state_keys[0]].cpu().tolist()).decode("utf-8"))
+    state_key = state_keys[0]
+    unexpected = sorted(set(stripped) - set(_PLAIN_KEYS) - {state_key})
+    if unexpected:
+        raise ValueError(f"unexpected entries {unexpected}; a quantized weight has {list(_PLAIN_KEYS)} and one {_STATE_PREFIX}*")
+    meta = _parse_meta(state_key, stripped[state_key])
     by_name = {v: k for k, v in _BNB_TYPES.items()}
     quant_type = meta.get("quant_type")
+    allowed = sorted(by_name) + [d.value for d in DataType if d.is_quantized and d not in _BNB_TYPES]
+    if not isinstance(quant_type, str) or (quant_type not in by_name and quant_type not in allowed):
+        raise ValueError(f"{state_key}: 'quant_type' {quant_type!r}; expected one of {allowed}")
     dtype = by_name.get(quant_type) or DataType.parse(quant_type)
-    if state_keys[0] != _state_key(dtype):
-        raise ValueError(f"state key {state_keys[0]!r} does not match quant_type {quant_type!r}")
+    if state_key != _state_key(dtype):
+        raise ValueError(f"state key {state_key!r} does not match quant_type {quant_type!r} (expected {_state_key(dtype)!r})")
     for required in ("absmax", "quant_map"):
         if required not in stripped:
             raise ValueError(f"serialized state lacks {required!r} (keys: {sorted(stripped)})")
-    expected_map = codebook(dtype, stripped["quant_map"].device)
-    if not torch.equal(stripped["quant_map"].to(torch.float32), expected_map):
-        raise ValueError(f"quant_map does not match the {dtype.value} codebook: {stripped['quant_map'].tolist()}")
-    shape = torch.Size(meta["shape"])
-    orig_dtype = getattr(torch, meta["dtype"])
-    block_size = int(meta["blocksize"])
-    if data.dtype == torch.uint8 and dtype.is_4bit:
-        data = data.reshape(-1, 1)
-    if "nested_absmax" in stripped:
+    quant_map = stripped["quant_map"]
+    expected_map = codebook(dtype, quant_map.device)
+    same_map = quant_map.is_floating_point() and quant_map.shape == expected_map.shape and torch.equal(quant_map.float(), expected_map)
+    if not same_map:
+        raise ValueError(f"quant_map does not match the {dtype.value} codebook ({expected_map.numel()} float values): got "
+                         f"{quant_map.dtype} {tuple(quant_map.shape)} {quant_map.reshape(-1)[:16].tolist()}")  # fmt: skip
+
+    shape = _meta_field(meta, state_key, "shape", list, lambda v: all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in v),
+                        "a list of positive integers")  # fmt: skip
+    dtype_name = _meta_field(meta, state_key, "dtype", str, lambda v: v in _ORIG_DTYPES, f"one of {sorted(_ORIG_DTYPES)}")
+    block_size = _meta_field(meta, state_key, "blocksize", int, lambda v: v in VALID_BLOCK_SIZES,
+                             f"a power of two from {VALID_BLOCK_SIZES[0]} to {VALID_BLOCK_SIZES[-1]}")  # fmt: skip
+    expected_data = torch.uint8 if dtype.is_4bit else torch.int8
+    if data.dtype != expected_data:
+        raise ValueError(f"packed weight is {data.dtype}, expected {expected_data} for {dtype.value}")
+    numel = math.prod(shape)
+    expected_shape = ((numel + 1) // 2, 1) if dtype.is_4bit else (numel,)
+    if data.numel() != math.prod(expected_shape):
+        raise ValueError(f"{dtype.value} data for shape {tuple(shape)} must be {expected_data} of shape {expected_shape} "
+                         f"(the quant_state's shape), got {tuple(data.shape)}")  # fmt: skip
+    data = data.reshape(expected_shape)
+    n_blocks = math.ceil(numel / block_size)
+
+    nested_present = [k for k in _NESTED_KEYS if k in stripped]
+    if nested_present and len(nested_present) != len(_NESTED_KEYS):
+        raise ValueError(f"double-quantized state needs both {list(_NESTED_KEYS)}, found only {nested_present}")
+    absmax = stripped["absmax"]
+    if nested_present:
+        nested_block = _meta_field(meta, state_key, "nested_blocksize", int, lambda v: v > 0, "a positive integer")
+        offset = _meta_field(meta, state_key, "nested_offset", float, expected="a finite number")
+        _meta_field(meta, state_key, "nested_dtype", str, lambda v: v == "float32", "'float32'")
+        if absmax.dtype != torch.uint8 or absmax.numel() != n_blocks:
+            raise ValueError(f"absmax: expected {n_blocks} uint8 codes (double quantization, shape {shape}, blocksize "
+                             f"{block_size}), got {absmax.dtype} {tuple(absmax.shape)}")  # fmt: skip
+        for key, n in (("nested_absmax", math.ceil(n_blocks / nested_block)), ("nested_quant_map", 256)):
+            t = stripped[key]
+            if t.dtype != torch.float32 or t.numel() != n:
+                raise ValueError(f"{key}: expected {n} float32 values, got {t.dtype} {tuple(t.shape)}")
         nested = NestedAbsmax(
-            codes=stripped["absmax"].reshape(-1),
-            absmax=stripped["nested_absmax"].to(torch.float32),
-            offset=torch.tensor(float(meta["nested_offset"]), dtype=torch.float32, device=data.device),
-            code=stripped["nested_quant_map"].to(torch.float32),
-            block_size=int(meta["nested_blocksize"]),
+            codes=absmax.reshape(-1),
+            absmax=stripped["nested_absmax"].reshape(-1),
+            offset=torch.tensor(float(offset), dtype=torch.float32, device=data.device),
+            code=stripped["nested_quant_map"].reshape(-1),
+            block_size=nested_block,
         )
-        return QuantizedTensor(data, dtype, shape, orig_dtype, block_size, nested=nested)
-    return QuantizedTensor(data, dtype, shape, orig_dtype, block_size, absmax=stripped["absmax"].to(torch.float32))
+        qt = QuantizedTensor(data, dtype, torch.Size(shape), _ORIG_DTYPES[dtype_name], block_size, nested=nested)
+    else:
+        if "nested_offset" in meta or "nested_blocksize" in meta:
+            raise ValueError(f"{state_key} describes double quantization (nested_offset, nested_blocksize) but "
+                             f"{list(_NESTED_KEYS)} are missing")  # fmt: skip
+        if not absmax.is_floating_point() or absmax.numel() != n_blocks:
+            raise ValueError(f"absmax: expected {n_blocks} float values (shape {shape}, blocksize {block_size}), "
+                             f"got {absmax.dtype} {tuple(absmax.shape)}")  # fmt: skip
+        qt = QuantizedTensor(data, dtype, torch.Size(shape), _ORIG_DTYPES[dtype_name], block_size,
+                             absmax=absmax.reshape(-1).to(torch.float32))  # fmt: skip
+    qt.check_values()
+    return qt

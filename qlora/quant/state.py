@@ -20,6 +20,17 @@ import torch
 from qlora.quant.dtypes import NESTED_BLOCK_SIZE, DataType, validate_block_size
 
 
+def _check_finite(name: str, t: torch.Tensor, nonnegative: bool = False) -> None:
+    bad = ~torch.isfinite(t)
+    if nonnegative:
+        bad |= t < 0
+    if bool(bad.any()):
+        first = int(bad.reshape(-1).nonzero()[0])
+        expected = "finite and >= 0" if nonnegative else "finite"
+        raise ValueError(f"{name} must be {expected}: {int(bad.sum())} of {t.numel()} values are not "
+                         f"(first at index {first}: {t.reshape(-1)[first].item()})")  # fmt: skip
+
+
 @dataclasses.dataclass(frozen=True)
 class NestedAbsmax:
     """Second-level (double) quantization of the absmax constants.
@@ -41,6 +52,8 @@ class NestedAbsmax:
     block_size: int = NESTED_BLOCK_SIZE
 
     def __post_init__(self) -> None:
+        if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size < 1:
+            raise ValueError(f"nested block_size must be a positive integer, got {self.block_size!r}")
         if self.codes.dtype != torch.uint8 or self.codes.dim() != 1:
             raise ValueError(f"nested codes must be a 1-D uint8 tensor, got {self.codes.dtype} {tuple(self.codes.shape)}")
         expected = math.ceil(self.codes.numel() / self.block_size)
@@ -52,6 +65,18 @@ class NestedAbsmax:
             raise ValueError(f"nested code map must be float32 (256,), got {self.code.dtype} {tuple(self.code.shape)}")
         if self.offset.numel() != 1 or self.offset.dtype != torch.float32:
             raise ValueError(f"nested offset must be one float32 value, got {self.offset.dtype} {tuple(self.offset.shape)}")
+
+    def __repr__(self) -> str:
+        return f"NestedAbsmax(constants={self.codes.numel()}, block_size={self.block_size}, device={self.codes.device})"
+
+    def check_values(self) -> None:
+        """Raises ValueError naming the field when a constant is NaN/Inf or an absmax is negative.
+
+        Not part of construction (a QuantizedLoRA layer rebuilds its weight every forward): loaders call it.
+        """
+        _check_finite("nested_absmax", self.absmax, nonnegative=True)
+        _check_finite("nested_offset", self.offset)
+        _check_finite("nested_quant_map", self.code)
 
     def storage_bytes(self) -> int:
         return self.codes.numel() + 4 * self.absmax.numel() + 4  # codes, fp32 absmax, fp32 offset
@@ -113,6 +138,27 @@ class QuantizedTensor:
             )
         if self.nested is not None and self.nested.codes.numel() != self.n_blocks:
             raise ValueError(f"nested absmax holds {self.nested.codes.numel()} constants, expected {self.n_blocks}")
+
+    def __repr__(self) -> str:
+        """One line: data type, shape, block size, double quantization, bits/param (never the absmax dump)."""
+        if self.dtype is DataType.BF16:
+            return f"QuantizedTensor(bf16, shape={tuple(self.shape)}, 16 bits/param, device={self.device})"
+        return (
+            f"QuantizedTensor({self.dtype.value}, shape={tuple(self.shape)}, orig_dtype={str(self.orig_dtype).removeprefix('torch.')}, "
+            f"block_size={self.block_size}, double_quant={self.double_quant}, "
+            f"{self.storage_bits_per_param():.3f} bits/param, device={self.device})"
+        )
+
+    def check_values(self) -> None:
+        """Raises ValueError naming the field when a block constant is NaN/Inf or negative.
+
+        Dequantizing such a tensor gives NaN/Inf weights, and every output after them. Not part of
+        construction (a QuantizedLoRA layer rebuilds its weight on every forward): loaders call it.
+        """
+        if self.absmax is not None:
+            _check_finite("absmax", self.absmax, nonnegative=True)
+        if self.nested is not None:
+            self.nested.check_values()
 
     @property
     def numel(self) -> int:

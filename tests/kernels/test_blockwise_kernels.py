@@ -86,3 +86,22 @@ def test_quantize_kernel_handles_zero_blocks_and_edges():
     tri = qlora.quantize(w, DataType.NF4, 64, backend=Backend.TRITON)
     assert_same_state(ref, tri)
     assert tri.absmax.tolist() == [0.0, 1.0, 3.0, 1.0]
+
+
+def test_dequantize_kernel_takes_plain_tensors_and_checks_them():
+    from qlora.kernels import dequantize_blockwise
+    from qlora.quant import codebook
+
+    q = qlora.quantize(torch.randn(33, 65, device=DEVICE), DataType.NF4, 64, True)
+    n = q.nested
+    got = dequantize_blockwise(q.data, None, codebook(DataType.NF4, DEVICE), numel=q.numel, block_size=64, bits=4, out_dtype=torch.float32,
+                               nested_codes=n.codes, nested_absmax=n.absmax, nested_offset=n.offset, nested_code=n.code)  # fmt: skip
+    assert torch.equal(got.view(q.shape), qlora.dequantize(q, torch.float32, backend=Backend.REFERENCE))
+    with pytest.raises(ValueError, match="either absmax or all four nested tensors"):
+        dequantize_blockwise(q.data, None, codebook(DataType.NF4, DEVICE), numel=q.numel, block_size=64, bits=4, out_dtype=torch.float32,
+                             nested_codes=n.codes)  # fmt: skip
+    with pytest.raises(ValueError, match=r"4-bit codes of 2145 elements must be 1073 x torch.uint8, got 1073 x torch.int8"):
+        dequantize_blockwise(q.data.view(torch.int8), torch.ones(34), codebook(DataType.NF4, DEVICE), numel=q.numel, block_size=64, bits=4,
+                             out_dtype=torch.float32)  # fmt: skip
+    with pytest.raises(ValueError, match="bits must be 4 or 8, got 3"):
+        dequantize_blockwise(q.data, torch.ones(34), codebook(DataType.NF4, DEVICE), numel=q.numel, block_size=64, bits=3, out_dtype=torch.float32)

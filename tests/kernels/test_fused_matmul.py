@@ -5,7 +5,8 @@ import torch
 
 import qlora
 from qlora import DataType
-from qlora.kernels.fused_matmul import FUSED_MAX_TOKENS, dequant_matmul, interpreted, use_fused_kernel
+from qlora.kernels.fused_matmul import dequant_matmul, interpreted
+from qlora.nn.functional import FUSED_MAX_TOKENS, use_fused_kernel
 from qlora.quant import block_absmax, codebook
 
 from tests.conftest import TOLERANCES
@@ -86,7 +87,7 @@ def test_dispatch_rule_fused_only_for_few_tokens_on_cuda():
 
 @needs_triton
 def test_layer_on_the_fused_path_gives_the_reference_output_and_grads(monkeypatch):
-    import qlora.kernels.fused_matmul as fm
+    import qlora.nn.functional as fn
     from qlora.config import ComputeDtype, LoRAConfig, QuantConfig
 
     m = qlora.QLoRALinear.from_linear(torch.nn.Linear(70, 33).to(DEVICE), QuantConfig(compute_dtype=ComputeDtype.FP32),
@@ -96,7 +97,7 @@ def test_layer_on_the_fused_path_gives_the_reference_output_and_grads(monkeypatc
     x = torch.randn(2, 5, 70, device=DEVICE, requires_grad=True)
     outs = []
     for fused_path in (False, True):
-        monkeypatch.setattr(fm, "use_fused_kernel", lambda *args, fused_path=fused_path: fused_path)
+        monkeypatch.setattr(fn, "use_fused_kernel", lambda *args, fused_path=fused_path: fused_path)
         y = m(x)
         y.backward(torch.ones_like(y))
         outs.append([y.detach(), x.grad, m.lora_a.grad, m.lora_b.grad])

@@ -91,7 +91,8 @@ def test_other_types_round_trip(tiny, tmp_path, dtype):
     quantized, others = quantize_model(model, dtype, True)
     save_quantized_checkpoint(tmp_path / dtype, model.config.to_dict(), quantized, others)
     config, back, back_others = load_quantized_checkpoint(tmp_path / dtype)
-    assert config["quantization_config"] == {"quant_method": "qlora", "data_type": dtype, "double_quant": True, "block_size": 64}
+    assert config["quantization_config"] == {"quant_method": "qlora", "data_type": dtype, "double_quant": True, "block_size": 64,
+                                             "compute_dtype": "bfloat16"}  # fmt: skip
     for name, q in quantized.items():
         assert torch.equal(qlora.dequantize(back[name], torch.float32), qlora.dequantize(q, torch.float32))
     assert all(torch.equal(back_others[k], v) for k, v in others.items())

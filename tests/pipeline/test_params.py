@@ -10,8 +10,9 @@ def test_params_yaml_is_composed_from_conf():
     spec = importlib.util.spec_from_file_location("compose_params", ROOT / "scripts" / "compose_params.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    expected = module.compose_params()
-    assert (ROOT / "params.yaml").read_text() == expected, "params.yaml is stale: run scripts/compose_params.py"
+    for path, overrides in module.PROFILES.items():
+        expected = module.compose_params(overrides)
+        assert (ROOT / path).read_text() == expected, f"{path} is stale: run scripts/compose_params.py"
 
 
 def test_dvc_hydra_composition_writes_the_committed_params(tmp_path):

@@ -175,6 +175,42 @@ def test_bad_input_raises_a_clear_error(bad, error, match):
         qlora.quantize(bad, DataType.NF4)
 
 
+@pytest.mark.parametrize("dtype", [DataType.NF4, DataType.INT8, DataType.BF16])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (torch.tensor([1.0, 1e300, -2.0], dtype=torch.float64), r"float64 tensor whose largest magnitude is 1e\+300: .* at most 3.\d+e\+38 \((bfloat16 storage|float32 computation: float32 max)\)"),
+        (torch.tensor([1.0, -1e39] * 32, dtype=torch.float64), r"largest magnitude is 1e\+39: .* at most 3.\d+e\+38 \((bfloat16 storage|float32 computation: float32 max)\)"),
+        (torch.tensor([1.0, float("nan")] * 32), r"NaN or Inf: 32 non-finite value\(s\), the first at index \[1\] = nan"),
+        (torch.tensor([float("-inf"), 1.0] * 32), r"NaN or Inf: 32 non-finite value\(s\), the first at index \[0\] = -inf"),
+        (torch.tensor([float("inf"), float("nan")] * 32, dtype=torch.float64), r"NaN or Inf: 64 non-finite"),
+    ],
+)
+def test_values_that_overflow_the_float32_computation_are_refused(dtype, bad, match):
+    with pytest.raises(ValueError, match=match):
+        qlora.quantize(bad, dtype)
+
+
+def test_the_largest_float32_values_still_quantize_exactly():
+    w = torch.tensor([torch.finfo(torch.float32).max, -1.0, 0.5] * 64, dtype=torch.float64)
+    for backend in (Backend.REFERENCE, Backend.CPU):
+        q = qlora.quantize(w, DataType.NF4, 64, backend=backend)
+        d = qlora.dequantize(q, torch.float32, backend=backend)
+        assert torch.isfinite(d).all() and d.max().item() == torch.finfo(torch.float32).max
+
+
+def test_double_quant_refuses_magnitudes_whose_absmax_sum_overflows():
+    # 64 blocks: the mean of the absmax vector sums 64 values; the limit is float32 max / (2 * 64)
+    limit = torch.finfo(torch.float32).max / 128
+    ok = torch.full((64, 64), limit * 0.99)
+    q = qlora.quantize(ok, DataType.NF4, 64, True, backend=Backend.REFERENCE)
+    assert torch.isfinite(qlora.dequantize(q, torch.float32, backend=Backend.REFERENCE)).all()
+    with pytest.raises(ValueError, match=r"largest magnitude is 3e\+38: nf4 allows at most 2.65\d*e\+36 \(float32 computation "
+                                         r"with double_quant over 64 blocks"):  # fmt: skip
+        qlora.quantize(torch.full((64, 64), 3e38), DataType.NF4, 64, True)
+    assert qlora.quantize(torch.full((64, 64), 3e38), DataType.NF4, 64, False).absmax.max().item() == pytest.approx(3e38)
+
+
 @pytest.mark.parametrize("block_size", [0, 48, 16, 8192, 64.0, True])
 def test_bad_block_size(block_size):
     with pytest.raises(ValueError, match=f"block_size must be a power of two from 32 to 4096.*got {block_size!r}"):
