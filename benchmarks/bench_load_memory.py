@@ -56,7 +56,10 @@ print(json.dumps({"base": base, "load_peak": load_peak, "peak": peak, "seconds":
 
 
 def measure(directory: Path, how: str, logits_file: Path) -> dict:
-    out = subprocess.run([sys.executable, "-c", _CHILD, str(directory), how, str(logits_file)], capture_output=True, text=True)
+    # through a shell: Linux carries a parent's RSS high-water mark into a child's ru_maxrss across
+    # fork/exec, so a direct child would start at this process's peak; a grandchild starts clean
+    argv = ["/bin/sh", "-c", '"$@"; exit $?', "sh", sys.executable, "-c", _CHILD, str(directory), how, str(logits_file)]
+    out = subprocess.run(argv, capture_output=True, text=True)
     if out.returncode:
         raise RuntimeError(out.stderr[-3000:])
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -137,8 +137,9 @@ _PEAK = textwrap.dedent("""
     from qlora.models.loading import load_base
     from qlora.models.pretrained import from_pretrained
     from qlora.models.surgery import prepare_model
+    from qlora.quant.api import quantize
     quant = QuantConfig(compute_dtype=ComputeDtype.FP32)
-    torch.nn.Linear(64, 64)  # import-time allocations before the baseline (the quantizer compiles in both runs)
+    quantize(torch.randn(128, 128), "nf4", 64, True)  # the CPU quantizer's compile (~0.3 GiB) before the baseline
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if sys.argv[2] == "streamed":
         model = from_pretrained(sys.argv[1], quant=quant)
@@ -163,12 +164,15 @@ def test_streaming_keeps_peak_memory_near_the_quantized_size(tmp_path):
     fp32_bytes = 4 * n_params  # 134M parameters: 537 MB
     peaks = {}
     for how in ("streamed", "full"):
-        out = subprocess.run([sys.executable, "-c", _PEAK, str(tmp_path / "model"), how], capture_output=True, text=True, check=True)
+        # through a shell: Linux carries a parent's RSS high-water mark into a child's ru_maxrss across
+        # fork/exec (a child of this big pytest process would start at its peak); a grandchild starts clean
+        argv = ["/bin/sh", "-c", '"$@"; exit $?', "sh", sys.executable, "-c", _PEAK, str(tmp_path / "model"), how]
+        out = subprocess.run(argv, capture_output=True, text=True, check=True)
         peaks[how] = int(out.stdout.split()[-1])
     print(f"peak RSS above imports: streamed {peaks['streamed'] / 2**20:.0f} MiB, load-then-prepare {peaks['full'] / 2**20:.0f} MiB, "
           f"fp32 weights {fp32_bytes / 2**20:.0f} MiB")  # fmt: skip
-    # measured (ru_maxrss is a high-water mark, so "0" means never above the import-time peak): streamed
-    # 0 MiB (the 4-bit model is 69 MB), load-then-prepare 511-513 MiB; a 67M-parameter model was too small
-    # (its load-then-prepare peak varied 134-289 MiB against import-time peaks)
+    # measured: streamed 177 MiB (the 4-bit model is 69 MB; + a 64 MiB window of freed temporaries before
+    # `_release_free_heap` + one layer), load-then-prepare 921 MiB (the fp32 model + temporaries)
+    assert peaks["full"] < 3 * fp32_bytes  # a clean measurement (not the pytest parent's high-water mark)
     assert peaks["full"] > 0.8 * fp32_bytes  # the float model is in memory at once
-    assert peaks["streamed"] < 0.35 * fp32_bytes and peaks["streamed"] < peaks["full"] - 0.6 * fp32_bytes
+    assert peaks["streamed"] < 0.5 * fp32_bytes and peaks["streamed"] < peaks["full"] / 3
