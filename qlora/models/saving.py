@@ -18,9 +18,9 @@ restores the whole prepared model. `attach_save_pretrained` makes
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import shutil
-import types
 from pathlib import Path
 
 import torch
@@ -175,5 +175,6 @@ def _save_method(self: nn.Module, save_directory: str | Path, *, what: Save | No
 
 def attach_save_pretrained(model: nn.Module) -> nn.Module:
     """Makes `model.save_pretrained(dir, what=...)` call `qlora.save_pretrained` (for this instance)."""
-    model.save_pretrained = types.MethodType(_save_method, model)
+    # a partial, not a bound method: it survives pickling and deep copies (re-bound to the copy)
+    model.save_pretrained = functools.partial(_save_method, model)
     return model

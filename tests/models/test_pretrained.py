@@ -98,8 +98,10 @@ def test_checkpointing_and_bad_arguments(tmp_path):
     model = from_pretrained(path, quant=NF4_DQ, lora=LORA, checkpointing=Checkpointing.NON_REENTRANT)
     flag = "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing") else "is_gradient_checkpointing"
     assert getattr(model, flag)
-    with pytest.raises(ValueError, match="num_labels must be given exactly"):
+    with pytest.raises(ValueError, match="num_labels=3 is for kind=ModelKind.SEQ_CLS"):
         from_pretrained(path, num_labels=3)
+    bare = tiny_models.save(tiny_models.bert_base(), tmp_path / "bert")  # config.json says 3 labels (bert_config)
+    assert from_pretrained(bare, kind=ModelKind.SEQ_CLS).classifier.out_features == 3
     with pytest.raises(TypeError, match="quant must be a QuantConfig"):
         from_pretrained(path, quant="nf4")
     with pytest.raises(FileNotFoundError, match="neither a model folder nor a hub id"):
@@ -135,8 +137,9 @@ _PEAK = textwrap.dedent("""
     from qlora.models.loading import load_base
     from qlora.models.pretrained import from_pretrained
     from qlora.models.surgery import prepare_model
+    from qlora.quant.api import quantize
     quant = QuantConfig(compute_dtype=ComputeDtype.FP32)
-    torch.nn.Linear(64, 64)  # import-time allocations before the baseline
+    quantize(torch.randn(128, 128), "nf4", 64, True)  # the CPU quantizer's compile (~0.3 GiB) before the baseline
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if sys.argv[2] == "streamed":
         model = from_pretrained(sys.argv[1], quant=quant)
@@ -151,19 +154,25 @@ _PEAK = textwrap.dedent("""
 def test_streaming_keeps_peak_memory_near_the_quantized_size(tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=256, hidden_size=1024, intermediate_size=4096, num_hidden_layers=4, num_attention_heads=8,
+    config = LlamaConfig(vocab_size=256, hidden_size=1024, intermediate_size=4096, num_hidden_layers=8, num_attention_heads=8,
                          num_key_value_heads=8)  # fmt: skip
     with torch.device("meta"):
         n_params = sum(p.numel() for p in LlamaForCausalLM(config).parameters())
     model = LlamaForCausalLM(config)
     model.save_pretrained(tmp_path / "model")
     del model
-    fp32_bytes = 4 * n_params  # 67M parameters: 268 MB
+    fp32_bytes = 4 * n_params  # 134M parameters: 537 MB
     peaks = {}
     for how in ("streamed", "full"):
-        out = subprocess.run([sys.executable, "-c", _PEAK, str(tmp_path / "model"), how], capture_output=True, text=True, check=True)
+        # through a shell: Linux carries a parent's RSS high-water mark into a child's ru_maxrss across
+        # fork/exec (a child of this big pytest process would start at its peak); a grandchild starts clean
+        argv = ["/bin/sh", "-c", '"$@"; exit $?', "sh", sys.executable, "-c", _PEAK, str(tmp_path / "model"), how]
+        out = subprocess.run(argv, capture_output=True, text=True, check=True)
         peaks[how] = int(out.stdout.split()[-1])
     print(f"peak RSS above imports: streamed {peaks['streamed'] / 2**20:.0f} MiB, load-then-prepare {peaks['full'] / 2**20:.0f} MiB, "
           f"fp32 weights {fp32_bytes / 2**20:.0f} MiB")  # fmt: skip
-    assert peaks["full"] > fp32_bytes  # the float model is all in memory once
-    assert peaks["streamed"] < peaks["full"] - 0.6 * fp32_bytes
+    # measured: streamed 177 MiB (the 4-bit model is 69 MB; + a 64 MiB window of freed temporaries before
+    # `_release_free_heap` + one layer), load-then-prepare 921 MiB (the fp32 model + temporaries)
+    assert peaks["full"] < 3 * fp32_bytes  # a clean measurement (not the pytest parent's high-water mark)
+    assert peaks["full"] > 0.8 * fp32_bytes  # the float model is in memory at once
+    assert peaks["streamed"] < 0.5 * fp32_bytes and peaks["streamed"] < peaks["full"] / 3

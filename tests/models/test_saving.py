@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from qlora import DataType, dequantize
-from qlora.config import ComputeDtype, LoRAConfig, QuantConfig
+from qlora.config import ComputeDtype, LoRAConfig, ModelKind, QuantConfig
 from qlora.models.pretrained import from_pretrained
 from qlora.models.saving import Save, save_pretrained
 from qlora.models.surgery import prepare_model
@@ -132,3 +132,33 @@ def test_merged_copy_saves_as_a_plain_model(tmp_path):
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
     assert not any(isinstance(m, QLoRALinear) for m in reloaded.modules())
     torch.testing.assert_close(logits(reloaded), logits(model), rtol=1e-4, atol=1e-4)
+
+
+def test_the_hook_survives_pickling_and_deep_copies(tmp_path):
+    import copy
+    import pickle
+
+    model = trained(tiny_models.save(tiny_models.llama(), tmp_path / "base"))
+    for clone in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
+        clone.save_pretrained(tmp_path / "clone", what=Save.ADAPTER)  # saves the clone, not the original
+        with torch.no_grad():
+            for m in clone.modules():
+                if isinstance(m, QLoRALinear):
+                    m.lora_b.zero_()
+        clone.save_pretrained(tmp_path / "zeroed", what=Save.ADAPTER)
+        from qlora.models.peft_format import load_peft_adapter
+
+        assert all(float(b.abs().sum()) == 0 for _, b in load_peft_adapter(tmp_path / "zeroed").lora.values())
+        assert any(float(b.abs().sum()) > 0 for _, b in load_peft_adapter(tmp_path / "clone").lora.values())
+
+
+def test_classifier_adapter_round_trip(tmp_path):
+    base = tiny_models.save(tiny_models.bert_base(), tmp_path / "base")  # no head, no labels: the adapter has them
+    model = from_pretrained(base, quant=NF4_DQ, lora=LORA, kind=ModelKind.SEQ_CLS, num_labels=3)
+    randomize_adapters(model)
+    with torch.no_grad():
+        model.classifier.weight.normal_()
+    save_pretrained(model, tmp_path / "adapter", what=Save.ADAPTER)
+    loaded = from_pretrained(base, kind=ModelKind.SEQ_CLS, adapter=tmp_path / "adapter")
+    assert_same_model(loaded, model.eval())
+    assert torch.equal(logits(loaded), logits(model))
