@@ -17,10 +17,13 @@ class ReportJob:
     causal_model_name: str
 
     def run(self, tracking: Tracking) -> list[Path]:
+        import time
+
         from qlora.atomic import write_json, write_text
         from qlora.report import load_records, memory_table, metrics_summary, table2, table3, table4, write_table
         from qlora.report.plots import accuracy_bars, loss_curves, memory_bars
 
+        started = time.time()
         m = paths.METRICS
         files = sorted([*m.glob("base/*.json"), *m.glob("train/*.json"), *m.glob("eval/*.json")])
         evals, trains = load_records(files)
@@ -36,7 +39,8 @@ class ReportJob:
         main_evals, main_trains = load_records(sorted(m.glob("main/*.json")))
         write_json(m / "summary.json", metrics_summary(evals, trains, main_evals, main_trains))
         write_text(r / "README.md", f"# Regenerated tables (profile `{self.profile}`)\n\n" + "\n".join(t.to_markdown() for t in tables))
-        tracking.log("report", params={"profile": self.profile}, tags={"stage": "report"}, artifacts=written)
+        tracking.log("report", params={"profile": self.profile}, tags={"stage": "report"}, artifacts=[*written, m / "summary.json"],
+                     metrics={"eval_records": len(evals), "train_records": len(trains), "files": len(written)}, started=started)  # fmt: skip
         return written
 
 
