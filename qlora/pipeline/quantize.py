@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from qlora.config import ModelConfig, QuantConfig
+from qlora.config import Method, ModelConfig, QuantConfig
 from qlora.pipeline import paths
 from qlora.pipeline.config import CAUSAL, PipelineConfig
 from qlora.pipeline.params import lookup, whole
@@ -22,7 +22,8 @@ class QuantizeJob:
     def run(self, tracking: Tracking) -> Path:
         import time
 
-        from qlora.models.loading import quantize_checkpoint
+        from qlora.models.loading import load_for_training, quantize_checkpoint
+        from qlora.models.surgery import model_report
         from qlora.quant.dtypes import bits_per_param
 
         started = time.time()
@@ -30,11 +31,17 @@ class QuantizeJob:
                                   paths.quantized_dir(self.model_key, self.quant_name))  # fmt: skip
         size = sum(f.stat().st_size for f in out.rglob("*.safetensors"))
         bits = bits_per_param(self.quant.dtype, self.quant.block_size, self.quant.double_quant) if self.quant.dtype.is_quantized else 16.0
-        tracking.log(f"quantize {self.model_key} {self.quant_name}", params={"model": self.model.name, **quant_params(self.quant)},
-                     metrics={"bits_per_param": bits, "weight_mb": size / 2**20}, started=started,
+        # the frozen weights as training holds them (the memory table's weight MB): on disk, a BF16 folder keeps
+        # embeddings in bf16 and a 4-bit one in fp32, so file sizes do not compare across data types
+        report = model_report(load_for_training(out, self.model.kind, self.quant, None))
+        sizes = {"weight_mb": report.weight_bytes_after / 2**20, "linear_weight_mb": report.quantized_bytes / 2**20,
+                 "checkpoint_mb": size / 2**20}  # fmt: skip
+        tracking.log(f"quantize {self.model_key} {self.quant_name}",
+                     params={"model": self.model.name, "method": Method.NONE.value, **quant_params(self.quant)},
+                     metrics={"bits_per_param": bits, **sizes}, started=started,
                      tags={"stage": "quantize", "model": self.model.name, "quant": self.quant.label},
                      row=base_row(self.model_key, self.model.name, self.quant_name, self.quant),
-                     row_metrics={"bits_per_param": bits, "weight_mb": size / 2**20}, config=self)  # fmt: skip
+                     row_metrics={"bits_per_param": bits, **sizes}, config=self)  # fmt: skip
         return out
 
 
