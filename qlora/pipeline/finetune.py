@@ -226,7 +226,7 @@ def _row_name(role: str, name: str) -> str:
 
 
 def _row_train_metrics(role: str, summary: dict[str, float]) -> dict[str, float]:
-    return {_row_name(role, k): summary[k] for k in ("peak_mb", "tokens_per_s", "final_loss", "adapter_mb")}
+    return {_row_name(role, k): summary[k] for k in ("peak_mb", "tokens_per_s", "final_loss")}
 
 
 def plan_train(params: PipelineConfig, role: str, run: str) -> TrainJob | SeedsJob:

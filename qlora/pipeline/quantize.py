@@ -41,7 +41,8 @@ class QuantizeJob:
                      metrics={"bits_per_param": bits, **sizes}, started=started,
                      tags={"stage": "quantize", "model": self.model.name, "quant": self.quant.label},
                      row=base_row(self.model_key, self.model.name, self.quant_name, self.quant),
-                     row_metrics={"bits_per_param": bits, **sizes}, config=self)  # fmt: skip
+                     row_metrics={"bits_per_param": bits, "weight_mb": sizes["weight_mb"], "linear_weight_mb": sizes["linear_weight_mb"]},
+                     config=self)  # fmt: skip
         return out
 
 
