@@ -21,7 +21,7 @@ class ReportJob:
 
         from qlora.atomic import write_json, write_text
         from qlora.report import load_records, memory_table, metrics_summary, table2, table3, table4, write_table
-        from qlora.report.plots import accuracy_bars, loss_curves, memory_bars
+        from qlora.report.plots import accuracy_bars, loss_curves, loss_curves_csv, memory_bars
 
         started = time.time()
         m = paths.METRICS
@@ -35,7 +35,8 @@ class ReportJob:
         written += [loss_curves([t for t in trains if t.model == self.causal_model_name], r / "loss_curves.png"),
                     accuracy_bars(evals, "mmlu", r / "accuracy_mmlu.png"),
                     accuracy_bars(evals, "classification", r / "accuracy_classification.png"),
-                    memory_bars(trains, r / "memory.png")]  # fmt: skip
+                    memory_bars(trains, r / "memory.png"),
+                    write_text(r / "loss_by_data_type.csv", loss_curves_csv([t for t in trains if t.model == self.causal_model_name]))]  # fmt: skip
         main_evals, main_trains = load_records(sorted(m.glob("main/*.json")))
         write_json(m / "summary.json", metrics_summary(evals, trains, main_evals, main_trains))
         write_text(r / "README.md", f"# Regenerated tables (profile `{self.profile}`)\n\n" + "\n".join(t.to_markdown() for t in tables))
