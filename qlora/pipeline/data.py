@@ -1,5 +1,6 @@
 """Preparing the data: token files for classification, instruction tuning, held-out RougeL and NLL, and
-the perplexity text, from the embedded assets (the bigbench sdist is downloaded once into a cache)."""
+the perplexity text, from the embedded assets (the bigbench sdist is downloaded once into a cache) and,
+when `data.source` selects them, the user's own instruction records (`qlora.data.user`)."""
 
 from __future__ import annotations
 

@@ -133,6 +133,11 @@ def test_quantize_info_eval_merge(capsys, tmp_path, tiny_model_dir):
     assert info["kind"] == "quantized model" and info["data_type"] == "fp4" and info["quantized_layers"] == 14
     assert info["stored_bits_per_param"] == pytest.approx(4.5, abs=0.01)
 
+    bf16 = tmp_path / "bf16"
+    assert run(capsys, "quantize", tiny_model_dir, "--out", bf16, "quant=bf16", "--quiet", "--no-mlflow")[0] == 0
+    info = json.loads(run(capsys, "info", bf16, "--json")[1])
+    assert info["kind"] == "model" and info["data_type"] == "bf16" and info["tensor_dtypes"] == {"bf16": info["params"]}
+
     adapter = tmp_path / "adapter"
     assert run(capsys, "finetune", "--out", adapter, f"model={tiny_model_dir}", f"data.path={ALPACA}", "train.max_steps=2", "lora=small",
                "quant=fp4", "--quiet", "--no-mlflow")[0] == 0  # fmt: skip
