@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import inspect
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -77,42 +80,86 @@ def accepts_cache(model: torch.nn.Module) -> bool:
     return all(_accepts(model, name) for name in ("past_key_values", "use_cache", "position_ids", "logits_to_keep"))
 
 
+@dataclasses.dataclass(frozen=True)
+class PrefixCache:
+    """The KV cache of a token prefix shared by many contexts (e.g. an MMLU subject's k-shot header and
+    exemplars), computed once for a batch of one by `encode_prefix`.
+
+    Attributes:
+        past: the model's cache (transformers `Cache`), never modified: users work on a deep copy.
+        length: prefix tokens.
+    """
+
+    past: Any
+    length: int
+
+
+@torch.no_grad()
+def encode_prefix(model: torch.nn.Module, ids: Sequence[int]) -> PrefixCache:
+    """Runs `ids` (no padding) once and keeps its KV cache. Requires `accepts_cache(model)`."""
+    if len(ids) == 0:
+        raise ValueError("the shared prefix must have at least one token")
+    device = model_device(model)
+    x = torch.as_tensor([list(ids)], dtype=torch.long, device=device)
+    out = model(input_ids=x, attention_mask=torch.ones_like(x), position_ids=torch.arange(x.shape[1], device=device)[None],
+                use_cache=True, logits_to_keep=1)  # fmt: skip
+    return PrefixCache(out.past_key_values, x.shape[1])
+
+
 @torch.no_grad()
 def shared_prefix_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                           continuations: Sequence[Sequence[Sequence[int]]]) -> tuple[torch.Tensor, list[list[torch.Tensor]]]:  # fmt: skip
+                           continuations: Sequence[Sequence[Sequence[int]]] | None = None,
+                           prefix: PrefixCache | None = None) -> tuple[torch.Tensor, list[list[torch.Tensor]] | None]:  # fmt: skip
     """Next-token logits after each context and the log-probabilities of its continuations, with the
-    context run once: its KV cache is shared by all its continuations.
+    context run once: its KV cache is shared by all its continuations, and a `prefix` common to all
+    contexts comes from a cache computed once (`encode_prefix`).
 
     Args:
-        input_ids, attention_mask: the contexts, left-padded (B, T) (see `left_pad`).
-        continuations: per context, R token-id lists (the same R for every context), each non-empty.
+        input_ids, attention_mask: the contexts (after the prefix, if any), left-padded (B, T) (see
+            `left_pad`); each has at least one real token.
+        continuations: per context, R token-id lists (the same R for every context), each non-empty;
+            None scores no continuation.
+        prefix: tokens that precede every context.
 
     Returns:
         (B, V) float32 logits after each context, and per context R tensors (n,) of float32
-        log-probabilities of each continuation's tokens — what scoring context + continuation whole
-        with `causal_logits` gives, up to float rounding. Requires `accepts_cache(model)`.
+        log-probabilities of each continuation's tokens (None without continuations) — what scoring
+        prefix + context + continuation whole with `causal_logits` gives, up to float rounding.
+        Requires `accepts_cache(model)`.
     """
-    repeats = {len(c) for c in continuations}
-    if len(continuations) != input_ids.shape[0] or len(repeats) != 1:
-        raise ValueError(f"need the same number of continuations for each of the {input_ids.shape[0]} contexts, got "
-                         f"{[len(c) for c in continuations]}")  # fmt: skip
-    (r,) = repeats
-    flat = [list(c) for conts in continuations for c in conts]
-    if any(len(c) == 0 for c in flat):
-        raise ValueError("continuations must be non-empty")
+    b = input_ids.shape[0]
+    if continuations is not None:
+        repeats = {len(c) for c in continuations}
+        if len(continuations) != b or len(repeats) != 1:
+            raise ValueError(f"need the same number of continuations for each of the {b} contexts, got "
+                             f"{[len(c) for c in continuations]}")  # fmt: skip
+        flat = [list(c) for conts in continuations for c in conts]
+        if any(len(c) == 0 for c in flat):
+            raise ValueError("continuations must be non-empty")
     device = model_device(model)
     mask = attention_mask.to(device)
-    out = model(input_ids=input_ids.to(device), attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    past = None
+    if prefix is not None:
+        # Note: the padding of a shorter context sits between the prefix and its tokens: masked out.
+        past = copy.deepcopy(prefix.past)
+        past.batch_repeat_interleave(b)
+        positions = positions + prefix.length
+        mask = torch.cat([torch.ones(b, prefix.length, dtype=mask.dtype, device=device), mask], dim=-1)
+    out = model(input_ids=input_ids.to(device), attention_mask=mask, position_ids=positions, past_key_values=past,
                 use_cache=True, logits_to_keep=1)  # fmt: skip
     last = out.logits[:, -1].float()
+    if continuations is None:
+        return last.cpu(), None
+    (r,) = repeats
     cache = out.past_key_values
     cache.batch_repeat_interleave(r)
     cont_ids, cont_mask = right_pad(flat, 0)
     longest = cont_ids.shape[1]
-    ctx_len = mask.sum(-1).repeat_interleave(r)  # real context tokens: the continuation's first position
-    positions = ctx_len.unsqueeze(-1) + torch.arange(longest, device=device)
+    ctx_len = mask.sum(-1).repeat_interleave(r)  # real tokens before the continuation: its first position
+    cont_positions = ctx_len.unsqueeze(-1) + torch.arange(longest, device=device)
     full_mask = torch.cat([mask.repeat_interleave(r, dim=0), cont_mask.to(device)], dim=-1)
-    cont_logits = model(input_ids=cont_ids.to(device), attention_mask=full_mask, position_ids=positions,
+    cont_logits = model(input_ids=cont_ids.to(device), attention_mask=full_mask, position_ids=cont_positions,
                         past_key_values=cache, use_cache=True).logits.float()  # fmt: skip
     first = torch.log_softmax(last, dim=-1).repeat_interleave(r, dim=0)  # predicts each continuation's first token
     rest = torch.log_softmax(cont_logits[:, :-1], dim=-1) if longest > 1 else None
@@ -123,7 +170,7 @@ def shared_prefix_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, atte
         if len(c) > 1:
             lp = torch.cat([lp, rest[i, : len(c) - 1].gather(-1, target[1:].unsqueeze(-1)).squeeze(-1)])
         scores.append(lp.cpu())
-    return last.cpu(), [scores[b * r : (b + 1) * r] for b in range(len(continuations))]
+    return last.cpu(), [scores[k * r : (k + 1) * r] for k in range(b)]
 
 
 def batched(items: Sequence, batch_size: int, progress: bool, desc: str) -> Iterator[tuple[int, Sequence]]:

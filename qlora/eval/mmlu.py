@@ -8,24 +8,30 @@ exemplars of that subject, then the question, each as
 Prediction = argmax over the next-token logits of the four answer-letter tokens (qlora.py's
 `abcd_idx`). A second score ranks the choice texts by their length-normalised log-likelihood
 (mean log-probability per token of " {choice}" after "Answer:"), which does not depend on the model
-having learned the letter format. Accuracy is over all questions (with a Wilson interval) and per
-subject; `extra["subject_mean"]` is the mean over subjects, qlora.py's `mmlu_eval_accuracy`.
+having learned the letter format (the 0-shot rule for untuned models). Accuracy is over all questions
+(with a Wilson interval) and per subject; `extra["subject_mean"]` is the mean over subjects,
+qlora.py's `mmlu_eval_accuracy`. Both predictions and the raw log-likelihoods are kept per question
+(`qlora.eval.items.MMLUItem`) for paired comparisons.
+
+Speed: the header and exemplars of a subject's k-shot prompt are the same for each of its questions;
+with a KV cache they are run once per subject and their cache reused (`share_prefix`).
 """
 
 from __future__ import annotations
 
+import enum
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 import torch
+from tqdm.auto import tqdm
 
-from qlora.eval.batches import accepts_cache, batched, causal_logits, left_pad, pad_id, shared_prefix_logprobs
-from qlora.eval.result import EvalResult, GroupScore
+from qlora.eval.batches import accepts_cache, batched, causal_logits, encode_prefix, left_pad, pad_id, shared_prefix_logprobs
+from qlora.eval.items import LETTERS, ItemResults, MMLUItem, text_id, unique_ids
+from qlora.eval.result import EvalResult, GroupScore, Metric, Score, Task
 from qlora.eval.sampling import subsample
 from qlora.eval.stats import wilson_interval
-
-LETTERS = ("A", "B", "C", "D")
 
 
 class Question(Protocol):
@@ -94,11 +100,11 @@ def _choice_continuations(tokenizer, prompts, contexts, max_length: int) -> list
             for (prompt, q), ctx in zip(prompts, contexts)]  # fmt: skip
 
 
-def _choice_scores(model, tokenizer, prompts, contexts, max_length: int) -> torch.Tensor:
-    """(Q, 4) mean log-probability per token of each " {choice}" continuation, each context + choice
-    run whole (for models without a KV cache; `shared_prefix_logprobs` gives the same, faster)."""
+def _choice_scores(model, tokenizer, contexts, continuations, max_length: int) -> list[list[tuple[float, int]]]:
+    """Per question, per choice (summed log-probability, tokens) of its continuation, each context +
+    choice run whole (for models without a KV cache; `shared_prefix_logprobs` gives the same, faster)."""
     seqs, conts = [], []
-    for ctx, choices in zip(contexts, _choice_continuations(tokenizer, prompts, contexts, max_length)):
+    for ctx, choices in zip(contexts, continuations):
         for cont in choices:
             seqs.append((ctx + cont)[-max_length:])
             conts.append(cont)
@@ -110,8 +116,47 @@ def _choice_scores(model, tokenizer, prompts, contexts, max_length: int) -> torc
         n = len(cont)
         # tokens at positions T-n..T-1 are predicted by the logits at T-n-1..T-2
         lp = logprobs[i, -n - 1 : -1].gather(-1, torch.as_tensor(cont).unsqueeze(-1).to(logprobs.device))
-        scores.append(lp.mean())
-    return torch.stack(scores).view(-1, 4).cpu()
+        scores.append((float(lp.double().sum()), n))
+    return [scores[q * 4 : (q + 1) * 4] for q in range(len(contexts))]
+
+
+class MMLUScoring(enum.Enum):
+    """Which prediction rule gives the headline accuracy (both are in the items)."""
+
+    LETTER = "letter"  # argmax of the answer-letter logits (the paper's code) -> Metric.ACCURACY
+    CHOICE = "choice"  # argmax of the length-normalised choice log-likelihood -> Metric.CHOICE_ACCURACY
+
+
+def question_ids(questions: Sequence[Question]) -> list[str]:
+    """Stable ids: "<subject>/<hash of the question text and its choices>", "#k" on repeats."""
+    return unique_ids(text_id(q.subject, q.question, *q.choices) for q in questions)
+
+
+def _prefix_groups(contexts: Sequence[list[int]], keys: Sequence) -> list[tuple[list[int], list[int]]]:
+    """(shared prefix ids, question indices): questions with the same key (subject, shots) share the
+    longest common prefix of their token ids (header + exemplars), at most all but one token of the
+    shortest, so that every question keeps a token of its own; the rest form one group without prefix."""
+    by_key: dict = defaultdict(list)
+    for i, key in enumerate(keys):
+        by_key[key].append(i)
+    groups, alone = [], []
+    for idx in by_key.values():
+        seqs = [contexts[i] for i in idx]
+        common = 0
+        limit = min(len(s) for s in seqs) - 1
+        while common < limit and all(s[common] == seqs[0][common] for s in seqs):
+            common += 1
+        if len(idx) < 2 or common == 0:
+            alone += idx
+        else:
+            groups.append((seqs[0][:common], idx))
+    if alone:
+        groups.append(([], sorted(alone)))
+    return groups
+
+
+def _first_max(values: Sequence[float]) -> int:
+    return max(range(len(values)), key=lambda j: (values[j], -j))
 
 
 def evaluate_mmlu(
@@ -126,10 +171,12 @@ def evaluate_mmlu(
     batch_size: int = 4,
     max_length: int = 2048,
     choice_loglik: bool = True,
+    scoring: MMLUScoring = MMLUScoring.LETTER,
     use_cache: bool = True,
+    share_prefix: bool = True,
     progress: bool = True,
 ) -> EvalResult:
-    """k-shot MMLU accuracy of a causal LM.
+    """k-shot (or 0-shot) MMLU accuracy of a causal LM, with per-question items.
 
     Args:
         model: a causal LM returning `.logits` (B, T, V).
@@ -137,29 +184,40 @@ def evaluate_mmlu(
         questions: the questions to score (e.g. `qlora.data.mmlu.load_mmlu()`).
         fewshot_pool: solved exemplars by subject (e.g. `load_fewshot_pool()`); the first k of the
             question's subject are used. Required when k > 0.
-        k: exemplars per prompt (fewer when the subject has fewer or the prompt would not fit).
+        k: exemplars per prompt (fewer when the subject has fewer or the prompt would not fit); k = 0
+            gives task MMLU_ZERO_SHOT.
         limit: score a seeded subsample of this many questions (None: all).
         seed: the subsample's seed.
         batch_size: questions per forward pass (x4 sequences for the choice log-likelihood).
         max_length: longest prompt in tokens.
-        choice_loglik: also compute the length-normalised choice log-likelihood accuracy.
+        choice_loglik: also score the four choice texts by their log-likelihood.
+        scoring: the headline rule: LETTER (the paper's) or CHOICE (needs choice_loglik).
         use_cache: score the choices from the context's KV cache where the model has one (one
             forward pass over each context instead of five); False runs each context + choice whole.
+        share_prefix: with the cache, run the prompt prefix that the questions of a subject share
+            (header + exemplars) once and reuse its KV cache for each of them.
         progress: show a tqdm bar.
 
     Returns:
-        accuracy of the letter prediction; groups per subject; extra: subject_mean, mean_shots and,
-        with choice_loglik, choice_loglik_accuracy, its ci_low/ci_high and choice_loglik_subject_mean.
+        score: accuracy by `scoring` with its Wilson interval; groups: per subject; extra:
+        subject_mean (of the headline rule), mean_shots, letter_accuracy, letter_subject_mean and, with
+        choice_loglik, choice_accuracy, choice_ci_low, choice_ci_high, choice_subject_mean;
+        items: one `MMLUItem` per question, in question order (ids from `question_ids`).
 
     Raises:
-        ValueError: k < 0, k > 0 without a pool or without exemplars for a subject, no questions.
+        ValueError: k < 0, k > 0 without a pool or without exemplars for a subject, no questions,
+            CHOICE scoring without choice_loglik.
     """
-    if not isinstance(k, int) or k < 0:
+    if not isinstance(k, int) or isinstance(k, bool) or k < 0:
         raise ValueError(f"k must be a non-negative int, got {k!r}")
     if k > 0 and fewshot_pool is None:
         raise ValueError(f"k={k} shots need a fewshot_pool")
     if not isinstance(max_length, int) or max_length < 2:
         raise ValueError(f"max_length must be an int >= 2, got {max_length!r}")
+    if not isinstance(scoring, MMLUScoring):
+        raise ValueError(f"scoring must be an MMLUScoring ({[m.value for m in MMLUScoring]}), got {scoring!r}")
+    if scoring is MMLUScoring.CHOICE and not choice_loglik:
+        raise ValueError("scoring=CHOICE needs choice_loglik=True")
     questions = subsample(questions, limit, seed)
     if not questions:
         raise ValueError("no MMLU questions to evaluate")
@@ -179,42 +237,71 @@ def evaluate_mmlu(
         prompts.append((prompt, q))
         contexts.append(ids)
         shots_used.append(n_shots)
-    # Longest prompts first, so that a batch pads little (5-shot prompts range from ~300 to 2048 tokens);
-    # the scores are per question and do not depend on the batch (tested).
-    order = sorted(range(len(questions)), key=lambda i: -len(contexts[i]))
-    letter_correct, loglik_correct = [0.0] * len(questions), [0.0] * len(questions)
-    for _, idx in batched(order, batch_size, progress, "MMLU"):
-        batch = [questions[i] for i in idx]
-        batch_prompts, batch_contexts = [prompts[i] for i in idx], [contexts[i] for i in idx]
-        ids, mask = left_pad(batch_contexts, pad_id(tokenizer))
-        choice_scores = None
-        if choice_loglik and cached:
-            conts = _choice_continuations(tokenizer, batch_prompts, batch_contexts, max_length)
-            last, logprobs = shared_prefix_logprobs(model, ids, mask, conts)
-            choice_scores = torch.stack([torch.stack([lp.mean() for lp in per_q]) for per_q in logprobs])
-        else:
-            last = causal_logits(model, ids, mask, keep_last=1)[:, -1]  # (B, V)
-            if choice_loglik:
-                choice_scores = _choice_scores(model, tokenizer, batch_prompts, batch_contexts, max_length)
-        pred = last[:, letter_ids.to(last.device)].argmax(-1).cpu()
-        for i, p, q in zip(idx, pred, batch):
-            letter_correct[i] = float(int(p) == q.answer)
-        if choice_scores is not None:
-            for i, p, q in zip(idx, choice_scores.argmax(-1), batch):
-                loglik_correct[i] = float(int(p) == q.answer)
+    continuations = _choice_continuations(tokenizer, prompts, contexts, max_length) if choice_loglik else None
+    # The k-shot header and exemplars are the same for every question of a subject: with a cache they
+    # run once per subject (issue 12 §5); the scores do not change (tested against the whole sequences).
+    if cached and share_prefix:
+        groups = _prefix_groups(contexts, [(q.subject, n) for q, n in zip(questions, shots_used)])
+    else:
+        groups = [([], list(range(len(questions))))]
+    letter_lp: list = [None] * len(questions)
+    letter_pred: list = [None] * len(questions)
+    choice: list = [None] * len(questions)
+    bar = tqdm(total=len(questions), desc="MMLU", disable=not progress, unit="question")
+    for prefix_ids, members in groups:
+        prefix = encode_prefix(model, prefix_ids) if prefix_ids else None
+        # Longest first, so that a batch pads little; the scores do not depend on the batch (tested).
+        order = sorted(members, key=lambda i: -len(contexts[i]))
+        for _, idx in batched(order, batch_size, False, "MMLU"):
+            ids, mask = left_pad([contexts[i][len(prefix_ids) :] for i in idx], pad_id(tokenizer))
+            conts = [continuations[i] for i in idx] if choice_loglik else None
+            if cached:
+                last, logprobs = shared_prefix_logprobs(model, ids, mask, conts, prefix=prefix)
+                scores = None if logprobs is None else [[(float(lp.double().sum()), len(lp)) for lp in per_q] for per_q in logprobs]
+            else:
+                last = causal_logits(model, ids, mask, keep_last=1)[:, -1]  # (B, V)
+                scores = _choice_scores(model, tokenizer, [contexts[i] for i in idx], conts, max_length) if conts else None
+            lp = torch.log_softmax(last, dim=-1)[:, letter_ids.to(last.device)].cpu()  # (B, 4)
+            pred = last[:, letter_ids.to(last.device)].argmax(-1).cpu()
+            for row, i in enumerate(idx):
+                letter_lp[i], letter_pred[i] = tuple(lp[row].tolist()), LETTERS[int(pred[row])]
+                if scores is not None:
+                    choice[i] = scores[row]
+            bar.update(len(idx))
+    bar.close()
 
-    groups = _by_subject(questions, letter_correct)
-    n, hits = len(questions), int(sum(letter_correct))
-    lo, hi = wilson_interval(hits, n)
-    extra = {"subject_mean": sum(g.value for g in groups.values()) / len(groups),
-             "mean_shots": sum(shots_used) / n}  # fmt: skip
+    items = []
+    for i, (q, name) in enumerate(zip(questions, question_ids(questions))):
+        kw = {}
+        if choice[i] is not None:
+            sums, counts = zip(*choice[i])
+            kw = {"choice_pred": LETTERS[_first_max([s / c for s, c in choice[i]])], "choice_logprob_sums": sums,
+                  "choice_tokens": counts}  # fmt: skip
+        items.append(MMLUItem(name, q.subject, LETTERS[q.answer], shots_used[i], letter_pred[i], letter_lp[i], **kw))
+    task = Task.MMLU if k > 0 else Task.MMLU_ZERO_SHOT
+    item_results = ItemResults(task, tuple(items))
+    letter_correct = [float(it.letter_correct) for it in items]
+    extra = {"mean_shots": sum(shots_used) / len(items), "letter_accuracy": sum(letter_correct) / len(items),
+             "letter_subject_mean": _subject_mean(questions, letter_correct)}  # fmt: skip
+    headline, metric = letter_correct, Metric.ACCURACY
     if choice_loglik:
-        ll_hits = int(sum(loglik_correct))
-        extra["choice_loglik_accuracy"] = ll_hits / n
-        extra["choice_loglik_ci_low"], extra["choice_loglik_ci_high"] = wilson_interval(ll_hits, n)
-        ll_groups = _by_subject(questions, loglik_correct)
-        extra["choice_loglik_subject_mean"] = sum(g.value for g in ll_groups.values()) / len(ll_groups)
-    return EvalResult("mmlu", "accuracy", hits / n, n, lo, hi, groups, extra, tuple(letter_correct))
+        choice_correct = [float(it.choice_correct) for it in items]
+        extra["choice_accuracy"] = sum(choice_correct) / len(items)
+        extra["choice_ci_low"], extra["choice_ci_high"] = wilson_interval(int(sum(choice_correct)), len(items))
+        extra["choice_subject_mean"] = _subject_mean(questions, choice_correct)
+        if scoring is MMLUScoring.CHOICE:
+            headline, metric = choice_correct, Metric.CHOICE_ACCURACY
+    groups_out = _by_subject(questions, headline)
+    extra["subject_mean"] = _subject_mean(questions, headline)
+    n, hits = len(items), int(sum(headline))
+    score = Score(task, metric, hits / n, n, *wilson_interval(hits, n))
+    return EvalResult(score, item_results, groups_out, extra)
+
+
+def _subject_mean(questions: Sequence[Question], correct: Sequence[float]) -> float:
+    """The mean over subjects of the per-subject accuracy (qlora.py's `mmlu_eval_accuracy`)."""
+    groups = _by_subject(questions, correct)
+    return sum(g.value for g in groups.values()) / len(groups)
 
 
 def _by_subject(questions: Sequence[Question], correct: Sequence[float]) -> dict[str, GroupScore]:

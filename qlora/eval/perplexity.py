@@ -1,7 +1,8 @@
 """Perplexity of a causal LM on fixed windows of held-out tokens (paper Table 2's measure).
 
 exp(mean NLL over all predicted tokens): each window of T tokens predicts T - 1 of them; the token-
-weighted mean over windows. The 95% interval comes from the spread of the per-window mean NLL.
+weighted mean over windows. The 95% interval comes from the spread of the per-window NLL; the
+per-window sums are returned as items, so that two data types can be compared window by window.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from collections.abc import Sequence
 import torch
 
 from qlora.eval.batches import batched, model_device
-from qlora.eval.result import EvalResult
-from qlora.eval.stats import mean_interval
+from qlora.eval.items import ItemResults, TokenNLL, tokens_id, unique_ids
+from qlora.eval.result import EvalResult, Metric, Score, Task
+from qlora.eval.stats import ratio_interval
 
 
 def corpus_ids(tokenizer, texts: Sequence[str]) -> torch.Tensor:
@@ -49,17 +51,22 @@ def evaluate_perplexity(model: torch.nn.Module, windows: torch.Tensor, *, batch_
         windows: (W, T) token ids, T >= 2.
 
     Returns:
-        EvalResult(task="perplexity", value=exp(mean NLL), n=predicted tokens, per_example=window NLLs).
+        score: perplexity = exp(token-weighted mean NLL), n = predicted tokens, the interval from the
+        ratio estimator over windows; items: per window (id "w<index>-<hash of its tokens>") its T - 1
+        predicted tokens and their summed NLL.
     """
     if windows.dim() != 2 or windows.shape[1] < 2 or windows.shape[0] == 0:
         raise ValueError(f"windows must be (W, T) with W >= 1 and T >= 2, got shape {tuple(windows.shape)}")
     device = model_device(model)
-    nlls: list[float] = []
+    sums: list[float] = []
     for _, chunk in batched(windows, batch_size, progress, "perplexity"):
         ids = chunk.long().to(device)
         logits = model(input_ids=ids).logits.float()
         loss = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")  # (B, T-1)
-        nlls += loss.mean(dim=1).tolist()
-    mean, low, high = mean_interval(nlls)
-    n = windows.shape[0] * (windows.shape[1] - 1)
-    return EvalResult("perplexity", "perplexity", math.exp(mean), n, math.exp(low), math.exp(high), per_example=tuple(nlls))
+        sums += loss.double().sum(dim=1).tolist()
+    tokens = windows.shape[1] - 1
+    ids = unique_ids(tokens_id("w", i, w) for i, w in enumerate(windows))
+    items = ItemResults(Task.PERPLEXITY, tuple(TokenNLL(i, tokens, s) for i, s in zip(ids, sums)))
+    mean, low, high = ratio_interval(sums, [tokens] * len(sums))
+    score = Score(Task.PERPLEXITY, Metric.PERPLEXITY, math.exp(mean), tokens * len(sums), math.exp(low), math.exp(high))
+    return EvalResult(score, items)

@@ -12,7 +12,8 @@ import torch
 
 from qlora.data.tokenization import prompt_ids
 from qlora.eval.batches import batched, left_pad, model_device, pad_id
-from qlora.eval.result import EvalResult, GroupScore
+from qlora.eval.items import ItemResults, RougeItem, text_id, unique_ids
+from qlora.eval.result import EvalResult, GroupScore, Metric, Score, Task
 from qlora.eval.stats import mean_interval
 
 
@@ -44,11 +45,18 @@ def rouge_l(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> 
 def evaluate_rouge(model, tokenizer, prompts: Sequence[str], references: Sequence[Sequence[str]], *, max_new_tokens: int = 48,
                    batch_size: int = 8, groups: Sequence[str] | None = None, progress: bool = True) -> EvalResult:  # fmt: skip
     """Mean RougeL F of greedy generations; `groups` (one name per prompt, e.g. the Natural
-    Instructions subtask) gives the per-group breakdown."""
+    Instructions subtask) gives the per-group breakdown.
+
+    Returns:
+        the mean with its normal-approximation interval; items per prompt (id "<group or 'prompt'>/<hash
+        of the prompt and its references>", its RougeL F).
+    """
     if not prompts:
         raise ValueError("no prompts to evaluate")
     if groups is not None and len(groups) != len(prompts):
         raise ValueError(f"{len(groups)} group names for {len(prompts)} prompts")
+    if len(references) != len(prompts):
+        raise ValueError(f"{len(references)} reference lists for {len(prompts)} prompts")
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
     scores = rouge_l(generate_greedy(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
@@ -59,5 +67,7 @@ def evaluate_rouge(model, tokenizer, prompts: Sequence[str], references: Sequenc
         m, lo, hi = mean_interval(vals)
         by_group[g] = GroupScore(m, len(vals), max(0.0, lo), min(1.0, hi))
     mean, low, high = mean_interval(scores)
-    return EvalResult("rougeL", "rougeL_f", mean, len(scores), max(0.0, low), min(1.0, high), groups=by_group,
-                      per_example=tuple(scores))  # fmt: skip
+    ids = unique_ids(text_id(groups[i] if groups else "prompt", p, *references[i]) for i, p in enumerate(prompts))
+    items = ItemResults(Task.ROUGE_L, tuple(RougeItem(i, s) for i, s in zip(ids, scores)))
+    score = Score(Task.ROUGE_L, Metric.ROUGE_L_F, mean, len(scores), max(0.0, low), min(1.0, high))
+    return EvalResult(score, items, groups=by_group)

@@ -57,6 +57,29 @@ def mean_interval(values: Sequence[float], z: float = Z95) -> tuple[float, float
     return mean, mean - half, mean + half
 
 
+def ratio_interval(numerators: Sequence[float], denominators: Sequence[float], z: float = Z95) -> tuple[float, float, float]:
+    """(ratio, low, high): sum(numerators) / sum(denominators) with the normal-approximation interval
+    of a ratio estimator (linearisation: the residuals x_i - r * y_i), e.g. the token-weighted mean NLL
+    over windows or examples of different lengths. With equal denominators it equals `mean_interval`
+    of x_i / y_i.
+
+    Raises:
+        ValueError: no values, lengths differ, or the denominators do not sum to a positive number.
+    """
+    n = len(numerators)
+    if n == 0 or n != len(denominators):
+        raise ValueError(f"need as many numerators as denominators (>= 1), got {n} and {len(denominators)}")
+    total = math.fsum(denominators)
+    if not total > 0:
+        raise ValueError(f"denominators must sum to a positive number, got {total}")
+    ratio = math.fsum(numerators) / total
+    if n == 1:
+        return ratio, ratio, ratio
+    residuals = math.fsum((x - ratio * y) ** 2 for x, y in zip(numerators, denominators))
+    half = z * math.sqrt(n / (n - 1) * residuals) / total
+    return ratio, ratio - half, ratio + half
+
+
 @dataclasses.dataclass(frozen=True)
 class Comparison:
     """Two accuracies compared by an unpaired two-proportion z-test (pooled variance).

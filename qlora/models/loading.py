@@ -158,17 +158,11 @@ def read_quant_config(checkpoint_dir: str | Path) -> QuantConfig | None:
 
 
 def _read_json(path: Path) -> dict:
-    import json
+    from qlora.readers import read_json
 
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
+    return read_json(path)
 
 
 def quantize_checkpoint(base_dir: str | Path, kind: ModelKind, quant: QuantConfig, out_dir: str | Path, *,

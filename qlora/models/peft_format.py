@@ -61,7 +61,7 @@ class AdapterWeights:
 
 
 def save_peft_adapter(out_dir: str | Path, adapter: AdapterWeights) -> Path:
-    """Writes the adapter folder atomically (a temporary folder renamed into place)."""
+    """Writes the adapter folder atomically (`qlora.atomic.atomic_dir`: whole or not at all)."""
     out_dir = Path(out_dir)
     tensors: dict[str, torch.Tensor] = {}
     for name, (a, b) in adapter.lora.items():

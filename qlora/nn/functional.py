@@ -33,7 +33,7 @@ _SCRATCH: dict[tuple[int, torch.dtype], torch.Tensor] = {}
 # dequantize + cuBLAS. Small token counts are bound by reading the weight, where 4-bit codes beat a
 # 16-bit copy; large ones are compute-bound, where cuBLAS's tensor-core GEMM wins and the dequantize is
 # amortised. The value is a placeholder, NOT yet measured: no GPU has been available to this project.
-# `benchmarks/gpu_check.py` measures it (section "dispatch threshold") and prints the value to set here.
+# `benchmarks/gpu_check.py` measures it (its "dispatch" section) and prints the value to set here.
 FUSED_MAX_TOKENS = 16
 
 

@@ -107,6 +107,8 @@ class PipelineConfig:
         quants: the data types of the ablation, by key.
         train / train_encoder: training of the causal rows and of the encoder rows.
         profile: the name of the experiment profile that produced these params (reports say it).
+        findings_path: the report stage's verdicts (the findings profile writes the repository's
+            reports/findings.md from its own folder).
     """
 
     models: dict[str, ModelConfig] = dataclasses.field(
@@ -121,9 +123,12 @@ class PipelineConfig:
     ablation: AblationConfig = dataclasses.field(default_factory=AblationConfig)
     demo: DemoConfig = dataclasses.field(default_factory=DemoConfig)
     profile: str = "cpu"
+    findings_path: str = "reports/findings_default.md"  # where the report stage writes the verdicts
 
     def __post_init__(self) -> None:
         check_str("profile", self.profile)
+        if not check_str("findings_path", self.findings_path).endswith(".md"):
+            raise ConfigError("findings_path", self.findings_path, "a markdown file path (*.md)")
         ab = self.ablation
         for role, kind in ((CAUSAL, ModelKind.CAUSAL_LM), (ENCODER, ModelKind.SEQ_CLS)):
             self._model("models", role, kind)

@@ -20,22 +20,28 @@ from qlora.pipeline.quantize import quant_params
 from qlora.pipeline.tracking import Tracking, base_row, stage_row
 
 
-def _write(records, items: dict, metrics_path: Path, items_path: Path) -> None:
-    from qlora.atomic import write_json
-    from qlora.report.records import dump_records
+def _write(scored: list, metrics_path: Path, items_dir: Path) -> list:
+    """Writes the records (metrics) and, atomically as one folder, the per-item results of `scored`:
+    (EvalResult, EvalRecord) pairs. Returns the records."""
+    from qlora.atomic import atomic_dir, write_json
+    from qlora.report.records import dump_records, items_filename
 
-    write_json(items_path, items)
+    with atomic_dir(items_dir) as tmp:
+        for result, record in scored:
+            result.items.save(tmp / items_filename(record))
+    records = [record for _, record in scored]
     write_json(metrics_path, dump_records(records))
+    return records
 
 
-def _record(result, task: str, model: str, quant: str, method: Method, dataset: str):
+def _record(result, model: str, quant: QuantConfig, method: Method, dataset: str, seed: int | None = None):
+    from qlora.report.labels import DataTypeLabel
     from qlora.report.records import EvalRecord
 
-    return EvalRecord(task, model, quant, method, dataset, result.value, result.n, result.ci_low, result.ci_high)
+    from qlora.report.labels import BF16
 
-
-def _items(result) -> list[float]:
-    return list(result.per_example)
+    label = BF16 if method is Method.FULL else DataTypeLabel.of(quant)
+    return result, EvalRecord.of(result, model=model, quant=label, method=method, dataset=dataset, seed=seed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +62,7 @@ class BaseEvalJob:
 
         from qlora.data.mmlu import load_mmlu
         from qlora.data.prepare import PERPLEXITY_TEXT, perplexity_windows
-        from qlora.eval.mmlu import evaluate_mmlu
+        from qlora.eval.mmlu import MMLUScoring, evaluate_mmlu
         from qlora.eval.perplexity import evaluate_perplexity
         from qlora.models.loading import load_for_inference
 
@@ -67,19 +73,17 @@ class BaseEvalJob:
         windows = perplexity_windows(tokenizer, texts, self.window_tokens, self.windows)
         ppl = evaluate_perplexity(model, windows, batch_size=self.eval.batch_size, progress=progress)
         mmlu = evaluate_mmlu(model, tokenizer, load_mmlu(), None, k=0, limit=self.eval.base_mmlu_questions or None,
-                             seed=self.eval.seed, batch_size=self.eval.batch_size, progress=progress)  # fmt: skip
-        label = self.quant.label
-        records = [_record(ppl, "perplexity", self.model_name, label, Method.NONE, "MMLU question stems"),
-                   _record(mmlu, "mmlu_zero_shot", self.model_name, label, Method.NONE, "MMLU test (0-shot)")]  # fmt: skip
-        _write(records, {"perplexity": _items(ppl), "mmlu_zero_shot": _items(mmlu)},
-               paths.base_metrics(self.model_key, self.quant_name), paths.base_items(self.model_key, self.quant_name))
+                             seed=self.eval.seed, batch_size=self.eval.batch_size, scoring=MMLUScoring.CHOICE, progress=progress)  # fmt: skip
+        records = _write([_record(ppl, self.model_name, self.quant, Method.NONE, "MMLU question stems"),
+                          _record(mmlu, self.model_name, self.quant, Method.NONE, "MMLU test (0-shot)")],
+                         paths.base_metrics(self.model_key, self.quant_name), paths.base_items(self.model_key, self.quant_name))  # fmt: skip
         tracking.log(f"evaluate base {self.model_key} {self.quant_name}",
                      params={"model": self.model_name, "method": Method.NONE.value, **quant_params(self.quant)},
-                     metrics={"perplexity": ppl.value, "perplexity_tokens": ppl.n, "mmlu_zero_shot": mmlu.value,
-                              "mmlu_zero_shot_n": mmlu.n},
+                     metrics={"perplexity": ppl.score.value, "perplexity_tokens": ppl.score.n, "mmlu_zero_shot": mmlu.score.value,
+                              "mmlu_zero_shot_n": mmlu.score.n},
                      tags={"stage": "evaluate_base", "model": self.model_name, "quant": self.quant.label},
                      row=base_row(self.model_key, self.model_name, self.quant_name, self.quant),
-                     row_metrics={"perplexity": ppl.value, "mmlu_zero_shot": mmlu.value}, config=self, started=started)  # fmt: skip
+                     row_metrics={"perplexity": ppl.score.value, "mmlu_zero_shot": mmlu.score.value}, config=self, started=started)  # fmt: skip
         return records
 
 
@@ -106,14 +110,17 @@ class CausalEvalJob:
     checkpoint: Path
     adapter: Path | None  # None: the untuned base
     metrics_path: Path
-    items_path: Path
+    items_path: Path  # a folder: one per-item file per record
 
     def run(self, tracking: Tracking, *, progress: bool = True) -> list:
         started = time.time()  # the MLflow run's start
         from transformers import AutoTokenizer
 
         from qlora.data.mmlu import load_fewshot_pool, load_mmlu
-        from qlora.data.prepare import INSTRUCT_TEST
+        from qlora.data.prepare import INSTRUCT_HELDOUT, INSTRUCT_TEST
+        from qlora.data.tokenization import TokenizedDataset
+        from qlora.eval.batches import pad_id
+        from qlora.eval.heldout import evaluate_heldout_nll
         from qlora.eval.mmlu import evaluate_mmlu
         from qlora.eval.rouge import evaluate_rouge
         from qlora.models.loading import load_for_inference
@@ -127,15 +134,18 @@ class CausalEvalJob:
         rouge = evaluate_rouge(model, tokenizer, [t["prompt"] for t in test], [t["references"] for t in test],
                                max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size, groups=[t["subtask"] for t in test],
                                progress=progress)  # fmt: skip
-        label = self.quant.label
-        records = [_record(mmlu, "mmlu", self.model_name, label, self.method, f"MMLU test ({ev.mmlu_shots}-shot)"),
-                   _record(rouge, "rougeL", self.model_name, label, self.method, "Natural Instructions held-out subtasks")]  # fmt: skip
-        _write(records, {"mmlu": _items(mmlu), "rougeL": _items(rouge)}, self.metrics_path, self.items_path)
+        heldout = TokenizedDataset.load(paths.data_dir() / INSTRUCT_HELDOUT)
+        nll = evaluate_heldout_nll(model, [heldout[i] for i in range(min(ev.heldout_examples, len(heldout)))],
+                                   pad_token_id=pad_id(tokenizer), batch_size=ev.batch_size, progress=progress)  # fmt: skip
+        records = _write([_record(mmlu, self.model_name, self.quant, self.method, f"MMLU test ({ev.mmlu_shots}-shot)"),
+                          _record(rouge, self.model_name, self.quant, self.method, "Natural Instructions held-out subtasks"),
+                          _record(nll, self.model_name, self.quant, self.method, "Natural Instructions held-out subtasks (responses)")],
+                         self.metrics_path, self.items_path)  # fmt: skip
         tracking.log(f"evaluate causal {self.row}", params={"model": self.model_name, "method": self.method.value, **quant_params(self.quant)},
-                     metrics={r.task: r.value for r in records} | {f"{r.task}_n": r.n for r in records},
+                     metrics={r.task.value: r.value for r in records} | {f"{r.task.value}_n": r.n for r in records},
                      tags={"stage": "evaluate", "role": CAUSAL, "run": self.row},
                      row=stage_row(CAUSAL, self.row, self.method, self.quant, self.model_name),
-                     row_metrics={r.task: r.value for r in records}, config=self, started=started)  # fmt: skip
+                     row_metrics={r.task.value: r.value for r in records}, config=self, started=started)  # fmt: skip
         return records
 
 
@@ -182,8 +192,7 @@ class EncoderEvalJob:
         labels = json.loads((paths.data_dir() / CLS_LABELS).read_text())
         tokenizer = AutoTokenizer.from_pretrained(paths.model_dir(ENCODER))
         test = TokenizedDataset.load(paths.data_dir() / CLS_TEST)
-        label = "bf16" if self.method is Method.FULL else self.quant.label
-        records, items = [], {}
+        scored = []
         for seed in self.seeds:
             adapter = paths.seed_dir(paths.adapter_dir(ENCODER, self.row), seed)
             if self.method is Method.FULL:
@@ -192,9 +201,8 @@ class EncoderEvalJob:
                 model = load_for_inference(paths.model_dir(ENCODER), ModelKind.SEQ_CLS, adapter, quant=self.quant)
             result = evaluate_classification(model, test, pad_token_id=pad_id(tokenizer), batch_size=self.eval.batch_size * 4,
                                              progress=progress)  # fmt: skip
-            records.append(_record(result, "classification", self.model_name, label, self.method, labels["task"]))
-            items[f"s{seed}"] = _items(result)
-        _write(records, {"classification": items}, paths.eval_metrics(ENCODER, self.row), paths.eval_items(ENCODER, self.row))
+            scored.append(_record(result, self.model_name, self.quant, self.method, labels["task"], seed=seed))
+        records = _write(scored, paths.eval_metrics(ENCODER, self.row), paths.eval_items(ENCODER, self.row))
         tracking.log(f"evaluate encoder {self.row}", params={"model": self.model_name, "method": self.method.value, **quant_params(self.quant)},
                      metrics={"classification": sum(r.value for r in records) / len(records), "classification_n": records[0].n,
                               "seeds": len(records)},

@@ -56,6 +56,7 @@ def finetune(
     pad_token_id: int = 0,
     progress: bool = True,
     on_step=None,
+    seed: int | None = None,
 ) -> FinetuneResult:
     """Trains and writes `out_dir` atomically (a PEFT adapter folder, or for FULL a transformers folder).
 
@@ -64,6 +65,7 @@ def finetune(
         method: FULL trains every weight of a BF16 base; LORA/QLORA train adapters (+ a classification head).
         resume_dir: where resumable training checkpoints live (a killed run resumes from here).
         on_step: called with each step's `StepMetrics` (live logging).
+        seed: recorded in the TrainRecord of a row trained once per seed (the training seed is `train_config.seed`).
     """
     from qlora.atomic import atomic_dir, write_json
     from qlora.data.tokenization import TokenizedDataset
@@ -71,7 +73,8 @@ def finetune(
     from qlora.models.peft_format import TaskType, save_peft_adapter
     from qlora.models.surgery import model_report
     from qlora.quant.dtypes import bits_per_param
-    from qlora.report.records import TrainRecord
+    from qlora.report.labels import BF16, DataTypeLabel
+    from qlora.report.records import PeakKind, TrainRecord
     from qlora.train.trainer import train
 
     if method is Method.NONE:
@@ -105,16 +108,17 @@ def finetune(
     tokens_per_s = sum(m.tokens for m in result.history) / seconds if result.history and seconds > 0 else 0.0
     record = TrainRecord(
         model=model_name,
-        quant="bf16" if method is Method.FULL else quant.label,
+        quant=BF16 if method is Method.FULL else DataTypeLabel.of(quant),
         method=method,
         bits_per_param=stored_bits,
         weight_mb=report.weight_bytes_after / 2**20,  # stored weights without the adapters (FULL: the whole model)
         adapter_mb=sum(p.numel() * p.element_size() for p in trainable) / 2**20,
         peak_mb=(last.peak / 2**20) if last else 0.0,
-        peak_kind="cuda_max_allocated" if last and last.device == "cuda" else "cpu_peak_rss",
+        peak_kind=PeakKind.CUDA_MAX_ALLOCATED if last and last.device == "cuda" else PeakKind.CPU_PEAK_RSS,
         steps=result.steps,
         tokens_per_s=tokens_per_s,
         losses=tuple(result.losses),
+        seed=seed,
     )
     return FinetuneResult(record, result)
 
@@ -138,6 +142,7 @@ class TrainJob:
     metrics_path: Path | None  # the TrainRecord (None: the caller writes it)
     loss_path: Path | None  # the loss curve (CSV, a DVC plot)
     labels_path: Path | None = None  # classification labels (encoder rows)
+    seed: int | None = None  # recorded for rows trained once per seed
     log_row: bool = True  # copy the headline numbers onto the row's parent run (False: the caller aggregates seeds)
 
     def resume_key(self) -> str:
@@ -166,7 +171,7 @@ class TrainJob:
                             tags={"stage": "train", "role": self.role, "run": self.row}) as live:  # fmt: skip
             out = finetune(model_name=self.model_name, checkpoint=self.checkpoint, kind=self.kind, method=self.method, quant=self.quant,
                            lora=self.lora, train_config=self.train, data=self.data, out_dir=self.out_dir,
-                           resume_dir=resume, num_labels=num_labels, progress=progress, on_step=live.on_step)  # fmt: skip
+                           resume_dir=resume, num_labels=num_labels, progress=progress, seed=self.seed, on_step=live.on_step)  # fmt: skip
             shutil.rmtree(resume, ignore_errors=True)  # finished: DVC caches the adapter
             record = out.record
             if self.metrics_path is not None:
@@ -261,7 +266,7 @@ def plan_train(params: PipelineConfig, role: str, run: str) -> TrainJob | SeedsJ
         TrainJob(role, f"{run}-s{seed}", model.name, model.kind, spec.method, quant, lora, dataclasses.replace(base, seed=seed),
                  checkpoint, paths.data_dir() / CLS_TRAIN, out_dir=paths.seed_dir(paths.adapter_dir(role, run), seed),
                  resume_root=paths.seed_dir(paths.resume_root(role, run), seed), metrics_path=None, loss_path=None,
-                 labels_path=paths.data_dir() / CLS_LABELS, log_row=False)
+                 labels_path=paths.data_dir() / CLS_LABELS, seed=seed, log_row=False)
         for seed in params.ablation.encoder_seeds
     )  # fmt: skip
     return SeedsJob(jobs, paths.train_metrics(role, run), paths.loss_curve(role, run))

@@ -22,7 +22,7 @@ class PrepareModelJob:
     def run(self, tracking: Tracking) -> Path:
         import time
 
-        from qlora.models.sources import materialise
+        from qlora.data.sources import materialise
 
         started = time.time()
         out = materialise(self.model, paths.model_dir(self.key))

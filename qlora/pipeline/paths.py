@@ -50,7 +50,8 @@ def base_metrics(model: str, quant: str) -> Path:
 
 
 def base_items(model: str, quant: str) -> Path:
-    return ITEMS / "base" / f"{model}_{quant}.json"
+    """A folder: one per-item file per record of the stage."""
+    return ITEMS / "base" / f"{model}_{quant}"
 
 
 def eval_metrics(role: str, run: str) -> Path:
@@ -60,7 +61,8 @@ def eval_metrics(role: str, run: str) -> Path:
 
 
 def eval_items(role: str, run: str) -> Path:
-    return ITEMS / ("main" if run == MAIN else "eval") / f"{role}_{run}.json"
+    """A folder: one per-item file per record of the stage."""
+    return ITEMS / ("main" if run == MAIN else "eval") / f"{role}_{run}"
 
 
 def seed_dir(row_dir: Path, seed: int) -> Path:

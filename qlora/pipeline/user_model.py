@@ -33,7 +33,7 @@ def model_folder(model: ModelConfig, cache_dir: str | Path) -> Path:
     folder = Path(cache_dir) / "models" / model.source.value
     if (folder / "config.json").is_file():
         return folder
-    from qlora.models.sources import materialise
+    from qlora.data.sources import materialise
 
     return materialise(model, folder, gguf_cache_dir=Path(cache_dir) / "gguf")
 

@@ -131,7 +131,8 @@ def from_bnb_dict(data: torch.Tensor, state: dict[str, torch.Tensor]) -> Quantiz
             raise ValueError(f"serialized state lacks {required!r} (keys: {sorted(stripped)})")
     quant_map = stripped["quant_map"]
     expected_map = codebook(dtype, quant_map.device)
-    if not quant_map.is_floating_point() or quant_map.shape != expected_map.shape or not torch.equal(quant_map.to(torch.float32), expected_map):
+    same_map = quant_map.is_floating_point() and quant_map.shape == expected_map.shape and torch.equal(quant_map.float(), expected_map)
+    if not same_map:
         raise ValueError(f"quant_map does not match the {dtype.value} codebook ({expected_map.numel()} float values): got "
                          f"{quant_map.dtype} {tuple(quant_map.shape)} {quant_map.reshape(-1)[:16].tolist()}")  # fmt: skip
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,22 +10,24 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from qlora.atomic import atomic_file  # noqa: E402
+from qlora.eval.result import Task  # noqa: E402
 from qlora.report.records import EvalRecord, TrainRecord  # noqa: E402
 
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_file(path, "wb") as fh:
+            fig.savefig(fh, format="png", dpi=110, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return path
 
 
 def loss_curves(trains: Sequence[TrainRecord], path: str | Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4))
     for t in trains:
-        ax.plot(range(1, len(t.losses) + 1), t.losses, label=f"{t.model} {t.method.value} {t.quant}")
+        ax.plot(range(1, len(t.losses) + 1), t.losses, label=f"{t.model} {t.method.value} {t.quant.display}")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss")
     ax.set_title("Training loss by data type")
@@ -40,25 +41,26 @@ def loss_curves_csv(trains: Sequence[TrainRecord]) -> str:
     (template .dvc/plots/by_data_type.json)."""
     lines = ["step,loss,data_type"]
     for t in trains:
-        label = f"{t.method.value} {t.quant}"
+        label = f"{t.method.value} {t.quant}"  # the text form (nf4_dq): display names hold commas
         lines += [f"{i},{loss},{label}" for i, loss in enumerate(t.losses, start=1)]
     return "\n".join(lines) + "\n"
 
 
-CHANCE = {"mmlu": 0.25, "mmlu_zero_shot": 0.25}  # four answer choices
+CHANCE = {Task.MMLU: 0.25, Task.MMLU_ZERO_SHOT: 0.25}  # four answer choices
 
 
-def accuracy_bars(evals: Sequence[EvalRecord], task: str, path: str | Path) -> Path:
-    rows = [r for r in evals if r.task == task]
+def accuracy_bars(evals: Sequence[EvalRecord], task: Task | str, path: str | Path) -> Path:
+    task = Task.parse(task)
+    rows = [r for r in evals if r.task is task]
     fig, ax = plt.subplots(figsize=(7, 4))
-    labels = [f"{r.method.value}\n{r.quant}" for r in rows]
+    labels = [f"{r.method.value}\n{r.quant.display if r.quant else 'main'}" for r in rows]
     values = [100 * r.value for r in rows]
     errors = [[100 * (r.value - r.ci_low) for r in rows], [100 * (r.ci_high - r.value) for r in rows]] if rows and all(
         r.ci_low is not None for r in rows) else None  # fmt: skip
     ax.bar(range(len(rows)), values, yerr=errors, capsize=4, color="#4c72b0")
     ax.set_xticks(range(len(rows)), labels, fontsize=8)
-    ax.set_ylabel(f"{task} (%)")
-    ax.set_title(f"{task} with 95% intervals")
+    ax.set_ylabel(f"{task.value} (%)")
+    ax.set_title(f"{task.value} with 95% intervals")
     if task in CHANCE:
         ax.axhline(100 * CHANCE[task], color="#c44e52", linestyle="--", linewidth=1, label=f"chance ({100 * CHANCE[task]:.0f}%)")
         ax.legend(fontsize=8)
@@ -74,7 +76,7 @@ def memory_bars(trains: Sequence[TrainRecord], path: str | Path) -> Path:
         weights = [t.weight_mb for t in rows]
         ax.bar(range(len(rows)), weights, label="frozen weights")
         ax.bar(range(len(rows)), [t.adapter_mb for t in rows], bottom=weights, label="adapter (+ head)")
-        ax.set_xticks(range(len(rows)), [f"{t.method.value}\n{t.quant}" for t in rows], fontsize=8)
+        ax.set_xticks(range(len(rows)), [f"{t.method.value}\n{t.quant.display}" for t in rows], fontsize=8)
         ax.set_ylabel("MB")
         ax.set_title(model, fontsize=9)
         ax.legend(fontsize=7)

@@ -7,14 +7,16 @@ not read; this summary is what they compare across experiments:
      "train": {"peak_mb" | "tokens_per_s" | "final_loss": {model: {"<method>_<quant>": value}}},
      "main": {task: value, "peak_mb": ..., "tokens_per_s": ..., "final_loss": ...}}
 
-"main" is the run whose data type `dvc exp run -S quant=...` changes.
+"main" is the run whose data type `dvc exp run -S quant=...` changes. Keys are the enums' values
+(`Task`, `Method`) and the data-type labels' text form (`DataTypeLabel.value`; "main" for the main
+run's records written before issue 11, which do not name their data type).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from qlora.report.records import EvalRecord, TrainRecord
+from qlora.report.records import LEGACY_MAIN, EvalRecord, TrainRecord
 
 _TRAIN_FIELDS = ("peak_mb", "tokens_per_s", "final_loss")
 
@@ -28,20 +30,20 @@ def metrics_summary(evals: Sequence[EvalRecord], trains: Sequence[TrainRecord],
     """The summary dict (see the module docstring); a duplicate (task, model, method, quant) raises."""
     out: dict = {"eval": {}, "train": {name: {} for name in _TRAIN_FIELDS}, "main": {}}
     for r in evals:
-        row = out["eval"].setdefault(r.task, {}).setdefault(r.model, {})
-        key = f"{r.method.value}_{r.quant}"
+        row = out["eval"].setdefault(r.task.value, {}).setdefault(r.model, {})
+        key = f"{r.method.value}_{LEGACY_MAIN if r.quant is None else r.quant.value}"
         if key in row:
-            raise ValueError(f"two {r.task} records for {r.model} {key}")
+            raise ValueError(f"two {r.task.value} records for {r.model} {key}")
         row[key] = r.value
     for t in trains:
-        key = f"{t.method.value}_{t.quant}"
+        key = f"{t.method.value}_{t.quant.value}"
         for name, value in _train_values(t).items():
             row = out["train"][name].setdefault(t.model, {})
             if key in row:
                 raise ValueError(f"two training records for {t.model} {key}")
             row[key] = value
     for r in main_evals:
-        out["main"][r.task] = r.value
+        out["main"][r.task.value] = r.value
     for t in main_trains:
         out["main"].update(_train_values(t))
     return out

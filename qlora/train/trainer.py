@@ -17,8 +17,9 @@ import torch
 from tqdm.auto import tqdm
 
 from qlora.optim import AdamWConfig, PagedAdamW
+from qlora.readers import BadFileError
 from qlora.train.batching import collate, epoch_order
-from qlora.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from qlora.train.checkpoint import TENSORS_FILE, check_training_state, latest_checkpoint, load_checkpoint, save_checkpoint
 from qlora.train.config import TrainConfig
 from qlora.train.memory import MemoryReport, memory_report
 from qlora.train.schedule import lr_multiplier
@@ -101,15 +102,21 @@ def train(
     ckpt = latest_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
     if ckpt is not None:
         state = load_checkpoint(ckpt)
+        check_training_state(state, ckpt, named)
         if state["config"] != _config_fingerprint(config):
-            raise ValueError(
-                f"checkpoint {ckpt} was written by a run with other settings: {state['config']} != {_config_fingerprint(config)}"
-            )
+            ours = _config_fingerprint(config)
+            differ = {k: (state["config"].get(k), ours.get(k)) for k in sorted(set(ours) | set(state["config"]))
+                      if state["config"].get(k) != ours.get(k)}  # fmt: skip
+            raise ValueError(f"checkpoint {ckpt} was written by a run with other settings: "
+                             + ", ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in differ.items()))  # fmt: skip
         with torch.no_grad():
             for name, p in named.items():
                 p.copy_(state["adapter"][name])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+            schedule.load_state_dict(state["schedule"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise BadFileError(ckpt / TENSORS_FILE, "optimizer", str(e)) from None
         torch.set_rng_state(state["rng_cpu"])
         if device.type == "cuda" and "rng_cuda" in state:
             torch.cuda.set_rng_state(state["rng_cuda"], device)

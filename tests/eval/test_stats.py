@@ -3,7 +3,7 @@ import math
 import pytest
 from scipy.stats import binomtest
 
-from qlora.eval.stats import compare_accuracies, differ_beyond_noise, mean_interval, wilson_interval
+from qlora.eval.stats import compare_accuracies, differ_beyond_noise, mean_interval, ratio_interval, wilson_interval
 
 
 @pytest.mark.parametrize("k,n,expected", [
@@ -49,3 +49,18 @@ def test_mean_interval():
     assert (mean, lo, hi) == pytest.approx((2.5, 2.5 - half, 2.5 + half))
     with pytest.raises(ValueError):
         mean_interval([])
+
+
+def test_ratio_interval():
+    # equal denominators: the mean interval of the ratios
+    r, lo, hi = ratio_interval([2.0, 4.0, 6.0, 8.0], [2.0, 2.0, 2.0, 2.0])
+    assert (r, lo, hi) == pytest.approx(mean_interval([1.0, 2.0, 3.0, 4.0]))
+    # unequal: token-weighted r = 6 / 10; residuals x - r y = (1 - 1.8, 5 - 4.2) = (-0.8, 0.8), n/(n-1) = 2
+    r, lo, hi = ratio_interval([1.0, 5.0], [3.0, 7.0])
+    half = 1.959963984540054 * math.sqrt(2 * (0.64 + 0.64)) / 10
+    assert (r, lo, hi) == pytest.approx((0.6, 0.6 - half, 0.6 + half))
+    assert ratio_interval([3.0], [2.0]) == (1.5, 1.5, 1.5)
+    with pytest.raises(ValueError, match="positive"):
+        ratio_interval([1.0], [0.0])
+    with pytest.raises(ValueError, match="as many"):
+        ratio_interval([1.0, 2.0], [1.0])

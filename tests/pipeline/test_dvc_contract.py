@@ -124,7 +124,7 @@ def _without(dvc_yaml: dict, stage: str, section: str, entry: str) -> dict:
     [
         # the mismatches found in review (issue 11): each must be caught
         ("quantize", "deps", "qlora/nn", "quantize@causal-nf4: imports qlora/nn/linear.py, not declared"),
-        ("quantize", "deps", "qlora/kernels", "quantize@causal-nf4: imports qlora/kernels/blockwise.py, not declared"),
+        ("quantize", "deps", "qlora/kernels/blockwise.py", "quantize@causal-nf4: imports qlora/kernels/blockwise.py, not declared"),
         ("evaluate_causal", "deps", "qlora/__init__.py", "evaluate_causal@qlora_fp4: imports qlora/__init__.py, not declared"),
         ("evaluate_causal", "params", "quants.${item.quant}", "evaluate_causal@qlora_fp4: reads quants.fp4, not declared"),
         ("train_causal", "params", "lora", "train_causal@lora_bf16: reads lora, not declared"),

@@ -58,7 +58,7 @@ def tiny_params(causal: Path, encoder: Path):
                                     "qlora_nf4_dq": {"method": "QLORA", "quant": "nf4_dq"}}}  # fmt: skip
     for section in ("train", "train_encoder"):
         data[section].update(max_steps=4, micro_batch_size=2, save_every=0, lr=1e-2)
-    data["eval"].update(base_mmlu_questions=4, mmlu_questions=4, mmlu_shots=0, rouge_examples=2, max_new_tokens=2, batch_size=4)
+    data["eval"].update(base_mmlu_questions=4, mmlu_questions=4, mmlu_shots=1, rouge_examples=2, max_new_tokens=2, batch_size=4)
     data["data"].update(perplexity_windows=2, perplexity_window_tokens=16)
     data["profile"] = "tiny"
     return pipeline_config(data)

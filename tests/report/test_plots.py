@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from qlora.config import Method
+from qlora.eval.result import Score
 from qlora.report import plots
 from qlora.report.records import EvalRecord, TrainRecord
 
@@ -40,11 +41,12 @@ def test_dvc_plots_loss_by_data_type_with_a_template_that_colours_by_it():
 
 
 def test_mmlu_shows_the_chance_line(figures):
-    evals = [EvalRecord("mmlu", "m", "nf4_dq", Method.QLORA, "MMLU", 0.3, 100, 0.2, 0.4)]
+    evals = [EvalRecord("m", "nf4_dq", Method.QLORA, "MMLU", Score("mmlu", "accuracy", 0.3, 100, 0.2, 0.4))]
     plots.accuracy_bars(evals, "mmlu", "x.png")
     lines = [line for line in figures[0].axes[0].lines if line.get_label().startswith("chance")]
     assert len(lines) == 1 and list(lines[0].get_ydata()) == [25.0, 25.0]
-    plots.accuracy_bars([EvalRecord("classification", "e", "bf16", Method.LORA, "t", 0.5, 10, 0.3, 0.7)], "classification", "y.png")
+    plots.accuracy_bars([EvalRecord("e", "bf16", Method.LORA, "t", Score("classification", "accuracy", 0.5, 10, 0.3, 0.7))],
+                        "classification", "y.png")
     assert not [line for line in figures[1].axes[0].lines if line.get_label().startswith("chance")]
 
 
@@ -52,5 +54,5 @@ def test_memory_groups_by_model_and_says_what_it_shows(figures):
     plots.memory_bars([_train("llama", "nf4_dq"), _train("bert", "fp4"), _train("llama", "bf16", Method.LORA)], "m.png")
     fig = figures[0]
     assert [ax.get_title() for ax in fig.axes] == ["bert", "llama"]
-    assert [t.get_text() for t in fig.axes[1].get_xticklabels()] == ["qlora\nnf4_dq", "lora\nbf16"]
+    assert [t.get_text() for t in fig.axes[1].get_xticklabels()] == ["qlora\nNF4 + DQ", "lora\nBF16"]
     assert fig._suptitle.get_text().startswith("Stored weights and adapters by data type, per model")

@@ -2,11 +2,13 @@
 
 import pytest
 
+from qlora.eval.result import Score, Task
 from qlora.report import EvalRecord, Method, TrainRecord, metrics_summary
 
 
 def _eval(task, quant, method, value, model="M"):
-    return EvalRecord(task, model, quant, method, "d", value, 10, None, None)
+    task = Task(task)
+    return EvalRecord(model, quant, method, "d", Score(task, task.default_metric, value, 10))
 
 
 def _train(quant, method, losses=(2.0, 1.5), model="M"):
@@ -17,7 +19,7 @@ def test_summary_keys_and_values():
     s = metrics_summary([_eval("mmlu", "nf4_dq", Method.QLORA, 0.25), _eval("mmlu", "bf16", Method.NONE, 0.2),
                          _eval("perplexity", "fp4", Method.NONE, 31.5)],
                         [_train("nf4_dq", Method.QLORA)],
-                        [_eval("mmlu", "main", Method.QLORA, 0.3)], [_train("fp4", Method.QLORA, losses=(3.0, 0.75))])  # fmt: skip
+                        [_eval("mmlu", None, Method.QLORA, 0.3)], [_train("fp4", Method.QLORA, losses=(3.0, 0.75))])  # fmt: skip
     assert s["eval"]["mmlu"]["M"] == {"qlora_nf4_dq": 0.25, "none_bf16": 0.2}
     assert s["eval"]["perplexity"]["M"]["none_fp4"] == 31.5
     assert s["train"]["final_loss"]["M"]["qlora_nf4_dq"] == 1.5 and s["train"]["peak_mb"]["M"]["qlora_nf4_dq"] == 1234.0
@@ -27,3 +29,5 @@ def test_summary_keys_and_values():
 def test_summary_rejects_duplicates():
     with pytest.raises(ValueError, match="two mmlu records for M qlora_fp4"):
         metrics_summary([_eval("mmlu", "fp4", Method.QLORA, 0.1), _eval("mmlu", "fp4", Method.QLORA, 0.2)], [])
+    with pytest.raises(ValueError, match="two mmlu records for M qlora_main"):
+        metrics_summary([_eval("mmlu", None, Method.QLORA, 0.1), _eval("mmlu", None, Method.QLORA, 0.2)], [])

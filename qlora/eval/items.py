@@ -1,0 +1,313 @@
+"""Per-item scores of an evaluation, keyed by stable item ids, so that two runs (data types, methods)
+can be compared item by item (paired statistics, `qlora.report.paired`).
+
+Item ids depend only on the evaluated content, never on the model: a perplexity window is its index
+and a hash of its token ids, an MMLU question its subject and a hash of its text and choices, a
+prompt a hash of its text. An id that occurs twice in one evaluation (MMLU has 27 duplicated
+questions) gets "#2", "#3", ... in order of occurrence.
+
+File format (`ItemResults.save`), one item per line so that it diffs and greps well:
+
+    {"format": "qlora-items/1", "task": "<Task value>", "items": [
+    {"id": "...", ...},
+    ...
+    ]}
+
+with, per task, exactly these item keys:
+- perplexity, heldout_nll: id, tokens (predicted tokens, int >= 1), nll_sum (summed NLL in nats)
+- mmlu, mmlu_0shot: id, subject, answer ("A".."D"), shots, letter_pred ("A".."D", argmax of the
+  answer-letter logits), letter_logprobs (4 log-probabilities of the letter tokens), choice_pred,
+  choice_logprob_sums (4 summed log-probabilities of " {choice}"), choice_tokens (4 token counts);
+  the three choice_* keys are null when choice log-likelihoods were not computed
+- classification: id, label, pred (class indices)
+- rougeL: id, score (RougeL F in [0, 1])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from qlora.atomic import write_text
+from qlora.eval.result import Task
+
+FORMAT = "qlora-items/1"
+LETTERS = ("A", "B", "C", "D")
+
+
+# --- stable ids -------------------------------------------------------------------------------------
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:12]
+
+
+def text_id(prefix: str, *parts: str) -> str:
+    """"<prefix>/<12 hex digits of sha256 over the parts>" (parts joined by a unit separator)."""
+    return f"{prefix}/{_digest(chr(31).join(parts).encode('utf-8'))}"
+
+
+def tokens_id(prefix: str, index: int, ids: torch.Tensor | Sequence[int]) -> str:
+    """"<prefix><index, 5 digits>-<12 hex digits of sha256 over the int64 little-endian token ids>"."""
+    array = np.asarray(torch.as_tensor(ids).flatten().tolist(), dtype="<i8")
+    return f"{prefix}{index:05d}-{_digest(array.tobytes())}"
+
+
+def unique_ids(ids: Iterable[str]) -> list[str]:
+    """The ids with "#k" appended to the k-th occurrence (k >= 2) of a repeated one."""
+    seen: Counter = Counter()
+    out = []
+    for i in ids:
+        seen[i] += 1
+        out.append(i if seen[i] == 1 else f"{i}#{seen[i]}")
+    return out
+
+
+# --- items ------------------------------------------------------------------------------------------
+
+
+def _check_str(name: str, v) -> None:
+    if not isinstance(v, str) or not v:
+        raise ValueError(f"{name} must be a non-empty string, got {v!r}")
+
+
+def _check_int(name: str, v, low: int = 0) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or v < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
+
+
+def _check_float(name: str, v, low: float = -math.inf, high: float = math.inf) -> None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not low <= v <= high:
+        bounds = "" if (low, high) == (-math.inf, math.inf) else f" in [{low}, {high}]"
+        raise ValueError(f"{name} must be a finite number{bounds}, got {v!r}")
+
+
+def _check_letter(name: str, v) -> None:
+    if v not in LETTERS:
+        raise ValueError(f"{name} must be one of {LETTERS}, got {v!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenNLL:
+    """A perplexity window or a held-out example: predicted tokens and their summed NLL (nats)."""
+
+    id: str
+    tokens: int
+    nll_sum: float
+
+    def __post_init__(self) -> None:
+        _check_str("id", self.id)
+        _check_int("tokens", self.tokens, 1)
+        _check_float("nll_sum", self.nll_sum)
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelItem:
+    """A classification example: gold and predicted class."""
+
+    id: str
+    label: int
+    pred: int
+
+    def __post_init__(self) -> None:
+        _check_str("id", self.id)
+        _check_int("label", self.label)
+        _check_int("pred", self.pred)
+
+    @property
+    def correct(self) -> bool:
+        return self.label == self.pred
+
+
+@dataclasses.dataclass(frozen=True)
+class RougeItem:
+    """A generation prompt: RougeL F of the generation (best over the references)."""
+
+    id: str
+    score: float
+
+    def __post_init__(self) -> None:
+        _check_str("id", self.id)
+        _check_float("score", self.score, 0.0, 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class MMLUItem:
+    """An MMLU question: the letter prediction and, optionally, the choice log-likelihoods.
+
+    Attributes:
+        answer: the correct letter.
+        shots: exemplars in its prompt.
+        letter_pred: argmax of the next-token logits over the four letter tokens (the paper's rule).
+        letter_logprobs: log-probabilities of the four letter tokens after "Answer:".
+        choice_pred: argmax of the length-normalised log-likelihood of " {choice}" (None if not computed).
+        choice_logprob_sums / choice_tokens: per choice, the summed log-probability of its tokens and
+            their count (so that other normalisations can be derived).
+    """
+
+    id: str
+    subject: str
+    answer: str
+    shots: int
+    letter_pred: str
+    letter_logprobs: tuple[float, ...]
+    choice_pred: str | None = None
+    choice_logprob_sums: tuple[float, ...] | None = None
+    choice_tokens: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        _check_str("id", self.id)
+        _check_str("subject", self.subject)
+        _check_letter("answer", self.answer)
+        _check_int("shots", self.shots)
+        _check_letter("letter_pred", self.letter_pred)
+        self._check_four("letter_logprobs", self.letter_logprobs, _check_float)
+        choice = (self.choice_pred, self.choice_logprob_sums, self.choice_tokens)
+        if any(v is None for v in choice) and any(v is not None for v in choice):
+            raise ValueError("choice_pred, choice_logprob_sums and choice_tokens must all be set or all be None")
+        if self.choice_pred is not None:
+            _check_letter("choice_pred", self.choice_pred)
+            self._check_four("choice_logprob_sums", self.choice_logprob_sums, _check_float)
+            self._check_four("choice_tokens", self.choice_tokens, lambda name, v: _check_int(name, v, 1))
+
+    def _check_four(self, name: str, values, check) -> None:
+        if not isinstance(values, (tuple, list)) or len(values) != 4:
+            raise ValueError(f"{name} must hold 4 values (one per choice), got {values!r}")
+        object.__setattr__(self, name, tuple(values))
+        for i, v in enumerate(values):
+            check(f"{name}[{i}]", v)
+
+    @property
+    def letter_correct(self) -> bool:
+        return self.letter_pred == self.answer
+
+    @property
+    def choice_correct(self) -> bool | None:
+        return None if self.choice_pred is None else self.choice_pred == self.answer
+
+
+Item = TokenNLL | LabelItem | RougeItem | MMLUItem
+ITEM_TYPES: dict[Task, type] = {
+    Task.PERPLEXITY: TokenNLL, Task.HELDOUT_NLL: TokenNLL, Task.MMLU: MMLUItem, Task.MMLU_ZERO_SHOT: MMLUItem,
+    Task.CLASSIFICATION: LabelItem, Task.ROUGE_L: RougeItem,
+}  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class ItemResults:
+    """The per-item scores of one evaluation, in evaluation order.
+
+    Raises (on construction):
+        ValueError: no items, an item of the wrong type for `task`, or a repeated id.
+    """
+
+    task: Task
+    items: tuple[Item, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "task", Task.parse(self.task))
+        object.__setattr__(self, "items", tuple(self.items))
+        kind = ITEM_TYPES[self.task]
+        if not self.items:
+            raise ValueError(f"no items for task {self.task.value}")
+        for i, item in enumerate(self.items):
+            if not isinstance(item, kind):
+                raise ValueError(f"items[{i}] of task {self.task.value} must be a {kind.__name__}, got {type(item).__name__}")
+        counts = Counter(item.id for item in self.items)
+        repeated = [i for i, c in counts.items() if c > 1]
+        if repeated:
+            raise ValueError(f"{len(repeated)} item id(s) occur more than once, e.g. {repeated[0]!r}")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        return tuple(item.id for item in self.items)
+
+    def by_id(self) -> dict[str, Item]:
+        return {item.id: item for item in self.items}
+
+    def with_prefix(self, prefix: str) -> "ItemResults":
+        """The same items with `prefix` before every id (e.g. a training seed, "s1:")."""
+        return ItemResults(self.task, tuple(dataclasses.replace(item, id=prefix + item.id) for item in self.items))
+
+    @classmethod
+    def concat(cls, parts: Sequence["ItemResults"]) -> "ItemResults":
+        """The items of several evaluations of one task (their ids must not overlap).
+
+        Raises:
+            ValueError: no parts, mixed tasks, or a repeated id.
+        """
+        if not parts:
+            raise ValueError("nothing to concatenate")
+        tasks = {p.task for p in parts}
+        if len(tasks) != 1:
+            raise ValueError(f"cannot concatenate items of tasks {sorted(t.value for t in tasks)}")
+        return cls(parts[0].task, tuple(item for p in parts for item in p.items))
+
+    def to_text(self) -> str:
+        """The file's text (see the module docstring): keys sorted, floats written exactly."""
+        rows = [json.dumps(dataclasses.asdict(item), sort_keys=True, allow_nan=False) for item in self.items]
+        head = json.dumps({"format": FORMAT, "task": self.task.value})[:-1]
+        return head + ', "items": [\n' + ",\n".join(rows) + "\n]}\n"
+
+    def save(self, path: str | Path) -> Path:
+        """Writes the file atomically (`qlora.atomic`)."""
+        return write_text(path, self.to_text())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ItemResults":
+        """Reads and validates a file written by `save`.
+
+        Raises:
+            ValueError: the file is not valid JSON, not of this format, or an item has a missing or
+                unknown key, a value of the wrong type, a number that is not finite, or a repeated id;
+                the message names the file and the key.
+        """
+        path = Path(path)
+
+        def no_constants(name):  # json accepts NaN / Infinity unless told otherwise
+            raise ValueError(f"{path}: {name} is not a finite number")
+
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"), parse_constant=no_constants)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            got = data.get("format") if isinstance(data, dict) else type(data).__name__
+            raise ValueError(f"{path}: key 'format' must be {FORMAT!r}, got {got!r}")
+        unknown = set(data) - {"format", "task", "items"}
+        if unknown:
+            raise ValueError(f"{path}: unknown key(s) {sorted(unknown)}; expected format, task, items")
+        try:
+            task = Task.parse(data.get("task"))
+        except ValueError as e:
+            raise ValueError(f"{path}: key 'task': {e}") from None
+        rows = data.get("items")
+        if not isinstance(rows, list):
+            raise ValueError(f"{path}: key 'items' must be a list, got {type(rows).__name__}")
+        kind = ITEM_TYPES[task]
+        names = [f.name for f in dataclasses.fields(kind)]
+        items = []
+        for i, row in enumerate(rows):
+            if not isinstance(row, dict) or set(row) != set(names):
+                keys = sorted(row) if isinstance(row, dict) else type(row).__name__
+                raise ValueError(f"{path}: items[{i}] must have exactly the keys {names}, got {keys}")
+            values = {k: tuple(v) if isinstance(v, list) else v for k, v in row.items()}
+            try:
+                items.append(kind(**values))
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{path}: items[{i}] (id {row.get('id')!r}): {e}") from None
+        try:
+            return cls(task, tuple(items))
+        except ValueError as e:
+            raise ValueError(f"{path}: key 'items': {e}") from None

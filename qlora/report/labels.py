@@ -1,0 +1,87 @@
+"""The data-type label of a result row: which storage a model's frozen base had (the rows of Table 2).
+
+A frozen value (data type, double quantization, block size) instead of a free string such as
+"nf4_dq", with the same text form in files (`value`, `parse`) and the tables' display names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from qlora.quant.dtypes import DEFAULT_BLOCK_SIZE, DataType, validate_block_size
+
+_DISPLAY = {
+    DataType.BF16: "BF16", DataType.INT8: "Int8", DataType.INT4: "Int4", DataType.FP4: "FP4 (E2M1, bnb grid)",
+    DataType.FP4_E3M0: "FP4 (E3M0)", DataType.NF4: "NF4",
+}  # fmt: skip
+_PATTERN = re.compile(r"^(?P<dtype>[a-z0-9_]+?)(?P<dq>_dq)?(?:_b(?P<block>\d+))?$")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataTypeLabel:
+    """Attributes:
+    dtype: the storage data type.
+    double_quant: the block constants are themselves quantized (paper §3).
+    block_size: elements per block constant (the tables' default 64 is left out of the text form).
+    """
+
+    dtype: DataType
+    double_quant: bool = False
+    block_size: int = DEFAULT_BLOCK_SIZE
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dtype", DataType.parse(self.dtype))
+        if not isinstance(self.double_quant, bool):
+            raise TypeError(f"double_quant must be a bool, got {self.double_quant!r}")
+        validate_block_size(self.block_size)
+        if not self.dtype.is_quantized:  # BF16 has no blocks: one label whatever the config says
+            object.__setattr__(self, "block_size", DEFAULT_BLOCK_SIZE)
+        if self.double_quant and not self.dtype.is_quantized:
+            raise ValueError(f"double quantization needs a quantized data type, got {self.dtype.value}")
+
+    @property
+    def value(self) -> str:
+        """The text form: "nf4_dq", "fp4", "int8_b128", "bf16"."""
+        text = self.dtype.value + ("_dq" if self.double_quant else "")
+        return text if self.block_size == DEFAULT_BLOCK_SIZE or not self.dtype.is_quantized else f"{text}_b{self.block_size}"
+
+    @property
+    def display(self) -> str:
+        """The tables' name: "NF4 + DQ", "FP4 (E2M1, bnb grid)", "Int8, block 128"."""
+        text = _DISPLAY[self.dtype] + (" + DQ" if self.double_quant else "")
+        return text if self.block_size == DEFAULT_BLOCK_SIZE or not self.dtype.is_quantized else f"{text}, block {self.block_size}"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def parse(cls, value: "DataTypeLabel | str") -> "DataTypeLabel":
+        """From a label or its text form, case-insensitively ("NF4_DQ" = "nf4_dq").
+
+        Raises:
+            ValueError: not of the form <data type>[_dq][_b<block>], naming the allowed data types.
+        """
+        if isinstance(value, DataTypeLabel):
+            return value
+        match = _PATTERN.match(value.strip().lower()) if isinstance(value, str) else None
+        dtype = next((d for d in DataType if match and d.value == match["dtype"]), None)
+        if dtype is None:
+            allowed = ", ".join(d.value for d in DataType)
+            raise ValueError(f"data type label must be <data type>[_dq][_b<block size>] with a data type in {allowed}; "
+                             f"got {value!r}")  # fmt: skip
+        return cls(dtype, bool(match["dq"]), int(match["block"]) if match["block"] else DEFAULT_BLOCK_SIZE)
+
+    @classmethod
+    def of(cls, quant) -> "DataTypeLabel":
+        """The label of a `qlora.config.QuantConfig` (its dtype, double_quant and block_size)."""
+        return cls(quant.dtype, bool(quant.double_quant), quant.block_size)
+
+
+BF16 = DataTypeLabel(DataType.BF16)
+INT8 = DataTypeLabel(DataType.INT8)
+INT4 = DataTypeLabel(DataType.INT4)
+FP4 = DataTypeLabel(DataType.FP4)
+FP4_E3M0 = DataTypeLabel(DataType.FP4_E3M0)
+NF4 = DataTypeLabel(DataType.NF4)
+NF4_DQ = DataTypeLabel(DataType.NF4, double_quant=True)

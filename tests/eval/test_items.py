@@ -1,0 +1,105 @@
+"""Per-item results: stable ids, the typed container, and its file (atomic write, validating load)."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from qlora.eval.items import ItemResults, LabelItem, MMLUItem, RougeItem, TokenNLL, text_id, tokens_id, unique_ids
+from qlora.eval.result import Task
+
+
+def _mmlu(i="anatomy/abc", pred="B", choice=True):
+    kw = {"choice_pred": "C", "choice_logprob_sums": (-3.0, -2.5, -1.0, -7.25), "choice_tokens": (2, 1, 1, 3)} if choice else {}
+    return MMLUItem(i, "anatomy", "C", 5, pred, (-1.5, -0.5, -2.0, -3.0), **kw)
+
+
+SAMPLES = {
+    Task.PERPLEXITY: (TokenNLL("w00000-aa", 255, 812.5), TokenNLL("w00001-bb", 255, 790.125)),
+    Task.HELDOUT_NLL: (TokenNLL("x00000-aa", 12, 20.0),),
+    Task.MMLU: (_mmlu(), _mmlu("anatomy/def", "C", choice=False)),
+    Task.CLASSIFICATION: (LabelItem("e00000-aa", 1, 1), LabelItem("e00001-bb", 0, 2)),
+    Task.ROUGE_L: (RougeItem("t1/aa", 0.0), RougeItem("t1/bb", 1.0)),
+}
+
+
+def test_ids():
+    a = torch.tensor([5, 6, 7])
+    assert tokens_id("w", 3, a) == tokens_id("w", 3, [5, 6, 7]) and tokens_id("w", 3, a).startswith("w00003-")
+    assert tokens_id("w", 3, a) != tokens_id("w", 3, [5, 6, 8])
+    assert text_id("anatomy", "q", "a", "b") != text_id("anatomy", "qa", "b")  # parts are separated
+    assert len(text_id("s", "x").split("/")[1]) == 12
+    assert unique_ids(["a", "b", "a", "a"]) == ["a", "b", "a#2", "a#3"]
+
+
+@pytest.mark.parametrize("task", list(SAMPLES))
+def test_round_trip_is_exact(tmp_path, task):
+    r = ItemResults(task, SAMPLES[task])
+    path = r.save(tmp_path / "items.json")
+    assert ItemResults.load(path) == r
+    text = path.read_text()
+    assert text == r.to_text() and len(text.splitlines()) == len(r) + 2  # one item per line
+    assert json.loads(text)["format"] == "qlora-items/1"
+
+
+def test_derived_fields():
+    assert _mmlu().letter_correct is False and _mmlu(pred="C").letter_correct and _mmlu().choice_correct
+    assert _mmlu(choice=False).choice_correct is None
+    assert LabelItem("e", 2, 2).correct and not LabelItem("e", 2, 1).correct
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: TokenNLL("w", 0, 1.0), "tokens must be an int >= 1"),
+    (lambda: TokenNLL("w", 3, math.nan), "nll_sum must be a finite number"),
+    (lambda: TokenNLL("", 3, 1.0), "id must be a non-empty string"),
+    (lambda: RougeItem("p", 1.5), r"score must be a finite number in \[0.0, 1.0\]"),
+    (lambda: MMLUItem("q", "s", "E", 0, "A", (0.0,) * 4), "answer must be one of"),
+    (lambda: MMLUItem("q", "s", "A", 0, "A", (0.0,) * 3), "letter_logprobs must hold 4 values"),
+    (lambda: MMLUItem("q", "s", "A", 0, "A", (0.0,) * 4, choice_pred="A"), "must all be set or all be None"),
+    (lambda: ItemResults(Task.MMLU, (TokenNLL("w", 1, 1.0),)), "must be a MMLUItem"),
+    (lambda: ItemResults(Task.ROUGE_L, ()), "no items"),
+    (lambda: ItemResults(Task.ROUGE_L, (RougeItem("p", 0.5), RougeItem("p", 0.25))), "1 item id.* more than once, e.g. 'p'"),
+    (lambda: ItemResults("bogus", (RougeItem("p", 0.5),)), r"task must be one of \['perplexity'"),
+])  # fmt: skip
+def test_invalid_items_are_refused(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def _tamper(path, edit):
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda d: d["items"][1].update(nll_sum=None), r"items\[1\] \(id 'w00001-bb'\): nll_sum must be a finite number"),
+    (lambda d: d["items"][0].pop("tokens"), r"items\[0\] must have exactly the keys \['id', 'tokens', 'nll_sum'\]"),
+    (lambda d: d["items"][0].update(extra=1), r"items\[0\] must have exactly the keys"),
+    (lambda d: d["items"][1].update(id="w00000-aa"), "key 'items': 1 item id.* more than once, e.g. 'w00000-aa'"),
+    (lambda d: d.update(task="mmlu"), r"items\[0\] must have exactly the keys \['id', 'subject'"),
+    (lambda d: d.update(task="ppl"), "key 'task': task must be one of"),
+    (lambda d: d.update(format="other/1"), "key 'format' must be 'qlora-items/1', got 'other/1'"),
+    (lambda d: d.update(items={}), "key 'items' must be a list"),
+    (lambda d: d.update(owner="me"), r"unknown key\(s\) \['owner'\]"),
+])  # fmt: skip
+def test_tampered_files_are_refused_naming_file_and_key(tmp_path, edit, match):
+    path = ItemResults(Task.PERPLEXITY, SAMPLES[Task.PERPLEXITY]).save(tmp_path / "ppl_items.json")
+    _tamper(path, edit)
+    with pytest.raises(ValueError, match=match) as e:
+        ItemResults.load(path)
+    assert str(path) in str(e.value)
+
+
+def test_non_finite_and_broken_json_are_refused(tmp_path):
+    path = ItemResults(Task.PERPLEXITY, SAMPLES[Task.PERPLEXITY]).save(tmp_path / "items.json")
+    path.write_text(path.read_text().replace("790.125", "NaN"))
+    with pytest.raises(ValueError, match=f"{path}: NaN is not a finite number"):
+        ItemResults.load(path)
+    path.write_text(path.read_text().replace("NaN", "Infinity"))
+    with pytest.raises(ValueError, match="Infinity is not a finite number"):
+        ItemResults.load(path)
+    path.write_text(path.read_text().replace("Infinity", "1.0")[:-10])
+    with pytest.raises(ValueError, match="not valid JSON"):
+        ItemResults.load(path)
