@@ -152,9 +152,32 @@ class ModelConfig:
             raise ConfigError("path", self.path, f"a hub id or folder exactly when source is PRETRAINED (source is {self.source.name})")
 
 
+class DataSource(enum.Enum):
+    """Where the instruction-tuning records come from."""
+
+    EMBEDDED = "embedded"  # Natural Instructions from the bigbench sdist (the pipeline's default)
+    JSONL = "jsonl"  # a JSON Lines file of the user's records (`path`)
+    HF_DATASET = "hf_dataset"  # a `datasets` dataset (`path`): a save_to_disk folder, a data folder or a hub id
+
+
+class RecordFormat(enum.Enum):
+    """The shape of the user's records."""
+
+    AUTO = "auto"  # from the first record's fields: `messages` -> CHAT, `instruction` -> ALPACA
+    ALPACA = "alpaca"  # {"instruction", optional "input", "output"}
+    CHAT = "chat"  # {"messages": [{"role": "system"|"user"|"assistant", "content": ...}, ...]}
+
+
 @dataclasses.dataclass  # not frozen: Hydra/OmegaConf schemas must accept merges
 class DataConfig:
-    """The embedded data: BIG-bench tasks (GLUE-style classification, Natural Instructions) and MMLU."""
+    """The data: BIG-bench tasks (GLUE-style classification, Natural Instructions), MMLU, and optionally the
+    user's own instruction records, which then replace Natural Instructions as the instruction-tuning set.
+
+    Attributes:
+        source / path / format / split: the instruction-tuning records (`source` EMBEDDED: Natural
+            Instructions; JSONL or HF_DATASET: the user's file or dataset at `path`, of `format`, its
+            `split` for a dataset). The held-out evaluation sets stay the embedded ones.
+    """
 
     classification_task: str = "multiemo/all_sentence_en"  # 4-way sentiment (a stand-in for SST-2)
     classification_train: int = 2000
@@ -167,6 +190,10 @@ class DataConfig:
     perplexity_windows: int = 24  # Table 2: windows of held-out text
     perplexity_window_tokens: int = 256
     seed: int = 0
+    source: DataSource = DataSource.EMBEDDED
+    path: str = ""  # the user's JSONL file or dataset (a folder or hub id), for source JSONL / HF_DATASET
+    format: RecordFormat = RecordFormat.AUTO
+    split: str = "train"  # the dataset split (HF_DATASET)
 
     def __post_init__(self) -> None:
         positive = lambda k, v: check_int(k, v, minimum=1)  # noqa: E731
@@ -176,7 +203,13 @@ class DataConfig:
             "instruction_test_max_prompt_tokens": lambda k, v: check_int(k, v, minimum=16),
             "max_length": lambda k, v: check_int(k, v, minimum=8), "perplexity_windows": positive,
             "perplexity_window_tokens": lambda k, v: check_int(k, v, minimum=2), "seed": lambda k, v: check_int(k, v, minimum=0),
+            "source": enum_check(DataSource), "path": lambda k, v: check_str(k, v, nonempty=False),
+            "format": enum_check(RecordFormat), "split": check_str,
         })  # fmt: skip
+        if (self.source is DataSource.EMBEDDED) == bool(self.path.strip()):
+            expected = ("empty for source EMBEDDED (set data.source=JSONL or HF_DATASET to use it)" if self.path.strip()
+                        else f"a JSONL file, dataset folder or hub id for source {self.source.name}")  # fmt: skip
+            raise ConfigError("path", self.path, expected)
 
 
 @dataclasses.dataclass  # not frozen: Hydra/OmegaConf schemas must accept merges

@@ -18,7 +18,7 @@ from qlora.models.peft_format import load_peft_adapter
 from qlora.nn import QLoRALinear
 from qlora.quant import DataType
 from qlora.train import TrainConfig
-from qlora.train.finetune import finetune
+from qlora.pipeline.finetune import finetune
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent

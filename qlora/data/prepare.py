@@ -2,7 +2,8 @@
 
 - classification (Table 3, GLUE-style): a BIG-bench task, a seeded train/test split, encoder tokens;
 - instruction tuning (Tables 3 and 4): Natural Instructions v1; whole subtasks are held out for the
-  RougeL test (as Super-NaturalInstructions evaluates on unseen tasks), the rest sampled for training;
+  RougeL test (as Super-NaturalInstructions evaluates on unseen tasks), the rest sampled for training
+  — or, when `data.source` selects them, the user's own records (`qlora.data.user`) for training;
 - perplexity text (Table 2): a seeded sample of MMLU question stems, as text (each base model cuts it
   into windows of its own tokens: `perplexity_windows`);
 - held-out instruction loss: held-out subtasks' prompts with their reference responses, tokenized for
@@ -18,10 +19,11 @@ from pathlib import Path
 
 import torch
 
-from qlora.config import DataConfig
+from qlora.config import DataConfig, DataSource
 from qlora.data.bigbench import load_classification, load_natural_instructions
 from qlora.data.mmlu import load_mmlu
 from qlora.data.tokenization import TokenizedDataset, encode_instruction, prompt_ids, tokenize_classification
+from qlora.data.user import load_user_data, tokenize_user_data
 
 CLS_TRAIN, CLS_TEST, CLS_LABELS = "cls_train.safetensors", "cls_test.safetensors", "cls_labels.json"
 INSTRUCT_TRAIN, INSTRUCT_TEST, INSTRUCT_HELDOUT = "instruct_train.safetensors", "instruct_test.json", "instruct_heldout.safetensors"
@@ -34,6 +36,7 @@ def prepare_datasets(data: DataConfig, causal_tokenizer, encoder_tokenizer, bigb
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(data.seed)
+    user_data = None if data.source is DataSource.EMBEDDED else load_user_data(data)  # a bad record fails first
 
     cls = load_classification(bigbench, data.classification_task)
     need = data.classification_train + data.classification_test
@@ -51,17 +54,25 @@ def prepare_datasets(data: DataConfig, causal_tokenizer, encoder_tokenizer, bigb
     test_pool = [r for r in records if r.subtask in held_out]
     rng.shuffle(train_pool)
     rng.shuffle(test_pool)
-    train = []
-    for r in train_pool:
-        try:
-            example = encode_instruction(causal_tokenizer, r.prompt, r.response, max_length=None)
-        except ValueError:
-            continue
-        if example["input_ids"].numel() <= data.max_length and (example["labels"] != -100).any():
-            train.append(example)
-        if len(train) == data.instruction_train:
-            break
-    TokenizedDataset.from_examples(train).save(out / INSTRUCT_TRAIN)
+    user_summary = {}
+    if user_data is None:
+        train = []
+        for r in train_pool:
+            try:
+                example = encode_instruction(causal_tokenizer, r.prompt, r.response, max_length=None)
+            except ValueError:
+                continue
+            if example["input_ids"].numel() <= data.max_length and (example["labels"] != -100).any():
+                train.append(example)
+            if len(train) == data.instruction_train:
+                break
+        TokenizedDataset.from_examples(train).save(out / INSTRUCT_TRAIN)
+    else:  # the user's records replace Natural Instructions for training; the held-out tests stay
+        user = tokenize_user_data(causal_tokenizer, user_data, max_length=data.max_length, limit=data.instruction_train,
+                                  seed=data.seed)  # fmt: skip
+        user.dataset.save(out / INSTRUCT_TRAIN)
+        train = user.dataset
+        user_summary = {"user_records": user.records, "user_too_long": user.too_long}
     test = _interleaved_test(test_pool, sorted(held_out), causal_tokenizer, data.instruction_test,
                              data.instruction_test_max_prompt_tokens)  # fmt: skip
     (out / INSTRUCT_TEST).write_text(json.dumps({"held_out_subtasks": sorted(held_out), "examples": test}, indent=1) + "\n")
@@ -85,7 +96,7 @@ def prepare_datasets(data: DataConfig, causal_tokenizer, encoder_tokenizer, bigb
     (out / PERPLEXITY_TEXT).write_text(json.dumps({"source": "MMLU question stems (seeded sample)", "texts": stems}, indent=0) + "\n")
     return {"cls_train": data.classification_train, "cls_test": data.classification_test, "instruct_train": len(train),
             "instruct_test": len(test), "instruct_heldout": len(heldout), "held_out_subtasks": len(held_out),
-            "perplexity_texts": len(stems)}  # fmt: skip
+            "perplexity_texts": len(stems), **user_summary}  # fmt: skip
 
 
 def perplexity_windows(tokenizer, texts: list[str], window: int, count: int):

@@ -91,6 +91,72 @@ def encode_instruction(tokenizer, prompt: str, response: str, max_length: int | 
     return {"input_ids": ids, "labels": labels}
 
 
+ROLES = ("system", "user", "assistant")
+
+
+def encode_chat(tokenizer, messages: Sequence[tuple[str, str]], max_length: int | None = None) -> dict[str, torch.Tensor]:
+    """A conversation as one training sequence: every assistant turn is trained, the rest is context.
+
+    With a chat template, each assistant turn is what the template adds after the conversation so far
+    plus the generation prompt (its end-of-turn token included); without one, context turns are plain
+    text joined by blank lines (the first with the tokenizer's BOS) and each reply ends with EOS. A
+    single user turn and reply encode exactly as `encode_instruction(prompt, response)`. Turns after
+    the last reply teach nothing and are dropped.
+
+    Args:
+        messages: (role, content) pairs; roles in `ROLES`; at least one assistant turn.
+        max_length: longest sequence; a longer conversation is an error (the caller decides to skip).
+
+    Returns:
+        {"input_ids": (T,) long, "labels": (T,) long} with -100 outside the assistant turns.
+
+    Raises:
+        ValueError: an unknown role, no assistant turn, a template that does not render turns as prefixes
+            of the dialogue, or a sequence longer than `max_length`.
+    """
+    messages = [(str(r), str(c)) for r, c in messages]
+    bad = [r for r, _ in messages if r not in ROLES]
+    if bad:
+        raise ValueError(f"role {bad[0]!r} is not one of {', '.join(ROLES)}")
+    last = max((i for i, (r, _) in enumerate(messages) if r == "assistant"), default=None)
+    if last is None:
+        raise ValueError("a conversation needs at least one assistant turn to train on")
+    messages = messages[: last + 1]
+    segments: list[tuple[list[int], bool]] = []  # (ids, trained)
+    if has_chat_template(tokenizer):
+        dicts = [{"role": r, "content": c} for r, c in messages]
+        done = ""
+        for i, (role, _) in enumerate(messages):
+            if role != "assistant":
+                continue
+            prefix = tokenizer.apply_chat_template(dicts[:i], tokenize=False, add_generation_prompt=True)
+            full = tokenizer.apply_chat_template(dicts[: i + 1], tokenize=False)
+            if not prefix.startswith(done) or not full.startswith(prefix):
+                raise ValueError("the tokenizer's chat template does not render the prompt as a prefix of the dialogue")
+            segments.append((tokenizer(prefix[len(done) :], add_special_tokens=False).input_ids, False))
+            segments.append((tokenizer(full[len(prefix) :], add_special_tokens=False).input_ids, True))
+            done = full
+    else:
+        context: list[str] = []
+        for role, content in messages:
+            if role != "assistant":
+                context.append(content)
+                continue
+            text = "\n\n".join(context)
+            context = []
+            first = not segments
+            if not first:
+                text = "\n\n" + text if text else ""
+            ids = tokenizer(text).input_ids if first else (tokenizer(text, add_special_tokens=False).input_ids if text else [])
+            segments.append((ids, False))
+            segments.append((tokenizer(content, add_special_tokens=False).input_ids + _eos_ids(tokenizer), True))
+    ids = [t for seg, _ in segments for t in seg]
+    labels = [t if trained else IGNORE_INDEX for seg, trained in segments for t in seg]
+    if max_length is not None and len(ids) > max_length:
+        raise ValueError(f"the conversation has {len(ids)} tokens, more than max_length={max_length}")
+    return {"input_ids": torch.tensor(ids, dtype=torch.long), "labels": torch.tensor(labels, dtype=torch.long)}
+
+
 def encode_classification(tokenizer, text: str, label: int, text_pair: str | None = None,
                           max_length: int | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
     """{"input_ids": (T,) long, "label": () long}, with the tokenizer's special tokens (e.g. [CLS] .. [SEP])."""

@@ -54,7 +54,8 @@ def resolve_model_dir(path_or_hub_id: str | Path) -> Path:
 
 def from_pretrained(path_or_hub_id: str | Path, *, quant: QuantConfig | None = None, lora: LoRAConfig | None = None,
                     kind: ModelKind = ModelKind.CAUSAL_LM, num_labels: int | None = None, adapter: str | Path | None = None,
-                    checkpointing: Checkpointing = Checkpointing.OFF, dtype: torch.dtype = torch.float32) -> nn.Module:  # fmt: skip
+                    checkpointing: Checkpointing = Checkpointing.OFF, dtype: torch.dtype = torch.float32,
+                    progress: bool = False) -> nn.Module:  # fmt: skip
     """A transformers model whose targeted linear layers are quantized as they load (see the module doc).
 
     Args:
@@ -73,6 +74,7 @@ def from_pretrained(path_or_hub_id: str | Path, *, quant: QuantConfig | None = N
             `qlora.save_pretrained` writes it beside a whole model) and `lora` is None.
         checkpointing: gradient checkpointing of the blocks, as in `SurgeryConfig`.
         dtype: the dtype of everything not quantized (embeddings, head, biases), as `load_base`.
+        progress: a progress bar over the layers quantized while loading.
 
     Returns:
         The model in eval mode; only the adapters (and a classification head) require grad.
@@ -118,7 +120,7 @@ def from_pretrained(path_or_hub_id: str | Path, *, quant: QuantConfig | None = N
     if "quantization_config" in config:
         model = _load_quantized(directory, kind, quant, lora, dtype)
     else:
-        model = _load_streaming(directory, kind, quant, lora or LoRAConfig(rank=0), num_labels, dtype)
+        model = _load_streaming(directory, kind, quant, lora or LoRAConfig(rank=0), num_labels, dtype, progress)
     if weights is not None:
         from qlora.models.loading import load_adapter_into
 
@@ -222,7 +224,9 @@ def _set_tensor(model: nn.Module, key: str, value: torch.Tensor) -> None:
 
 
 def _load_streaming(directory: Path, kind: ModelKind, quant: QuantConfig, lora: LoRAConfig, num_labels: int | None,
-                    dtype: torch.dtype) -> nn.Module:  # fmt: skip
+                    dtype: torch.dtype, progress: bool = False) -> nn.Module:  # fmt: skip
+    from tqdm.auto import tqdm
+
     index = _safetensors_index(directory)
     model = _skeleton(directory, kind, num_labels, dtype)
     expected = dict(model.state_dict(keep_vars=True))  # every parameter and persistent buffer, by key
@@ -241,7 +245,7 @@ def _load_streaming(directory: Path, kind: ModelKind, quant: QuantConfig, lora: 
     adapted = set(select_targets(targets, lora)) if lora.rank else set()
     loaded: set[str] = set()
     read_since_trim = 0
-    for name in targets:
+    for name in tqdm(targets, desc=f"quantize {quant.label}", disable=not progress, dynamic_ncols=True):
         module = model.get_submodule(name)
         keys = [f"{name}.weight"] + ([f"{name}.bias"] if getattr(module, "bias", None) is not None else [])
         missing = [k for k in keys if k not in file_key]

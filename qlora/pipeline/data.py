@@ -1,5 +1,6 @@
 """Preparing the data: token files for classification, instruction tuning, held-out RougeL and NLL, and
-the perplexity text, from the embedded assets (the bigbench sdist is downloaded once into a cache)."""
+the perplexity text, from the embedded assets (the bigbench sdist is downloaded once into a cache) and,
+when `data.source` selects them, the user's own instruction records (`qlora.data.user`)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ class PrepareDataJob:
         from qlora.data.bigbench import download_sdist, extract_tasks
         from qlora.data.prepare import prepare_datasets
 
-        t0 = time.perf_counter()
+        started = time.time()
         sdist = download_sdist(cache_dir / "bigbench")  # 358 MB once, cached outside the repo
         with atomic_dir(paths.data_dir()) as out:
             scratch = out / ".bigbench"
@@ -38,9 +39,9 @@ class PrepareDataJob:
                                        AutoTokenizer.from_pretrained(paths.model_dir(ENCODER)), tasks, out)  # fmt: skip
             shutil.rmtree(scratch)
         write_json(paths.METRICS / "data.json", summary)
-        tracking.log("prepare_data", params={"data": dataclasses.asdict(self.data)},
-                     metrics={**{k: float(v) for k, v in summary.items()}, "seconds": time.perf_counter() - t0},
-                     tags={"stage": "prepare_data"})  # fmt: skip
+        tracking.log("prepare_data", params={"data": self.data},
+                     metrics={k: float(v) for k, v in summary.items()}, tags={"stage": "prepare_data"}, started=started,
+                     artifacts=[paths.METRICS / "data.json"], config=self)  # fmt: skip
         return summary
 
 

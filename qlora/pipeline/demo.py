@@ -20,11 +20,14 @@ class QuantDemoJob:
     runs: tuple[tuple[str, bool], ...]  # (data type value, double quantization)
 
     def run(self, tracking: Tracking) -> str:
+        import time
+
         from qlora.atomic import write_json, write_text
         from qlora.data.offline import linear_weights
         from qlora.quant.analysis import roundtrip_stats
         from qlora.quant.dtypes import DataType
 
+        started = time.time()
         weights = linear_weights(paths.model_dir(self.model_key))
         rows = [roundtrip_stats(weights, DataType(d), self.block_size, dq) for d, dq in self.runs]
         lines = [
@@ -45,9 +48,10 @@ class QuantDemoJob:
         summary = {r.label: {"bits_per_param": r.bits_per_param, "storage_bits_per_param": r.storage_bits_per_param,
                              "mean_abs_error": r.mean_abs_error, "rel_rmse": r.rel_rmse} for r in rows}  # fmt: skip
         write_json(paths.REPORTS / "quantization_demo.json", summary)
-        tracking.log("quantize_demo", params={"model": self.model_name, "block_size": self.block_size},
+        tracking.log("quantize_demo", params={"model": self.model_name, "quant.block_size": self.block_size},
                      metrics={f"{label.replace('+', '_').replace(' ', '')}.{k}": v for label, d in summary.items() for k, v in d.items()},
-                     tags={"stage": "quantize_demo"})  # fmt: skip
+                     tags={"stage": "quantize_demo"}, started=started,
+                     artifacts=[paths.REPORTS / "quantization_demo.md", paths.REPORTS / "quantization_demo.json"])  # fmt: skip
         return table
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from pathlib import Path
 
 from qlora.config import EvalConfig, Method, ModelKind, QuantConfig
@@ -16,7 +17,7 @@ from qlora.pipeline import paths
 from qlora.pipeline.config import CAUSAL, ENCODER, PipelineConfig, main_method
 from qlora.pipeline.params import lookup, pick, whole
 from qlora.pipeline.quantize import quant_params
-from qlora.pipeline.tracking import Tracking
+from qlora.pipeline.tracking import Tracking, base_row, stage_row
 
 
 def _write(scored: list, metrics_path: Path, items_dir: Path) -> list:
@@ -56,6 +57,7 @@ class BaseEvalJob:
     eval: EvalConfig  # base_mmlu_questions, batch_size, seed
 
     def run(self, tracking: Tracking, *, progress: bool = True) -> list:
+        started = time.time()  # the MLflow run's start
         from transformers import AutoTokenizer
 
         from qlora.data.mmlu import load_mmlu
@@ -79,7 +81,9 @@ class BaseEvalJob:
                      params={"model": self.model_name, "method": Method.NONE.value, **quant_params(self.quant)},
                      metrics={"perplexity": ppl.score.value, "perplexity_tokens": ppl.score.n, "mmlu_zero_shot": mmlu.score.value,
                               "mmlu_zero_shot_n": mmlu.score.n},
-                     tags={"stage": "evaluate_base", "model": self.model_name, "quant": self.quant.label})  # fmt: skip
+                     tags={"stage": "evaluate_base", "model": self.model_name, "quant": self.quant.label},
+                     row=base_row(self.model_key, self.model_name, self.quant_name, self.quant),
+                     row_metrics={"perplexity": ppl.score.value, "mmlu_zero_shot": mmlu.score.value}, config=self, started=started)  # fmt: skip
         return records
 
 
@@ -109,6 +113,7 @@ class CausalEvalJob:
     items_path: Path  # a folder: one per-item file per record
 
     def run(self, tracking: Tracking, *, progress: bool = True) -> list:
+        started = time.time()  # the MLflow run's start
         from transformers import AutoTokenizer
 
         from qlora.data.mmlu import load_fewshot_pool, load_mmlu
@@ -138,7 +143,9 @@ class CausalEvalJob:
                          self.metrics_path, self.items_path)  # fmt: skip
         tracking.log(f"evaluate causal {self.row}", params={"model": self.model_name, "method": self.method.value, **quant_params(self.quant)},
                      metrics={r.task.value: r.value for r in records} | {f"{r.task.value}_n": r.n for r in records},
-                     tags={"stage": "evaluate", "role": CAUSAL, "run": self.row})  # fmt: skip
+                     tags={"stage": "evaluate", "role": CAUSAL, "run": self.row},
+                     row=stage_row(CAUSAL, self.row, self.method, self.quant, self.model_name),
+                     row_metrics={r.task.value: r.value for r in records}, config=self, started=started)  # fmt: skip
         return records
 
 
@@ -173,6 +180,7 @@ class EncoderEvalJob:
     eval: EvalConfig  # batch_size
 
     def run(self, tracking: Tracking, *, progress: bool = True) -> list:
+        started = time.time()  # the MLflow run's start
         from transformers import AutoTokenizer
 
         from qlora.data.prepare import CLS_LABELS, CLS_TEST
@@ -198,7 +206,9 @@ class EncoderEvalJob:
         tracking.log(f"evaluate encoder {self.row}", params={"model": self.model_name, "method": self.method.value, **quant_params(self.quant)},
                      metrics={"classification": sum(r.value for r in records) / len(records), "classification_n": records[0].n,
                               "seeds": len(records)},
-                     tags={"stage": "evaluate", "role": ENCODER, "run": self.row})  # fmt: skip
+                     tags={"stage": "evaluate", "role": ENCODER, "run": self.row},
+                     row=stage_row(ENCODER, self.row, self.method, self.quant, self.model_name),
+                     row_metrics={"classification": sum(r.value for r in records) / len(records)}, config=self, started=started)  # fmt: skip
         return records
 
 

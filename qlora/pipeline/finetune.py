@@ -17,7 +17,7 @@ from qlora.config import LoRAConfig, Method, ModelKind, QuantConfig
 from qlora.pipeline import paths
 from qlora.pipeline.config import CAUSAL, ENCODER, PipelineConfig, main_method, RunSpec
 from qlora.pipeline.params import lookup, whole
-from qlora.pipeline.tracking import Tracking
+from qlora.pipeline.tracking import Tracking, quant_params, stage_row
 from qlora.train.config import TrainConfig
 
 
@@ -143,6 +143,7 @@ class TrainJob:
     loss_path: Path | None  # the loss curve (CSV, a DVC plot)
     labels_path: Path | None = None  # classification labels (encoder rows)
     seed: int | None = None  # recorded for rows trained once per seed
+    log_row: bool = True  # copy the headline numbers onto the row's parent run (False: the caller aggregates seeds)
 
     def resume_key(self) -> str:
         """Settings + the bytes of the base checkpoint and the data: a killed run resumes only into itself."""
@@ -152,6 +153,7 @@ class TrainJob:
 
     def run(self, tracking: Tracking, *, progress: bool = True):
         from qlora.atomic import write_json, write_text
+        from qlora.models.loading import QUANT_FILE
         from qlora.report.records import dump_records
 
         num_labels = None
@@ -162,21 +164,24 @@ class TrainJob:
             for stale in resume.parent.iterdir():  # checkpoints of this row's earlier, different runs
                 if stale != resume:
                     shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
-        out = finetune(model_name=self.model_name, checkpoint=self.checkpoint, kind=self.kind, method=self.method, quant=self.quant,
-                       lora=self.lora, train_config=self.train, data=self.data, out_dir=self.out_dir,
-                       resume_dir=resume, num_labels=num_labels, progress=progress, seed=self.seed)  # fmt: skip
-        shutil.rmtree(resume, ignore_errors=True)  # finished: DVC caches the adapter
-        record = out.record
-        if self.metrics_path is not None:
-            write_json(self.metrics_path, dump_records([record]))
-        if self.loss_path is not None:
-            write_text(self.loss_path, loss_csv([record.losses]))
-        tracking.log(f"train {self.role} {self.row}",
-                     params={"model": self.model_name, "method": self.method.value, "quant": dataclasses.asdict(self.quant),
-                             "lora": dataclasses.asdict(self.lora), "train": dataclasses.asdict(self.train)},
-                     metrics={"peak_mb": record.peak_mb, "weight_mb": record.weight_mb, "adapter_mb": record.adapter_mb,
-                              "bits_per_param": record.bits_per_param, "tokens_per_s": record.tokens_per_s},
-                     series={"loss": record.losses}, tags={"stage": "train", "role": self.role, "run": self.row})  # fmt: skip
+        row = stage_row(self.role, self.row, self.method, self.quant, self.model_name) if self.log_row else None
+        with tracking.start(f"train {self.role} {self.row}", row=row, config=self,
+                            params={"model": self.model_name, "method": self.method.value, **quant_params(self.quant),
+                                    "lora": self.lora, "train": self.train},
+                            tags={"stage": "train", "role": self.role, "run": self.row}) as live:  # fmt: skip
+            out = finetune(model_name=self.model_name, checkpoint=self.checkpoint, kind=self.kind, method=self.method, quant=self.quant,
+                           lora=self.lora, train_config=self.train, data=self.data, out_dir=self.out_dir,
+                           resume_dir=resume, num_labels=num_labels, progress=progress, seed=self.seed, on_step=live.on_step)  # fmt: skip
+            shutil.rmtree(resume, ignore_errors=True)  # finished: DVC caches the adapter
+            record = out.record
+            if self.metrics_path is not None:
+                write_json(self.metrics_path, dump_records([record]))
+            if self.loss_path is not None:
+                write_text(self.loss_path, loss_csv([record.losses]))
+            summary = train_summary(record, out.result)
+            live.finish(metrics=summary, series={"loss": record.losses},
+                        artifacts=[p for p in (self.out_dir / "adapter_config.json", self.out_dir / QUANT_FILE) if p.exists()],
+                        row_metrics=_row_train_metrics(self.role, summary), row_series={_row_name(self.role, "loss"): record.losses})  # fmt: skip
         return out
 
 
@@ -200,8 +205,33 @@ class SeedsJob:
 
         results = [job.run(tracking, progress=progress) for job in self.jobs]
         write_json(self.metrics_path, dump_records([r.record for r in results]))
-        write_text(self.loss_path, loss_csv([r.record.losses for r in results]))
+        curves = [r.record.losses for r in results]
+        write_text(self.loss_path, loss_csv(curves))
+        first = self.jobs[0]
+        summaries = [train_summary(r.record, r.result) for r in results]
+        mean = {k: sum(s[k] for s in summaries) / len(summaries) for k in summaries[0]}
+        steps = min(len(c) for c in curves)
+        tracking.log_row(stage_row(first.role, first.row, first.method, first.quant, first.model_name),
+                         _row_train_metrics(first.role, mean),
+                         {_row_name(first.role, "loss"): [sum(c[i] for c in curves) / len(curves) for i in range(steps)]})  # fmt: skip
         return results
+
+
+def train_summary(record, result) -> dict[str, float]:
+    """A training run's numbers for MLflow (memory and speed over the steps this process ran)."""
+    return {"peak_mb": record.peak_mb, "weight_mb": record.weight_mb, "adapter_mb": record.adapter_mb,
+            "bits_per_param": record.bits_per_param, "tokens_per_s": record.tokens_per_s,
+            "final_loss": record.losses[-1] if record.losses else float("nan"), "steps": record.steps,
+            "seconds": result.seconds}  # fmt: skip
+
+
+def _row_name(role: str, name: str) -> str:
+    """Causal training numbers keep their names on the row; the encoder's get an `encoder.` prefix."""
+    return name if role == CAUSAL else f"encoder.{name}"
+
+
+def _row_train_metrics(role: str, summary: dict[str, float]) -> dict[str, float]:
+    return {_row_name(role, k): summary[k] for k in ("peak_mb", "tokens_per_s", "final_loss")}
 
 
 def plan_train(params: PipelineConfig, role: str, run: str) -> TrainJob | SeedsJob:
@@ -236,7 +266,7 @@ def plan_train(params: PipelineConfig, role: str, run: str) -> TrainJob | SeedsJ
         TrainJob(role, f"{run}-s{seed}", model.name, model.kind, spec.method, quant, lora, dataclasses.replace(base, seed=seed),
                  checkpoint, paths.data_dir() / CLS_TRAIN, out_dir=paths.seed_dir(paths.adapter_dir(role, run), seed),
                  resume_root=paths.seed_dir(paths.resume_root(role, run), seed), metrics_path=None, loss_path=None,
-                 labels_path=paths.data_dir() / CLS_LABELS, seed=seed)
+                 labels_path=paths.data_dir() / CLS_LABELS, seed=seed, log_row=False)
         for seed in params.ablation.encoder_seeds
     )  # fmt: skip
     return SeedsJob(jobs, paths.train_metrics(role, run), paths.loss_curve(role, run))

@@ -24,11 +24,11 @@ class PrepareModelJob:
 
         from qlora.data.sources import materialise
 
-        t0 = time.perf_counter()
+        started = time.time()
         out = materialise(self.model, paths.model_dir(self.key))
         size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
         tracking.log(f"prepare_model {self.key}", params={"model": self.model.name, "source": self.model.source.value},
-                     metrics={"folder_mb": size / 2**20, "seconds": time.perf_counter() - t0},
+                     metrics={"folder_mb": size / 2**20}, started=started, config=self,
                      tags={"stage": "prepare_model", "model": self.model.name})  # fmt: skip
         return out
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from qlora.config import ModelConfig, QuantConfig
+from qlora.config import Method, ModelConfig, QuantConfig
 from qlora.pipeline import paths
 from qlora.pipeline.config import CAUSAL, PipelineConfig
 from qlora.pipeline.params import lookup, whole
-from qlora.pipeline.tracking import Tracking
+from qlora.pipeline.tracking import Tracking, base_row, quant_params  # noqa: F401 (quant_params: re-exported)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,25 +22,28 @@ class QuantizeJob:
     def run(self, tracking: Tracking) -> Path:
         import time
 
-        from qlora.models.loading import quantize_checkpoint
+        from qlora.models.loading import load_for_training, quantize_checkpoint
+        from qlora.models.surgery import model_report
         from qlora.quant.dtypes import bits_per_param
 
-        t0 = time.perf_counter()
+        started = time.time()
         out = quantize_checkpoint(paths.model_dir(self.model_key), self.model.kind, self.quant,
                                   paths.quantized_dir(self.model_key, self.quant_name))  # fmt: skip
         size = sum(f.stat().st_size for f in out.rglob("*.safetensors"))
         bits = bits_per_param(self.quant.dtype, self.quant.block_size, self.quant.double_quant) if self.quant.dtype.is_quantized else 16.0
+        # the frozen weights as training holds them (the memory table's weight MB): on disk, a BF16 folder keeps
+        # embeddings in bf16 and a 4-bit one in fp32, so file sizes do not compare across data types
+        report = model_report(load_for_training(out, self.model.kind, self.quant, None))
+        sizes = {"weight_mb": report.weight_bytes_after / 2**20, "linear_weight_mb": report.quantized_bytes / 2**20,
+                 "checkpoint_mb": size / 2**20}  # fmt: skip
         tracking.log(f"quantize {self.model_key} {self.quant_name}",
-                     params={"model": self.model.name, **quant_params(self.quant)},
-                     metrics={"bits_per_param": bits, "weights_mb": size / 2**20, "seconds": time.perf_counter() - t0},
-                     tags={"stage": "quantize", "model": self.model.name, "quant": self.quant.label})  # fmt: skip
+                     params={"model": self.model.name, "method": Method.NONE.value, **quant_params(self.quant)},
+                     metrics={"bits_per_param": bits, **sizes}, started=started,
+                     tags={"stage": "quantize", "model": self.model.name, "quant": self.quant.label},
+                     row=base_row(self.model_key, self.model.name, self.quant_name, self.quant),
+                     row_metrics={"bits_per_param": bits, "weight_mb": sizes["weight_mb"], "linear_weight_mb": sizes["linear_weight_mb"]},
+                     config=self)  # fmt: skip
         return out
-
-
-def quant_params(quant: QuantConfig) -> dict[str, str]:
-    """The same parameter names in every stage's MLflow run."""
-    return {"quant.dtype": quant.dtype.value, "quant.double_quant": str(quant.double_quant).lower(),
-            "quant.block_size": str(quant.block_size), "quant.label": quant.label}  # fmt: skip
 
 
 def plan_quantize(params: PipelineConfig, model_key: str, quant_name: str) -> QuantizeJob:

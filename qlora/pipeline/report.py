@@ -19,17 +19,20 @@ class ReportJob:
     findings_path: Path
 
     def run(self, tracking: Tracking) -> list[Path]:
+        import time
+
         from qlora.atomic import write_json, write_text
         from qlora.report.findings import findings
-        from qlora.report.plots import accuracy_bars, loss_curves, memory_bars
+        from qlora.report.plots import accuracy_bars, loss_curves, loss_curves_csv, memory_bars
         from qlora.report.records import attach_items, load_records, pool_seeds
         from qlora.report.summary import metrics_summary
         from qlora.report.tables import memory_table, table2, table3, table4, write_table
 
+        started = time.time()
         m, r = paths.METRICS, paths.REPORTS
         files = sorted([*m.glob("base/*.json"), *m.glob("train/*.json"), *m.glob("eval/*.json")])
         records, trains = load_records(files)
-        evals = pool_seeds(attach_items(records, paths.ITEMS))
+        evals = pool_seeds(attach_items(records, [paths.ITEMS / "base", paths.ITEMS / "eval"]))
         written: list[Path] = []
         tables = [table2(evals, profile=self.profile), table3(evals, profile=self.profile), table4(evals, profile=self.profile),
                   memory_table(trains, profile=self.profile)]  # fmt: skip
@@ -39,11 +42,13 @@ class ReportJob:
         written += [loss_curves([t for t in trains if t.model == self.causal_model_name], r / "loss_curves.png"),
                     accuracy_bars([e.record for e in evals], "mmlu", r / "accuracy_mmlu.png"),
                     accuracy_bars([e.record for e in evals], "classification", r / "accuracy_classification.png"),
-                    memory_bars(trains, r / "memory.png")]  # fmt: skip
+                    memory_bars(trains, r / "memory.png"),
+                    write_text(r / "loss_by_data_type.csv", loss_curves_csv([t for t in trains if t.model == self.causal_model_name]))]  # fmt: skip
         main_evals, main_trains = load_records(sorted(m.glob("main/*.json")))
         write_json(m / "summary.json", metrics_summary(records, trains, main_evals, main_trains))
         write_text(r / "README.md", f"# Regenerated tables (profile `{self.profile}`)\n\n" + "\n".join(t.to_markdown() for t in tables))
-        tracking.log("report", params={"profile": self.profile}, tags={"stage": "report"}, artifacts=written)
+        tracking.log("report", params={"profile": self.profile}, tags={"stage": "report"}, artifacts=[*written, m / "summary.json"],
+                     metrics={"eval_records": len(evals), "train_records": len(trains), "files": len(written)}, started=started)  # fmt: skip
         return written
 
 

@@ -36,6 +36,19 @@ def loss_curves(trains: Sequence[TrainRecord], path: str | Path) -> Path:
     return _save(fig, Path(path))
 
 
+def loss_curves_csv(trains: Sequence[TrainRecord]) -> str:
+    """`step,loss,data_type` rows of every curve (long format): one DVC plot colours them by data type
+    (template .dvc/plots/by_data_type.json)."""
+    lines = ["step,loss,data_type"]
+    for t in trains:
+        label = f"{t.method.value} {t.quant}"  # the text form (nf4_dq): display names hold commas
+        lines += [f"{i},{loss},{label}" for i, loss in enumerate(t.losses, start=1)]
+    return "\n".join(lines) + "\n"
+
+
+CHANCE = {Task.MMLU: 0.25, Task.MMLU_ZERO_SHOT: 0.25}  # four answer choices
+
+
 def accuracy_bars(evals: Sequence[EvalRecord], task: Task | str, path: str | Path) -> Path:
     task = Task.parse(task)
     rows = [r for r in evals if r.task is task]
@@ -48,18 +61,24 @@ def accuracy_bars(evals: Sequence[EvalRecord], task: Task | str, path: str | Pat
     ax.set_xticks(range(len(rows)), labels, fontsize=8)
     ax.set_ylabel(f"{task.value} (%)")
     ax.set_title(f"{task.value} with 95% intervals")
+    if task in CHANCE:
+        ax.axhline(100 * CHANCE[task], color="#c44e52", linestyle="--", linewidth=1, label=f"chance ({100 * CHANCE[task]:.0f}%)")
+        ax.legend(fontsize=8)
     return _save(fig, Path(path))
 
 
 def memory_bars(trains: Sequence[TrainRecord], path: str | Path) -> Path:
-    fig, ax = plt.subplots(figsize=(7, 4))
-    labels = [f"{t.method.value}\n{t.quant.display}" for t in trains]
-    weights = [t.weight_mb for t in trains]
-    adapters = [t.adapter_mb for t in trains]
-    ax.bar(range(len(trains)), weights, label="frozen weights")
-    ax.bar(range(len(trains)), adapters, bottom=weights, label="adapter")
-    ax.set_xticks(range(len(trains)), labels, fontsize=8)
-    ax.set_ylabel("MB")
-    ax.set_title("Weight storage by data type")
-    ax.legend()
+    """Frozen-weight and adapter storage of each training row, one panel per model (their scales differ)."""
+    models = sorted({t.model for t in trains}) or [""]
+    fig, axes = plt.subplots(1, len(models), figsize=(4 + 3.5 * len(models), 4), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        rows = [t for t in trains if t.model == model]
+        weights = [t.weight_mb for t in rows]
+        ax.bar(range(len(rows)), weights, label="frozen weights")
+        ax.bar(range(len(rows)), [t.adapter_mb for t in rows], bottom=weights, label="adapter (+ head)")
+        ax.set_xticks(range(len(rows)), [f"{t.method.value}\n{t.quant.display}" for t in rows], fontsize=8)
+        ax.set_ylabel("MB")
+        ax.set_title(model, fontsize=9)
+        ax.legend(fontsize=7)
+    fig.suptitle("Stored weights and adapters by data type, per model (MB; peak training memory: reports/memory.md)", fontsize=10)
     return _save(fig, Path(path))

@@ -1,11 +1,6 @@
-"""Stage helpers: the fingerprint that keys a resumable training run to its exact inputs."""
+"""The fingerprint that keys a resumable training run to its exact inputs."""
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "stages"))
-
-from stage_io import fingerprint  # noqa: E402
+from qlora.pipeline.finetune import fingerprint
 
 
 def test_fingerprint_changes_with_any_byte_or_name(tmp_path):

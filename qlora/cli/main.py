@@ -1,0 +1,171 @@
+"""`qlora`: the command line (an entry point like stages/: it reads arguments, calls one function of
+qlora/pipeline and prints what came out).
+
+    qlora quantize MODEL --out DIR [quant=fp4 ...]        a model folder or hub id -> a 4-bit checkpoint
+    qlora finetune --out DIR model=... data.path=my.jsonl  a model + your data -> a PEFT adapter (resumable)
+    qlora eval MODEL [--adapter DIR] [--tasks mmlu,...]    MMLU / perplexity / RougeL
+    qlora merge ADAPTER --out DIR [model=BASE]             adapter + base -> a bf16 folder
+    qlora info PATH                                        what a checkpoint or adapter folder holds
+    qlora pipeline repro|status|sweep|show|plots|mlflow    the DVC pipeline (dvc repro, sweeps)
+
+Settings are the pipeline's Hydra groups (conf/), overridable with Hydra's syntax (`qlora.cli.compose`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from qlora.cli.compose import UsageError, find_config_dir, group_options
+
+PROG = "qlora"
+TASKS = ("mmlu", "perplexity", "rouge")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with every usage error as one line (no usage dump)."""
+
+    def error(self, message: str) -> None:  # noqa: D102
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _overrides_help(conf: Path | None) -> str:
+    if conf is None:
+        return "overrides: Hydra syntax over conf/ (run in the repository to list the groups)"
+    groups = group_options(conf)
+    lines = ["overrides (Hydra syntax over conf/, the pipeline's groups; e.g. quant=fp4 train.max_steps=20 lora=small):"]
+    lines += [f"  {g}={{{','.join(o)}}}" for g, o in groups.items() if g != "experiment"]
+    lines += ["  model=<folder or hub id>   any transformers causal LM", "  <section>.<key>=<value>    any key, e.g. lora.rank=16 eval.mmlu_questions=100"]
+    return "\n".join(lines)
+
+
+def build_parser(conf: Path | None = None) -> argparse.ArgumentParser:
+    epilog = _overrides_help(conf)
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = _Parser(prog=PROG, description="QLoRA in 4 bits: quantize, fine-tune on your data, evaluate, merge, inspect.",
+                     epilog="Run `qlora <command> --help` for each command.", formatter_class=fmt)  # fmt: skip
+    parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser, required=True)
+
+    def command(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=description, epilog=epilog, formatter_class=fmt)
+        p.add_argument("--config-dir", default=None, help="the Hydra config folder (default: ./conf, else the package's)")
+        p.add_argument("--no-mlflow", action="store_true", help="log nothing to MLflow (default: $MLFLOW_TRACKING_URI, else "
+                       "sqlite under ~/.cache/qlora-pipeline)")  # fmt: skip
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+        return p
+
+    p = command("quantize", "a model folder or hub id -> a 4-bit checkpoint folder",
+                "Quantizes every linear layer but the head while loading (peak RAM near the quantized size) and writes the\n"
+                "transformers + bitsandbytes 4-bit layout (NF4/FP4 load in transformers too). Any data type: quant=<option>.")  # fmt: skip
+    p.add_argument("model", metavar="MODEL", help="a conf/model option (smollm2, ...), a model folder or a hub id")
+    p.add_argument("--out", required=True, type=Path, help="the checkpoint folder to write")
+    p.add_argument("overrides", nargs="*", metavar="OVERRIDE", help="e.g. quant=fp4 quant.block_size=128")
+
+    p = command("finetune", "a model + your data -> a PEFT adapter (re-run to resume)",
+                "Instruction-tunes LoRA adapters on a quantized base (QLoRA; LoRA for quant=bf16) with your JSONL or datasets\n"
+                "records (Alpaca instruction/input/output or chat messages), loss on the responses only. The adapter loads with\n"
+                "peft.PeftModel.from_pretrained. A killed run resumes when the same command is run again.")  # fmt: skip
+    p.add_argument("--out", required=True, type=Path, help="the adapter folder to write")
+    p.add_argument("overrides", nargs="*", metavar="OVERRIDE",
+                   help="e.g. model=smollm2 data.path=my.jsonl train.max_steps=20 quant=fp4")  # fmt: skip
+
+    p = command("eval", "MMLU / perplexity / RougeL of a model (+ an adapter)",
+                "Evaluates a model, quantized as it loads (as recorded with the adapter or folder; quant=<option> to choose),\n"
+                "with an optional adapter. RougeL scores greedy answers against your records: data.path=heldout.jsonl.")  # fmt: skip
+    p.add_argument("model", metavar="MODEL", help="a conf/model option, a model or checkpoint folder, or a hub id")
+    p.add_argument("--adapter", type=Path, default=None, help="a PEFT adapter folder (from `qlora finetune`)")
+    p.add_argument("--tasks", default=None, help=f"comma-separated, of {', '.join(TASKS)} (default: mmlu,perplexity; +rouge with data.path)")
+    p.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
+    p.add_argument("overrides", nargs="*", metavar="OVERRIDE", help="e.g. eval.mmlu_questions=200 eval.mmlu_shots=0 data.path=test.jsonl")
+
+    p = command("merge", "adapter + base -> a merged bf16 model folder",
+                "Folds the adapter into its base (dequantized exactly as it was trained on) and writes a plain transformers\n"
+                "folder in bf16 with the base's tokenizer. The base defaults to the one the adapter names.")  # fmt: skip
+    p.add_argument("adapter", metavar="ADAPTER", type=Path, help="the adapter folder")
+    p.add_argument("--out", required=True, type=Path, help="the folder to write")
+    p.add_argument("overrides", nargs="*", metavar="OVERRIDE", help="model=<base> when the adapter's recorded base is not available")
+
+    p = sub.add_parser("info", help="what a checkpoint or adapter folder holds", formatter_class=fmt,
+                       description="Data type, bits per parameter, sizes and parameter counts of a model, 4-bit checkpoint or adapter folder.")  # fmt: skip
+    p.add_argument("path", metavar="PATH", type=Path)
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("pipeline", help="the DVC pipeline: repro, status, sweeps, plots, the MLflow UI", formatter_class=fmt,
+                       description="A thin wrapper of DVC (run it in the repository):\n"
+                                   "  repro [STAGE ...]        dvc repro: the whole pipeline, or some stages\n"
+                                   "  status                   dvc status: what is out of date\n"
+                                   "  sweep OVERRIDE ...       one queued DVC experiment per value, then run them:\n"
+                                   "                           qlora pipeline sweep quant=nf4,fp4,int8\n"
+                                   "  show                     dvc exp show --only-changed: compare experiments\n"
+                                   "  plots                    dvc plots show\n"
+                                   "  mlflow                   mlflow ui on the pipeline's tracking store")  # fmt: skip
+    p.add_argument("action", choices=("repro", "status", "sweep", "show", "plots", "mlflow"))
+    p.add_argument("args", nargs="*", metavar="ARG")
+    p.add_argument("--jobs", "-j", type=int, default=1, help="sweep: experiments run at once")
+    p.add_argument("--dry-run", action="store_true", help="print the commands instead of running them")
+    return parser
+
+
+def _version() -> str:
+    from qlora import __version__
+
+    return __version__
+
+
+def _env_tracking(disabled: bool):
+    from qlora.pipeline.tracking import Tracking, default_tracking
+
+    if disabled:
+        return Tracking("")
+    return default_tracking(cache_dir(), os.environ.get("MLFLOW_TRACKING_URI", ""), os.environ.get("MLFLOW_EXPERIMENT_NAME", "qlora-cli"))
+
+
+def cache_dir() -> Path:
+    """Downloads, embedded models and the default MLflow store: $QLORA_CACHE, else ~/.cache/qlora-pipeline."""
+    return Path(os.environ.get("QLORA_CACHE") or Path.home() / ".cache" / "qlora-pipeline")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        conf = find_config_dir(_option(argv, "--config-dir"))
+    except UsageError:
+        conf = None  # --help still works; commands that need conf/ say so
+    parser = build_parser(conf)
+    args, extra = parser.parse_known_args(argv)  # overrides may follow options: `quantize M --out D quant=fp4`
+    unknown = [e for e in extra if e.startswith("-") or not hasattr(args, "overrides") and not hasattr(args, "args")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    for name in ("overrides", "args"):
+        if hasattr(args, name):
+            setattr(args, name, [*getattr(args, name), *extra])
+    from qlora.cli import commands
+
+    try:
+        return getattr(commands, f"cmd_{args.command}")(args)
+    except UsageError as e:
+        print(f"{PROG} {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError, FileExistsError) as e:  # ConfigError and BadFileError are ValueErrors
+        print(f"{PROG} {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG} {args.command}: interrupted (a finetune resumes when run again)", file=sys.stderr)
+        return 130
+
+
+def _option(argv: list[str], name: str) -> str | None:
+    for i, a in enumerate(argv):
+        if a == name and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith(name + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

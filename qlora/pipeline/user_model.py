@@ -1,0 +1,44 @@
+"""A model the user names, as a local folder: a folder as it is, a hub id through the Hugging Face cache,
+an embedded model (conf/model options) materialised once into the user's cache.
+
+The `qlora` command line takes the same `models.<key>` configs as the pipeline (conf/model), plus any
+folder or hub id (`ModelSource.PRETRAINED`), and needs a folder to read: this is where it gets one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qlora.config import ModelConfig, ModelSource
+
+
+def model_folder(model: ModelConfig, cache_dir: str | Path) -> Path:
+    """The folder holding `model` (config.json, weights, tokenizer files).
+
+    Args:
+        model: a conf/model config; PRETRAINED: `model.path` is a folder or a hub id.
+        cache_dir: where embedded models are materialised (once: a later call reuses the folder).
+
+    Raises:
+        FileNotFoundError: the folder or hub id is not available (offline, or no such id).
+        ValueError: a source with no folder form (TINY_LLAMA: no tokenizer).
+    """
+    if model.source is ModelSource.PRETRAINED:
+        from qlora.models.pretrained import resolve_model_dir
+
+        folder = resolve_model_dir(model.path)
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"{model.path}: no config.json (expected a transformers model folder or hub id)")
+        return folder
+    folder = Path(cache_dir) / "models" / model.source.value
+    if (folder / "config.json").is_file():
+        return folder
+    from qlora.data.sources import materialise
+
+    return materialise(model, folder, gguf_cache_dir=Path(cache_dir) / "gguf")
+
+
+def model_reference(model: ModelConfig, folder: Path) -> str:
+    """What to record as the base of an adapter (PEFT's `base_model_name_or_path`): the hub id or folder
+    the user gave, or the materialised folder of an embedded model."""
+    return model.path if model.source is ModelSource.PRETRAINED else str(folder.resolve())

@@ -1,0 +1,175 @@
+"""The `qlora` command line as a user runs it: --help everywhere, one-line errors naming the argument and
+the allowed values, and the done-when check: `qlora finetune` on a 20-line JSONL of one's own data
+gives an adapter that `peft.PeftModel.from_pretrained` loads; then info, quantize, eval and merge."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from qlora.cli.main import main
+
+ROOT = Path(__file__).resolve().parents[2]
+ALPACA = ROOT / "tests" / "data" / "fixtures" / "alpaca20.jsonl"
+CHAT = ROOT / "tests" / "data" / "fixtures" / "chat4.jsonl"
+COMMANDS = ("quantize", "finetune", "eval", "merge", "info", "pipeline")
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    try:
+        code = main(list(map(str, argv)))
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_help_lists_the_subcommands_and_each_has_help(capsys):
+    code, out, _ = run(capsys, "--help")
+    assert code == 0 and all(c in out for c in COMMANDS)
+    for command in COMMANDS:
+        code, out, _ = run(capsys, command, "--help")
+        assert code == 0 and out.startswith(f"usage: qlora {command}"), command
+    code, out, _ = run(capsys, "finetune", "--help")
+    assert "quant={bf16,fp4,fp4_e3m0,int4,int8,nf4,nf4_dq}" in out and "data.path" in out
+
+
+def test_the_entry_point_runs_as_a_module():
+    done = subprocess.run([sys.executable, "-m", "qlora", "--help"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0 and "finetune" in done.stdout
+    assert 'qlora = "qlora.cli.main:main"' in (ROOT / "pyproject.toml").read_text()
+
+
+@pytest.mark.parametrize(
+    "argv, code, message",
+    [
+        (["bogus"], 2, "qlora: error: argument COMMAND: invalid choice: 'bogus' (choose from 'quantize', 'finetune', 'eval', 'merge', "
+                       "'info', 'pipeline')"),
+        (["finetune", "data.path=x.jsonl"], 2, "qlora finetune: error: the following arguments are required: --out"),
+        (["finetune", "--out", "a", "quant=fp5"], 2, "qlora finetune: error: quant=fp5: expected one of bf16, fp4, fp4_e3m0, int4, int8, "
+                                                     "nf4, nf4_dq (conf/quant/)"),
+        (["finetune", "--out", "a", "train.max_steps=abc", "data.path=x.jsonl"], 2,
+         "qlora finetune: error: train.max_steps='abc': expected an integer"),
+        (["finetune", "--out", "a", "train.max_stepz=3"], 2, "qlora finetune: error: train.max_stepz: no such key; train has: "),
+        (["finetune", "--out", "a", "data.format=xml", "data.path=x.jsonl"], 2,
+         "qlora finetune: error: data.format='xml': expected one of AUTO, ALPACA, CHAT (RecordFormat, case-insensitive)"),
+        (["finetune", "--out", "a"], 2, "qlora finetune: error: data.path: expected your data"),
+        (["finetune", "--out", "a", "lora"], 2, "qlora finetune: error: 'lora': expected an override key=value"),
+        (["eval", "m", "--tasks", "mmlu,bleu"], 2, "qlora eval: error: argument --tasks: invalid choice: 'bleu' (choose from mmlu, perplexity, rouge)"),
+        (["quantize", "m", "--out", "a", "--bits", "4"], 2, "qlora: error: unrecognized arguments: --bits"),
+        (["finetune", "--out", "a", "data.path=does/not/exist.jsonl"], 1,
+         "qlora finetune: error: does/not/exist.jsonl: the data file (data.path) does not exist"),
+        (["info", "no/such/folder"], 1, "qlora info: error: no/such/folder: no such folder"),
+    ],
+)
+def test_bad_arguments_give_one_line(capsys, argv, code, message):
+    got, out, err = run(capsys, *argv)
+    assert got == code
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(message), err
+
+
+def test_finetune_on_your_own_jsonl_gives_a_peft_adapter(capsys, tmp_path, tiny_model_dir):
+    peft = pytest.importorskip("peft")
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "adapter"
+    code, stdout, err = run(capsys, "finetune", "--out", out, f"model={tiny_model_dir}", f"data.path={ALPACA}", "train.max_steps=3",
+                            "lora=small", "quant=nf4_dq", "--quiet", "--no-mlflow")  # fmt: skip
+    assert code == 0, err
+    assert "20 of 20 records, 3 steps" in stdout
+    assert not (tmp_path / "adapter.work").exists()  # finished: the resumable state is gone
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(tiny_model_dir) and config["r"] == 8
+    record = json.loads((out / "train_record.json").read_text())[0]
+    assert record["quant"] == "nf4_dq" and record["steps"] == 3 and len(record["losses"]) == 3
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model = peft.PeftModel.from_pretrained(base, str(out))
+    saved = load_file(out / "adapter_model.safetensors")
+    key = "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"
+    loaded = dict(model.named_parameters())[key.replace("lora_B.weight", "lora_B.default.weight")]
+    assert torch.equal(loaded, saved[key]) and saved[key].abs().sum() > 0  # trained, and loaded as trained
+
+    code, stdout, _ = run(capsys, "info", out)
+    assert code == 0 and "kind            adapter" in stdout and "data_type       nf4" in stdout and "4.127" in stdout
+
+
+def test_a_killed_finetune_resumes_when_run_again(capsys, tmp_path, tiny_model_dir, monkeypatch):
+    from qlora.pipeline import tracking
+
+    out = tmp_path / "adapter"
+    argv = ["finetune", "--out", out, f"model={tiny_model_dir}", f"data.path={CHAT}", "train.max_steps=4", "train.save_every=2",
+            "lora=small", "--quiet", "--no-mlflow"]  # fmt: skip
+    original = tracking.LiveRun.on_step
+
+    def killed_after_3(self, metrics):
+        original(self, metrics)
+        if metrics.step == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(tracking.LiveRun, "on_step", killed_after_3)
+    code, _, err = run(capsys, *argv)
+    assert code == 130 and "resumes when run again" in err
+    assert (tmp_path / "adapter.work").is_dir() and not out.exists()
+    monkeypatch.setattr(tracking.LiveRun, "on_step", original)
+    code, stdout, err = run(capsys, *argv)
+    assert code == 0 and "resuming from" in err and "4 steps, resumed at step 2" in stdout, (stdout, err)
+
+
+def test_quantize_info_eval_merge(capsys, tmp_path, tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    q = tmp_path / "fp4"
+    code, stdout, err = run(capsys, "quantize", tiny_model_dir, "--out", q, "quant=fp4", "--quiet", "--no-mlflow")
+    assert code == 0, err
+    assert "as fp4 (block 64), 4.500 bits/param, 14 quantized layers" in stdout
+    code, stdout, _ = run(capsys, "info", q, "--json")
+    info = json.loads(stdout)
+    assert info["kind"] == "quantized model" and info["data_type"] == "fp4" and info["quantized_layers"] == 14
+    assert info["stored_bits_per_param"] == pytest.approx(4.5, abs=0.01)
+
+    bf16 = tmp_path / "bf16"
+    assert run(capsys, "quantize", tiny_model_dir, "--out", bf16, "quant=bf16", "--quiet", "--no-mlflow")[0] == 0
+    info = json.loads(run(capsys, "info", bf16, "--json")[1])
+    assert info["kind"] == "model" and info["data_type"] == "bf16" and info["tensor_dtypes"] == {"bf16": info["params"]}
+
+    adapter = tmp_path / "adapter"
+    assert run(capsys, "finetune", "--out", adapter, f"model={tiny_model_dir}", f"data.path={ALPACA}", "train.max_steps=2", "lora=small",
+               "quant=fp4", "--quiet", "--no-mlflow")[0] == 0  # fmt: skip
+    results = tmp_path / "results.json"
+    code, stdout, err = run(capsys, "eval", tiny_model_dir, "--adapter", adapter, "--json", results, "eval.mmlu_questions=4",
+                            "eval.mmlu_shots=1", "data.perplexity_windows=2", "data.perplexity_window_tokens=16", f"data.path={CHAT}",
+                            "eval.max_new_tokens=3", "--quiet", "--no-mlflow")  # fmt: skip
+    assert code == 0, err
+    scores = json.loads(results.read_text())
+    assert set(scores) == {"mmlu", "perplexity", "rougeL"}
+    assert scores["mmlu"]["n"] == 4 and 0 <= scores["mmlu"]["value"] <= 1 and scores["perplexity"]["value"] > 1 and scores["rougeL"]["n"] == 4
+
+    merged = tmp_path / "merged"
+    code, stdout, err = run(capsys, "merge", adapter, "--out", merged, "--quiet", "--no-mlflow")
+    assert code == 0, err
+    model = AutoModelForCausalLM.from_pretrained(merged)
+    assert model.model.layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16
+    assert (merged / "tokenizer.json").is_file()
+
+
+def test_pipeline_wraps_dvc(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    code, _, err = run(capsys, "pipeline", "sweep", "quant=nf4,fp4", "--dry-run", "-j", "2")
+    lines = [line.split(" ", 1)[1] for line in err.splitlines()]
+    assert code == 0 and len(lines) == 3
+    assert lines[0].endswith("exp run --queue -S quant=nf4,fp4") and lines[1].endswith("exp run --run-all --jobs 2")
+    assert lines[2].endswith("exp show --only-changed")
+    code, _, err = run(capsys, "pipeline", "repro", "prepare_data", "--dry-run")
+    assert code == 0 and err.strip().endswith("repro prepare_data")
+
+
+def test_pipeline_outside_the_repository_says_where_to_run(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, "pipeline", "status")
+    assert code == 2 and "no dvc.yaml in" in err and err.count("\n") == 1

@@ -1,0 +1,58 @@
+"""The report's figures: one loss plot for every data type (DVC), the chance line on MMLU, memory by model."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from qlora.config import Method
+from qlora.eval.result import Score
+from qlora.report import plots
+from qlora.report.records import EvalRecord, TrainRecord
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _train(model, quant, method=Method.QLORA, losses=(2.0, 1.5)):
+    return TrainRecord(model, quant, method, 4.127, 100.0, 10.0, 500.0, "cpu_peak_rss", len(losses), 900.0, losses)
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """The matplotlib figures the plot functions make (not saved)."""
+    made = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: made.append(fig) or Path(path))
+    return made
+
+
+def test_loss_curves_csv_is_one_long_table_with_the_data_type():
+    text = plots.loss_curves_csv([_train("m", "nf4_dq"), _train("m", "bf16", Method.LORA, (3.0,))])
+    assert text == "step,loss,data_type\n1,2.0,qlora nf4_dq\n2,1.5,qlora nf4_dq\n1,3.0,lora bf16\n"
+
+
+def test_dvc_plots_loss_by_data_type_with_a_template_that_colours_by_it():
+    import yaml
+
+    report = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["report"]
+    (entry,) = [p["reports/loss_by_data_type.csv"] for p in report["plots"] if "reports/loss_by_data_type.csv" in p]
+    assert entry["template"] == "by_data_type" and (entry["x"], entry["y"]) == ("step", "loss")
+    template = json.loads((ROOT / ".dvc" / "plots" / "by_data_type.json").read_text())
+    assert template["encoding"]["color"]["field"] == "data_type" and template["data"]["values"] == "<DVC_METRIC_DATA>"
+
+
+def test_mmlu_shows_the_chance_line(figures):
+    evals = [EvalRecord("m", "nf4_dq", Method.QLORA, "MMLU", Score("mmlu", "accuracy", 0.3, 100, 0.2, 0.4))]
+    plots.accuracy_bars(evals, "mmlu", "x.png")
+    lines = [line for line in figures[0].axes[0].lines if line.get_label().startswith("chance")]
+    assert len(lines) == 1 and list(lines[0].get_ydata()) == [25.0, 25.0]
+    plots.accuracy_bars([EvalRecord("e", "bf16", Method.LORA, "t", Score("classification", "accuracy", 0.5, 10, 0.3, 0.7))],
+                        "classification", "y.png")
+    assert not [line for line in figures[1].axes[0].lines if line.get_label().startswith("chance")]
+
+
+def test_memory_groups_by_model_and_says_what_it_shows(figures):
+    plots.memory_bars([_train("llama", "nf4_dq"), _train("bert", "fp4"), _train("llama", "bf16", Method.LORA)], "m.png")
+    fig = figures[0]
+    assert [ax.get_title() for ax in fig.axes] == ["bert", "llama"]
+    assert [t.get_text() for t in fig.axes[1].get_xticklabels()] == ["qlora\nNF4 + DQ", "lora\nBF16"]
+    assert fig._suptitle.get_text().startswith("Stored weights and adapters by data type, per model")

@@ -1,0 +1,106 @@
+"""README.md cannot drift from the code: every Python block runs (a tiny offline model in place of the hub
+id it names), every `qlora ...` command line parses and composes its config, every `dvc exp run -S`
+override composes with Hydra."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+HUB_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the model the README's Python names: a tiny one runs in its place
+
+
+def blocks(language: str) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```", README, flags=re.S | re.M)
+
+
+def command_lines(program: str, *, inline: bool = False) -> list[list[str]]:
+    """Every `program ...` line of the bash blocks (and inline code spans), as argv (comments dropped)."""
+    found = []
+    texts = [line for b in blocks("bash") for line in b.splitlines()] + (re.findall(r"`([^`\n]+)`", README) if inline else [])
+    for text in texts:
+        text = text.strip().replace(".venv/bin/", "")
+        if text.startswith(program + " "):
+            for part in text.split("&&"):
+                argv = shlex.split(part, comments=True)
+                if argv and argv[0] == program:
+                    found.append(argv[1:])
+    return found
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    from tests.tiny_text import tiny_llama, tiny_tokenizer
+
+    folder = tmp_path_factory.mktemp("readme") / "tiny-llama"
+    tokenizer = tiny_tokenizer()
+    model = tiny_llama(len(tokenizer))
+    model.config.pad_token_id, model.config.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_the_readme_has_python_blocks_that_name_only_the_substituted_model():
+    code = blocks("python")
+    assert len(code) >= 3
+    hub_ids = {m for b in code for m in re.findall(r"[\"']([\w.-]+/[\w.-]+)[\"']", b) if not m.endswith((".json", ".jsonl"))}
+    assert hub_ids == {HUB_MODEL}, hub_ids
+
+
+@pytest.mark.slow
+def test_every_python_block_runs(tiny_model, tmp_path, monkeypatch):
+    """In order, in one working directory (a later block reads what an earlier one saved)."""
+    from torch import nn
+
+    from qlora.nn.linear import QLoRALinear
+
+    monkeypatch.chdir(tmp_path)
+    namespaces = []
+    for i, code in enumerate(blocks("python")):
+        namespace: dict = {"__name__": f"readme_block_{i}"}
+        exec(compile(code.replace(HUB_MODEL, str(tiny_model)), f"README.md python block {i}", "exec"), namespace)
+        namespaces.append(namespace)
+    quantized, trained, loaded = namespaces[:3]
+    assert quantized["q"].storage_bits_per_param() == pytest.approx(4.127, abs=1e-3)
+    assert repr(quantized["q"]).count("\n") == 0 and "4.127 bits/param" in repr(quantized["q"])
+    assert trained["result"].steps == 2 and (tmp_path / "my-adapter" / "adapter_config.json").is_file()
+    assert any(isinstance(m, QLoRALinear) for m in loaded["model"].modules())  # merge_and_unload left it as it was
+    assert not any(isinstance(m, QLoRALinear) for m in loaded["merged"].modules())
+    assert isinstance(loaded["peft_model"], nn.Module) and (tmp_path / "merged" / "config.json").is_file()
+
+
+def test_every_qlora_command_line_parses_and_composes():
+    from qlora.cli.compose import compose, find_config_dir, translate
+    from qlora.cli.main import build_parser
+
+    conf = find_config_dir(ROOT / "conf")
+    parser = build_parser(conf)
+    lines = command_lines("qlora")
+    assert {argv[0] for argv in lines} >= {"quantize", "info", "finetune", "eval", "merge", "pipeline"}
+    for argv in lines:
+        args, extra = parser.parse_known_args(argv)
+        assert all("=" in e for e in extra), argv
+        if hasattr(args, "overrides"):
+            model = [f"model={args.model}"] if hasattr(args, "model") else []
+            compose(conf, translate(model + args.overrides + extra, conf))  # raises UsageError naming the bad override
+
+
+def test_every_dvc_exp_run_override_composes():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from compose_params import compose_params
+
+    runs = [argv for argv in command_lines("dvc", inline=True) if argv[:2] == ["exp", "run"]]
+    assert runs
+    for argv in runs:
+        overrides = [argv[i + 1] for i, a in enumerate(argv) if a == "-S"]
+        for override in overrides:
+            key, _, values = override.partition("=")
+            for value in values.split(","):  # a queued sweep: one experiment per value
+                compose_params([f"{key}={value}"])
