@@ -8,6 +8,7 @@ device: NCCL with one GPU per rank, gloo on CPU (where all of this is tested).
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import datetime
 
@@ -52,7 +53,8 @@ def current_world() -> World | None:
 
 
 def init_world(*, timeout_s: float = 1800.0) -> World:
-    """Joins the process group of a torchrun launch (or returns the one already joined).
+    """Joins the process group of a torchrun launch (or returns the one already joined); it is left
+    when the process exits (`close_world`).
 
     On a machine with GPUs each rank takes GPU `rank % device_count` (one rank per GPU, as
     `--nproc_per_node` = the number of GPUs gives) and the NCCL backend; without GPUs, gloo on CPU.
@@ -73,6 +75,7 @@ def init_world(*, timeout_s: float = 1800.0) -> World:
         torch.cuda.set_device(dist.get_rank() % torch.cuda.device_count())
     else:
         dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=timeout_s))
+    atexit.register(close_world)  # leave the group when the process ends, whoever joined it
     return current_world()
 
 

@@ -144,3 +144,40 @@ def train_tiny_bytes(rank: int, world_size: int) -> dict:
     total = quantized_bytes(model, local=False)
     shard_model(model)
     return {"total": total, "local": quantized_bytes(model, local=True)}
+
+
+def train_tiny_logged(rank: int, world_size: int, config: dict, checkpoint_dir: str | None = None) -> dict:
+    """train_tiny, recording on_step calls and which ranks wrote checkpoint files."""
+    seen = []
+    model = tiny_qlora()
+    shard_model(model)
+    train(model, examples(), TrainConfig(**config), checkpoint_dir=checkpoint_dir, progress=True, on_step=seen.append)
+    return {"steps": [m.step for m in seen]}
+
+
+def eight_bit_state(rank: int, world_size: int) -> dict:
+    """PagedAdamW 8-bit on a sharded parameter of 5120 elements (2560 per rank, below the 4096 minimum)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    from qlora.distributed import gather_optimizer_state, shard_optimizer_state
+    from qlora.optim import AdamWConfig, PagedAdamW, StateBits
+
+    mesh = init_device_mesh("cpu", (world_size,))
+    torch.manual_seed(0)
+    full = torch.randn(80, 64)
+    p = torch.nn.Parameter(distribute_tensor(full, mesh, [Shard(0)], src_data_rank=None))
+    opt = PagedAdamW([p], config=AdamWConfig(lr=1e-2, bits=StateBits.BITS_8))
+    for step in range(3):
+        p.grad = distribute_tensor(torch.randn(80, 64, generator=torch.Generator().manual_seed(step)), mesh, [Shard(0)],
+                                   src_data_rank=None)  # fmt: skip
+        opt.step()
+    local = {k: v.clone() for k, v in opt.state[p].items()}
+    whole = gather_optimizer_state(opt, [p])
+    back = shard_optimizer_state(whole, [p])["state"][0]
+    return {"keys": sorted(local), "local_numel": p.to_local().numel(), "whole": whole,
+            "round_trip_exact": all(torch.equal(back[k], local[k]) for k in local), "param": p.full_tensor()}  # fmt: skip
+
+
+def train_unsharded(rank: int, world_size: int) -> None:
+    train(tiny_qlora(), examples(), TrainConfig(max_steps=1), progress=False)
