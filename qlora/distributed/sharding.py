@@ -88,6 +88,21 @@ def quantized_bytes(model: nn.Module, *, local: bool) -> int:
     return total
 
 
+def _check_same_model(model: nn.Module, world: World) -> None:
+    """Every rank must shard the same model: each keeps its own copy's rows. Compares a checksum of the
+    trainable parameters (a differently seeded adapter init is the usual cause) in one all-gather."""
+    import torch.distributed as dist
+
+    trainable = [p.detach() for p in model.parameters() if p.requires_grad]
+    local = torch.stack([t.double().sum() for t in trainable] or [torch.zeros((), dtype=torch.float64)]).sum().reshape(1)
+    local = torch.cat([local, torch.tensor([float(len(trainable))], dtype=torch.float64)]).to(world.device)
+    every = [torch.empty_like(local) for _ in range(world.size)]
+    dist.all_gather(every, local)
+    if any(not torch.equal(e, every[0]) for e in every):
+        raise ValueError("the ranks built different models (their trainable parameters differ): seed the adapter init "
+                         "(torch.manual_seed) the same way on every rank before shard_model")  # fmt: skip
+
+
 def shard_model(model: nn.Module, *, world: World | None = None, mesh: DeviceMesh | None = None,
                 mp_policy: MixedPrecisionPolicy | None = None) -> ShardReport:  # fmt: skip
     """Shards `model` in place with FSDP2 over all ranks (call it on every rank, with the same model).
@@ -106,6 +121,7 @@ def shard_model(model: nn.Module, *, world: World | None = None, mesh: DeviceMes
 
     Raises:
         RuntimeError: torch.distributed is not initialized.
+        ValueError: the ranks hold different trainable parameters (e.g. adapters initialised unseeded).
     """
     world = world or current_world()
     if world is None:
@@ -121,6 +137,7 @@ def shard_model(model: nn.Module, *, world: World | None = None, mesh: DeviceMes
             f"{len(replicated)} quantized layer(s) keep their 4-bit state replicated on every rank, not sharded: their "
             f"rows would split quantization blocks (in_features % block_size != 0, e.g. {first.in_features} % "
             f"{first.weight.block_size}): {', '.join(replicated)}", stacklevel=2)  # fmt: skip
+    _check_same_model(model, world)
     blocks = layer_blocks(model)
     for block in blocks:
         fully_shard(block, mesh=mesh, mp_policy=mp_policy, ignored_params=ignored or None)

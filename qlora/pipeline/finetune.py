@@ -82,6 +82,9 @@ def finetune(
 
     if method is Method.NONE:
         raise ValueError("method NONE trains nothing; evaluate the base instead")
+    import torch
+
+    torch.manual_seed(train_config.seed)  # the adapter's (and a new head's) init: the same in every process and rank
     if method is Method.FULL:
         model = load_base(checkpoint, kind, num_labels=num_labels)
         for p in model.parameters():

@@ -7,8 +7,10 @@ from qlora.train import TrainConfig, train
 from tests.distributed import workers
 from tests.distributed.ranks import run_ranks
 
-# fp32 on CPU: the 2-rank run differs from one process only by summation order
-TIGHT = dict(rtol=1e-5, atol=1e-6)
+# fp32 on CPU: the 2-rank run differs from one process only by summation order (losses: rel 1e-5). Adam
+# divides each coordinate's step by its gradient's magnitude, so a gradient coordinate near 0 turns a
+# rounding difference into a visible step difference: adapters agree to 5e-5 (0.25% of one step of lr 2e-2).
+TIGHT = dict(rtol=1e-5, atol=5e-5)
 CONFIG = dict(max_steps=4, micro_batch_size=4, grad_accum=2, lr=2e-2, warmup_ratio=0.0, max_grad_norm=0.3, seed=3)
 
 

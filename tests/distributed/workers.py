@@ -181,3 +181,6 @@ def eight_bit_state(rank: int, world_size: int) -> dict:
 
 def train_unsharded(rank: int, world_size: int) -> None:
     train(tiny_qlora(), examples(), TrainConfig(max_steps=1), progress=False)
+
+
+KILL_CONFIG = dict(micro_batch_size=4, grad_accum=2, lr=2e-2, warmup_ratio=0.0, save_every=1, seed=3)
