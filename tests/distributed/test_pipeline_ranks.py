@@ -47,7 +47,17 @@ def job(inputs, out: Path, **train) -> TrainJob:
                     metrics_path=out / "train.json", loss_path=out / "loss.csv")  # fmt: skip
 
 
-def test_the_resume_key_ignores_ranks_and_cadence_and_max_steps_of_a_constant_schedule(inputs, tmp_path):
+@pytest.fixture
+def files(tmp_path) -> tuple[Path, Path]:
+    """Stand-ins for a checkpoint folder and a token file (the resume key hashes their bytes)."""
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "model.safetensors").write_bytes(b"weights")
+    (tmp_path / "data.safetensors").write_bytes(b"tokens")
+    return tmp_path / "ckpt", tmp_path / "data.safetensors"
+
+
+def test_the_resume_key_ignores_ranks_and_cadence_and_max_steps_of_a_constant_schedule(files, tmp_path):
+    inputs = files
     base = job(inputs, tmp_path)
     same = [job(inputs, tmp_path, nproc_per_node=2), job(inputs, tmp_path, save_every=2, keep_checkpoints=3),
             job(inputs, tmp_path, max_steps=8)]  # fmt: skip
@@ -55,9 +65,13 @@ def test_the_resume_key_ignores_ranks_and_cadence_and_max_steps_of_a_constant_sc
     other = [job(inputs, tmp_path, lr=1e-2), job(inputs, tmp_path, warmup_ratio=0.2, max_steps=8),
              job(inputs, tmp_path, schedule=Schedule.COSINE), job(inputs, tmp_path, schedule=Schedule.COSINE, max_steps=8)]  # fmt: skip
     assert len({j.resume_key() for j in other} | {base.resume_key()}) == 5
+    key = base.resume_key()
+    files[1].write_bytes(b"other tokens")
+    assert base.resume_key() != key  # other data: another run
 
 
-def test_a_job_file_round_trips_and_names_bad_fields(inputs, tmp_path):
+def test_a_job_file_round_trips_and_names_bad_fields(files, tmp_path):
+    inputs = files
     original = job(inputs, tmp_path, nproc_per_node=2)
     data = json.loads(json.dumps(job_to_json(original, Tracking("http://127.0.0.1:5000", "e"))))
     back, tracking = job_from_json(data)

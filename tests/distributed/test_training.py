@@ -32,6 +32,7 @@ def test_two_ranks_match_one_process_on_the_same_global_batches():
     assert reference["losses"][-1] < reference["losses"][0]  # it trained
 
 
+@pytest.mark.slow
 def test_checkpoints_are_written_once_whole_and_resume_on_another_number_of_ranks(tmp_path):
     uninterrupted = single_process(CONFIG)
     # 2 ranks run steps 1-2 (a finished shorter run: a constant schedule lets it be extended) ...
