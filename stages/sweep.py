@@ -1,6 +1,8 @@
 """Hydra app: one QLoRA run of the composed config per job — for Hydra multirun sweeps.
 
     .venv/bin/python stages/sweep.py -m quant=nf4_dq,fp4,int8
+    .venv/bin/python stages/sweep.py -m hydra/launcher=local_joblib quant=nf4_dq,fp4   # 2 jobs at once
+    .venv/bin/python stages/sweep.py -m hydra/launcher=slurm train.nproc_per_node=8 quant=nf4_dq,fp4  # SLURM
 
 Each job quantizes the prepared causal base (`dvc repro prepare_data` first) to `quant`, trains the
 main run with `lora`/`train`, evaluates it with `eval`, and writes train.json, metrics.json and
@@ -18,6 +20,8 @@ from stage_io import stage_errors, tracking
 from qlora.pipeline.params import load_params, pipeline_config
 from qlora.pipeline.sweep import plan_sweep
 
+TRAIN_STAGE = Path(__file__).resolve().with_name("train.py")  # runs one training rank of a job file
+
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(raw: DictConfig) -> None:
@@ -28,7 +32,7 @@ def main(raw: DictConfig) -> None:
     except SystemExit:
         shutil.rmtree(out, ignore_errors=True)
         raise
-    job.run(tracking())
+    job.run(tracking(), worker=TRAIN_STAGE)  # train.nproc_per_node > 1: torchrun starts its ranks
 
 
 if __name__ == "__main__":

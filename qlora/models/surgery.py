@@ -114,10 +114,10 @@ def model_report(model: nn.Module, before_bytes: int | None = None) -> ModelRepo
     adapter_ids = {id(p) for m in qlayers for p in m.adapter_params()}
     quantized_params = sum(m.in_features * m.out_features for m in qlayers)
     quantized_bytes = sum(m.weight.storage_bytes() for m in qlayers)
-    packed_ids = {id(b) for m in qlayers for b in m.buffers()}
-    other = [p for p in model.parameters() if id(p) not in adapter_ids] + [b for b in model.buffers() if id(b) not in packed_ids]
+    packed_ids = {id(t) for m in qlayers for t in (*m.buffers(), *m.quantized_parameters())}
+    other = [p for p in model.parameters() if id(p) not in adapter_ids | packed_ids] + [b for b in model.buffers() if id(b) not in packed_ids]
     after = quantized_bytes + _bytes(other)
-    total = quantized_params + sum(p.numel() for p in model.parameters() if id(p) not in adapter_ids)
+    total = quantized_params + sum(p.numel() for p in model.parameters() if id(p) not in adapter_ids | packed_ids)
     return ModelReport(
         total_params=total,
         trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),

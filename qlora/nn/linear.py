@@ -4,6 +4,27 @@ One module serves every row of the paper's ablation: any `DataType` for the froz
 identity storage, giving plain LoRA on a 16-bit base), with or without an adapter (rank 0: inference).
 The adapter comes from `qlora.nn.lora` (A Kaiming-uniform a = sqrt(5), B zeros: `# Note: LoRA init`),
 scaling = alpha / rank. The maths of forward and backward is `qlora.nn.functional`.
+
+# Note: sharded storage
+The frozen quantized state is stored so that FSDP2 (`torch.distributed.fsdp.fully_shard`, which shards
+parameters along dim 0 and leaves buffers alone) can split it by output rows, and so that no
+mixed-precision policy or `module.to(dtype)` can change it (they cast floating tensors only):
+- `qweight`: a frozen Parameter of codes, one row per output feature: uint8 (out, in / 2) for the 4-bit
+  types (two codes per byte, the bitsandbytes nibble order), int8 (out, in) for INT8, and for BF16 the
+  bfloat16 bits as int16 (out, in);
+- `absmax` (without double quantization): a frozen Parameter holding the float32 block constants as
+  their int32 bit pattern, (out, in / block_size); `nested_codes` (with it): the uint8 codes of those
+  constants, (out, in / block_size);
+- `nested_absmax`, `nested_offset`, `nested_code` (double quantization's second level, 1/256 of the
+  constants and a 256-entry map): int32 bit patterns in buffers, replicated on every rank: their blocks
+  of 256 constants do not follow row boundaries.
+A row shard then holds whole quantization blocks whenever in_features % block_size == 0 (for any row
+split); such a layer is `row_shardable`. Otherwise blocks straddle rows: the state stays in the flat
+layout ((numel + 1) / 2, 1) / (n_blocks,) and `qlora.distributed.shard_model` replicates that layer's
+quantized parameters, with a warning naming it. `weight` returns the QuantizedTensor in the flat
+bitsandbytes layout (views, no copy), so saving and export are byte-compatible; `forward` reads the
+state from the module's own attributes on every call (FSDP2 swaps in the gathered tensors there),
+never from references kept earlier.
 """
 
 from __future__ import annotations
@@ -17,6 +38,7 @@ from qlora.config import ComputeDtype, LoRAConfig, QuantConfig
 from qlora.nn.functional import QuantizedLoRAFunction
 from qlora.nn.lora import lora_delta, lora_parameters, reset_lora_parameters
 from qlora.quant.api import dequantize, quantize
+from qlora.quant.dtypes import DataType
 from qlora.quant.state import NestedAbsmax, QuantizedTensor
 
 
@@ -40,16 +62,26 @@ class QLoRALinear(nn.Module):
         self.out_features, self.in_features = weight.shape
         self.compute_dtype = compute_dtype
         self._meta = (weight.dtype, weight.shape, weight.orig_dtype, weight.block_size)
-        # the packed state as buffers: moves with .to(), lives in state_dict (never trained)
-        self.register_buffer("qweight", weight.data)
-        self.register_buffer("absmax", weight.absmax)
+        out_f, in_f = self.out_features, self.in_features
+        # see `# Note: sharded storage`
+        self.row_shardable = weight.dtype is DataType.BF16 or in_f % weight.block_size == 0
+        if weight.dtype is DataType.BF16:
+            codes = weight.data.view(torch.int16)
+        elif self.row_shardable:
+            codes = weight.data.reshape(out_f, in_f // 2 if weight.dtype.is_4bit else in_f)
+        else:
+            codes = weight.data
+        blocks = (out_f, in_f // weight.block_size) if self.row_shardable else (-1,)
         nested = weight.nested
+        absmax = None if weight.absmax is None else weight.absmax.view(torch.int32).reshape(blocks)
+        nested_codes = None if nested is None else nested.codes.reshape(blocks)
+        for name, value in (("qweight", codes), ("absmax", absmax), ("nested_codes", nested_codes)):
+            self.register_parameter(name, None if value is None else nn.Parameter(value, requires_grad=False))
         self._nested_block = None if nested is None else nested.block_size
-        for name, value in (("nested_codes", None if nested is None else nested.codes),
-                            ("nested_absmax", None if nested is None else nested.absmax),
+        for name, value in (("nested_absmax", None if nested is None else nested.absmax),
                             ("nested_offset", None if nested is None else nested.offset),
                             ("nested_code", None if nested is None else nested.code)):  # fmt: skip
-            self.register_buffer(name, value)
+            self.register_buffer(name, None if value is None else value.view(torch.int32))
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
         self.lora_config = lora or LoRAConfig(rank=0)
         r = self.lora_config.rank
@@ -74,12 +106,24 @@ class QLoRALinear(nn.Module):
 
     @property
     def weight(self) -> QuantizedTensor:
-        """The frozen weight as a QuantizedTensor (rebuilt from the buffers, so it follows .to())."""
+        """The frozen weight as a QuantizedTensor in the flat bitsandbytes layout (views of the module's
+        current tensors, rebuilt on every access: it follows .to() and FSDP2's gather)."""
         dtype, shape, orig_dtype, block = self._meta
+        if dtype is DataType.BF16:
+            return QuantizedTensor(self.qweight.view(torch.bfloat16), dtype, shape, orig_dtype, block)
+        data = self.qweight.reshape(-1, 1) if dtype.is_4bit else self.qweight.reshape(-1)
         nested = None
         if self.nested_codes is not None:
-            nested = NestedAbsmax(self.nested_codes, self.nested_absmax, self.nested_offset, self.nested_code, self._nested_block)
-        return QuantizedTensor(self.qweight, dtype, shape, orig_dtype, block, absmax=self.absmax, nested=nested)
+            nested = NestedAbsmax(self.nested_codes.reshape(-1), self.nested_absmax.view(torch.float32),
+                                  self.nested_offset.view(torch.float32), self.nested_code.view(torch.float32),
+                                  self._nested_block)  # fmt: skip
+        absmax = None if self.absmax is None else self.absmax.reshape(-1).view(torch.float32)
+        return QuantizedTensor(data, dtype, shape, orig_dtype, block, absmax=absmax, nested=nested)
+
+    def quantized_parameters(self) -> list[nn.Parameter]:
+        """The frozen Parameters of the quantized state (codes and first-level block constants), the
+        tensors FSDP2 shards by rows when the layer is `row_shardable`."""
+        return [p for p in (self.qweight, self.absmax, self.nested_codes) if p is not None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cd = self.compute_dtype.resolve(x.device)
@@ -135,4 +179,5 @@ class QLoRALinear(nn.Module):
 
     def extra_repr(self) -> str:
         dtype = self._meta[0].value + ("+dq" if self.nested_codes is not None else "")
-        return f"in_features={self.in_features}, out_features={self.out_features}, dtype={dtype}, rank={self.lora_config.rank}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, dtype={dtype}, rank={self.lora_config.rank}, "
+                f"shards={'rows' if self.row_shardable else 'replicated'}")

@@ -13,6 +13,13 @@ The moments and the update are float32 whatever the parameter dtype (bitsandbyte
 the same): a bf16 LoRA weight is updated in float32 and rounded once when written back. float64
 parameters keep float64 32-bit state (8-bit state computes in float32). The step count is a float32 CPU tensor and the 32-bit state keys are
 torch's, so a `torch.optim.AdamW` checkpoint resumes in `PagedAdamW` (32-bit state).
+
+# Note: sharded parameters
+Under FSDP2 the parameters and their gradients are DTensors holding one shard per rank. The update is
+elementwise, so each rank updates its own shard (`DTensor.to_local()`) and keeps state of the shard's
+shape: the state is sharded like the parameter. Whether a parameter gets 8-bit state is decided from
+its full size (`DTensor.numel()` is the global count), so every rank, and a single process, make the
+same choice for it; the 8-bit blocks of 256 are counted within the rank's shard.
 """
 
 from __future__ import annotations
@@ -33,6 +40,12 @@ from qlora.optim.state8bit import MomentMap
 _STATE_32 = ("exp_avg", "exp_avg_sq")
 _STATE_8 = ("exp_avg_codes", "exp_avg_absmax", "exp_avg_sq_codes", "exp_avg_sq_absmax")
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """The rank's own shard of a DTensor (FSDP2 parameters and gradients); any other tensor as it is."""
+    to_local = getattr(t, "to_local", None)
+    return t if to_local is None else to_local()
 
 
 def _check_number(name: str, value: Any) -> float:
@@ -179,16 +192,18 @@ class PagedAdamW(torch.optim.Optimizer):
         return paging.state_zeros(shape, dtype, p.device, paged=self._paged(p))
 
     def _new_state(self, p: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Fresh state of the shape of `p`'s local shard (8-bit or not decided from its full size)."""
         state = {"step": torch.tensor(0.0, dtype=torch.float32)}
+        shard = _local(p)
         if self._is_8bit(p):
-            n, blocks = p.numel(), state8bit.n_blocks(p.numel())
+            n, blocks = shard.numel(), state8bit.n_blocks(shard.numel())
             for moment in ("exp_avg", "exp_avg_sq"):
                 state[f"{moment}_codes"] = self._zeros(p, (n,), torch.uint8)
                 state[f"{moment}_absmax"] = self._zeros(p, (blocks,), torch.float32)  # absmax 0 reads as zeros
         else:
             dtype = torch.float64 if p.dtype == torch.float64 else torch.float32
             for moment in _STATE_32:
-                state[moment] = self._zeros(p, tuple(p.shape), dtype)
+                state[moment] = self._zeros(p, tuple(shard.shape), dtype)
         return state
 
     @torch.no_grad()
@@ -217,11 +232,12 @@ class PagedAdamW(torch.optim.Optimizer):
         hyper = dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"])
         hyper["step"] = state["step"].item()
         compute_dtype = torch.float64 if p.dtype == torch.float64 and not self._is_8bit(p) else torch.float32
-        work = p if p.dtype == compute_dtype else p.to(compute_dtype)
-        grad = p.grad.to(compute_dtype)
+        shard = _local(p)  # `# Note: sharded parameters`
+        work = shard if shard.dtype == compute_dtype else shard.to(compute_dtype)
+        grad = _local(p.grad).to(compute_dtype)
         if self._is_8bit(p):
             moments = {
-                kind: state8bit.dequantize_moment(state[f"{name}_codes"], state[f"{name}_absmax"], kind).view(p.shape)
+                kind: state8bit.dequantize_moment(state[f"{name}_codes"], state[f"{name}_absmax"], kind).view(shard.shape)
                 for name, kind in (("exp_avg", MomentMap.SIGNED), ("exp_avg_sq", MomentMap.UNSIGNED))
             }
             adamw_update_(work, grad, moments[MomentMap.SIGNED], moments[MomentMap.UNSIGNED], **hyper)
@@ -229,8 +245,8 @@ class PagedAdamW(torch.optim.Optimizer):
                 state8bit.quantize_moment_(moments[kind].view(-1), state[f"{name}_codes"], state[f"{name}_absmax"], kind)
         else:
             adamw_update_(work, grad, state["exp_avg"], state["exp_avg_sq"], **hyper)
-        if work is not p:
-            p.copy_(work)
+        if work is not shard:
+            shard.copy_(work)
 
     def state_bytes(self) -> int:
         """Bytes held by the optimizer state (moments, codes, absmax, step counters)."""

@@ -2,7 +2,13 @@
 
 A killed run resumes when re-run with the same inputs: the resume folder is keyed to the settings and
 the sha256 of the base checkpoint and the data (`resume_key`); checkpoints of an earlier, different run
-of the same row are removed, and the finished run's resumable state too (DVC caches the adapter).
+of the same row are removed. The finished run's last checkpoint is kept: with a constant schedule the
+key leaves out max_steps (and keeps the warmup steps it sets), so the same row asked for more steps
+(`dvc exp run -S train.max_steps=8` after 5) continues from it instead of starting again.
+
+With `train.nproc_per_node` > 1 the run starts its ranks with torchrun (`qlora.pipeline.ranks`); each
+rank loads the base, shards it with FSDP2 (`qlora.distributed`) and trains its share of every global
+batch; rank 0 writes the adapter, the metrics and the MLflow run, as a single process would.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from qlora.pipeline import paths
 from qlora.pipeline.config import CAUSAL, ENCODER, PipelineConfig, main_method, RunSpec
 from qlora.pipeline.params import lookup, whole
 from qlora.pipeline.tracking import Tracking, quant_params, stage_row
-from qlora.train.config import TrainConfig
+from qlora.train.config import Schedule, TrainConfig
 
 
 def fingerprint(*items: str | Path) -> str:
@@ -79,6 +85,9 @@ def finetune(
 
     if method is Method.NONE:
         raise ValueError("method NONE trains nothing; evaluate the base instead")
+    import torch
+
+    torch.manual_seed(train_config.seed)  # the adapter's (and a new head's) init: the same in every process and rank
     if method is Method.FULL:
         model = load_base(checkpoint, kind, num_labels=num_labels)
         for p in model.parameters():
@@ -88,21 +97,30 @@ def finetune(
         model = load_for_training(checkpoint, kind, quant, lora, num_labels=num_labels)
         stored_bits = bits_per_param(quant.dtype, quant.block_size, quant.double_quant) if quant.dtype.is_quantized else 16.0
     report = model_report(model)
+    world = current_world()
+    sharded = world is not None and world.size > 1
+    if sharded:  # one rank of a torchrun launch: shard the model over the ranks (FSDP2)
+        from qlora.distributed import shard_model
+
+        model.to(world.device)
+        shard_model(model, world=world)
     dataset = TokenizedDataset.load(data)
     result = train(model, dataset, train_config, pad_token_id=pad_token_id, checkpoint_dir=resume_dir, progress=progress,
                    on_step=on_step)  # fmt: skip
 
-    with atomic_dir(out_dir) as tmp:
-        if method is Method.FULL:
-            shutil.rmtree(tmp)
-            model.save_pretrained(tmp)
-        else:
-            task = TaskType.SEQ_CLS if kind is ModelKind.SEQ_CLS else TaskType.CAUSAL_LM
-            shutil.rmtree(tmp)
-            save_peft_adapter(tmp, adapter_weights(model, lora, task, base_model=model_name))
-            write_json(tmp / QUANT_FILE, quant_config_json(quant))
-
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    with _whole(model, sharded):  # saving gathers the sharded model once; rank 0 writes
+        if world is None or world.is_main:
+            with atomic_dir(out_dir) as tmp:
+                if method is Method.FULL:
+                    shutil.rmtree(tmp)
+                    model.save_pretrained(tmp)
+                else:
+                    task = TaskType.SEQ_CLS if kind is ModelKind.SEQ_CLS else TaskType.CAUSAL_LM
+                    shutil.rmtree(tmp)
+                    save_peft_adapter(tmp, adapter_weights(model, lora, task, base_model=model_name))
+                    write_json(tmp / QUANT_FILE, quant_config_json(quant))
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        adapter_mb = sum(p.numel() * p.element_size() for p in trainable) / 2**20
     last = result.history[-1].memory if result.history else None
     seconds = sum(m.tokens / m.tokens_per_s for m in result.history)
     tokens_per_s = sum(m.tokens for m in result.history) / seconds if result.history and seconds > 0 else 0.0
@@ -112,7 +130,7 @@ def finetune(
         method=method,
         bits_per_param=stored_bits,
         weight_mb=report.weight_bytes_after / 2**20,  # stored weights without the adapters (FULL: the whole model)
-        adapter_mb=sum(p.numel() * p.element_size() for p in trainable) / 2**20,
+        adapter_mb=adapter_mb,
         peak_mb=(last.peak / 2**20) if last else 0.0,
         peak_kind=PeakKind.CUDA_MAX_ALLOCATED if last and last.device == "cuda" else PeakKind.CPU_PEAK_RSS,
         steps=result.steps,
@@ -121,6 +139,23 @@ def finetune(
         seed=seed,
     )
     return FinetuneResult(record, result)
+
+
+def current_world():
+    """This process' rank in a torchrun launch (joined on first call), or None for a single process."""
+    from qlora.distributed.world import init_world, launched_by_torchrun
+
+    return init_world() if launched_by_torchrun() else None
+
+
+def _whole(model, sharded: bool):
+    import contextlib
+
+    if not sharded:
+        return contextlib.nullcontext(model)
+    from qlora.distributed import gathered
+
+    return gathered(model)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,33 +181,62 @@ class TrainJob:
     log_row: bool = True  # copy the headline numbers onto the row's parent run (False: the caller aggregates seeds)
 
     def resume_key(self) -> str:
-        """Settings + the bytes of the base checkpoint and the data: a killed run resumes only into itself."""
-        settings = json.dumps([dataclasses.asdict(self.train), dataclasses.asdict(self.lora), dataclasses.asdict(self.quant),
-                               self.method.value], default=lambda v: getattr(v, "value", str(v)), sort_keys=True)  # fmt: skip
+        """Settings + the bytes of the base checkpoint and the data: a killed run resumes only into itself.
+
+        Left out: what does not change the result (checkpoint cadence, the number of ranks) and, for a
+        constant schedule, max_steps (its warmup steps are kept): a finished run asked for more steps
+        continues from its last checkpoint (the trainer checks the learning rates agree).
+        """
+        train = dataclasses.asdict(self.train)
+        for free in ("save_every", "keep_checkpoints", "nproc_per_node"):
+            train.pop(free)
+        if self.train.schedule is Schedule.CONSTANT:
+            train["max_steps"], train["warmup_steps"] = None, self.train.warmup_steps
+        settings = json.dumps([train, dataclasses.asdict(self.lora), dataclasses.asdict(self.quant), self.method.value],
+                              default=lambda v: getattr(v, "value", str(v)), sort_keys=True)  # fmt: skip
         return hashlib.sha256((settings + fingerprint(self.checkpoint, self.data)).encode()).hexdigest()[:12]
 
-    def run(self, tracking: Tracking, *, progress: bool = True):
+    def run(self, tracking: Tracking, *, progress: bool = True, worker: Path | None = None):
+        """Trains and writes the outputs; with train.nproc_per_node > 1, starts `worker --job FILE` as
+        that many ranks under torchrun (`qlora.pipeline.ranks`) and returns rank 0's record.
+
+        Args:
+            worker: the entry point that runs one rank of a job file (stages/train.py).
+
+        Raises:
+            ConfigError: train.nproc_per_node > 1 without a worker to launch.
+            RanksFailed: a rank failed or was killed (a re-run resumes from the last checkpoint).
+        """
         from qlora.atomic import write_json, write_text
+        from qlora.distributed.world import launched_by_torchrun
         from qlora.models.loading import QUANT_FILE
         from qlora.report.records import dump_records
 
+        if self.train.nproc_per_node > 1 and not launched_by_torchrun():
+            from qlora.pipeline.ranks import launch_job
+
+            self._remove_stale()
+            return launch_job(self, tracking, worker, self.resume_root / self.resume_key())
         num_labels = None
         if self.labels_path is not None:
             num_labels = len(json.loads(self.labels_path.read_text())["labels"])
         resume = self.resume_root / self.resume_key()
-        if resume.parent.exists():
-            for stale in resume.parent.iterdir():  # checkpoints of this row's earlier, different runs
-                if stale != resume:
-                    shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+        world = current_world()
+        if world is None or world.is_main:
+            self._remove_stale()
+        if world is not None and not world.is_main:  # rank 0 writes and logs
+            return finetune(model_name=self.model_name, checkpoint=self.checkpoint, kind=self.kind, method=self.method,
+                            quant=self.quant, lora=self.lora, train_config=self.train, data=self.data, out_dir=self.out_dir,
+                            resume_dir=resume, num_labels=num_labels, progress=progress, seed=self.seed)  # fmt: skip
         row = stage_row(self.role, self.row, self.method, self.quant, self.model_name) if self.log_row else None
         with tracking.start(f"train {self.role} {self.row}", row=row, config=self,
                             params={"model": self.model_name, "method": self.method.value, **quant_params(self.quant),
                                     "lora": self.lora, "train": self.train},
                             tags={"stage": "train", "role": self.role, "run": self.row}) as live:  # fmt: skip
+            # the finished run's checkpoint is kept: asked for more steps, the row continues from it
             out = finetune(model_name=self.model_name, checkpoint=self.checkpoint, kind=self.kind, method=self.method, quant=self.quant,
                            lora=self.lora, train_config=self.train, data=self.data, out_dir=self.out_dir,
                            resume_dir=resume, num_labels=num_labels, progress=progress, seed=self.seed, on_step=live.on_step)  # fmt: skip
-            shutil.rmtree(resume, ignore_errors=True)  # finished: DVC caches the adapter
             record = out.record
             if self.metrics_path is not None:
                 write_json(self.metrics_path, dump_records([record]))
@@ -183,6 +247,14 @@ class TrainJob:
                         artifacts=[p for p in (self.out_dir / "adapter_config.json", self.out_dir / QUANT_FILE) if p.exists()],
                         row_metrics=_row_train_metrics(self.role, summary), row_series={_row_name(self.role, "loss"): record.losses})  # fmt: skip
         return out
+
+    def _remove_stale(self) -> None:
+        """Removes the checkpoints of this row's earlier, different runs (another resume key)."""
+        resume = self.resume_root / self.resume_key()
+        if resume.parent.exists():
+            for stale in resume.parent.iterdir():
+                if stale != resume:
+                    shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
 
 
 def loss_csv(curves: list[tuple[float, ...]]) -> str:
@@ -199,11 +271,11 @@ class SeedsJob:
     metrics_path: Path
     loss_path: Path
 
-    def run(self, tracking: Tracking, *, progress: bool = True) -> list:
+    def run(self, tracking: Tracking, *, progress: bool = True, worker: Path | None = None) -> list:
         from qlora.atomic import write_json, write_text
         from qlora.report.records import dump_records
 
-        results = [job.run(tracking, progress=progress) for job in self.jobs]
+        results = [job.run(tracking, progress=progress, worker=worker) for job in self.jobs]
         write_json(self.metrics_path, dump_records([r.record for r in results]))
         curves = [r.record.losses for r in results]
         write_text(self.loss_path, loss_csv(curves))

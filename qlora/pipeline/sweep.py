@@ -27,12 +27,13 @@ class SweepJob:
     evaluate: CausalEvalJob
     out: Path
 
-    def run(self, tracking: Tracking, *, progress: bool = True) -> list:
+    def run(self, tracking: Tracking, *, progress: bool = True, worker: Path | None = None) -> list:
+        """worker: the entry point that runs one training rank (stages/train.py), for train.nproc_per_node > 1."""
         from qlora.models.loading import quantize_checkpoint
 
         q = self.quantize
         quantize_checkpoint(paths.model_dir(CAUSAL), q.model.kind, q.quant, self.train.checkpoint)
-        self.train.run(tracking, progress=progress)
+        self.train.run(tracking, progress=progress, worker=worker)
         return self.evaluate.run(tracking, progress=progress)
 
 

@@ -33,6 +33,10 @@ class TrainConfig:
         paged: optimizer state in CUDA unified memory (paper: paged); a no-op on CPU.
         save_every: checkpoint every N optimizer steps (0: only at the end).
         keep_checkpoints: how many complete checkpoints to keep on disk.
+        nproc_per_node: training processes (ranks) on this machine, one per GPU: > 1 runs the pipeline's
+            training under torchrun with the model sharded by FSDP2 (`qlora.distributed`). The trainer
+            itself follows whatever torch.distributed was started with; the results do not depend on it
+            (the same global batches), so a run resumes on any number of ranks.
     """
 
     max_steps: int = 100
@@ -50,6 +54,7 @@ class TrainConfig:
     paged: bool = True
     save_every: int = 0
     keep_checkpoints: int = 1
+    nproc_per_node: int = 1
 
     def __post_init__(self) -> None:
         positive = lambda k, v: check_int(k, v, minimum=1)  # noqa: E731
@@ -62,7 +67,7 @@ class TrainConfig:
             "max_grad_norm": nonnegative, "weight_decay": nonnegative,
             "group_by_length": check_bool, "seed": lambda k, v: check_int(k, v, minimum=0), "deterministic": check_bool,
             "optimizer_bits": enum_check(StateBits), "paged": check_bool,
-            "save_every": lambda k, v: check_int(k, v, minimum=0),
+            "save_every": lambda k, v: check_int(k, v, minimum=0), "nproc_per_node": positive,
         })  # fmt: skip
 
     @property

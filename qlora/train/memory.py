@@ -10,7 +10,9 @@ import torch
 
 
 def _tensor_bytes(tensors) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+    """Bytes this process holds: a sharded tensor (FSDP2's DTensor) counts its local shard only."""
+    local = (t.to_local() if hasattr(t, "to_local") else t for t in tensors if isinstance(t, torch.Tensor))
+    return sum(t.numel() * t.element_size() for t in local)
 
 
 @dataclasses.dataclass(frozen=True)

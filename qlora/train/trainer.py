@@ -4,11 +4,27 @@ Gradient accumulation, max-grad-norm clipping, warmup + constant/cosine schedule
 batching, bf16 autocast on GPU (fp32 on CPU), seeded and (on CPU) deterministic, with resumable
 checkpoints: a run killed at any point and restarted with the same arguments continues from its last
 checkpoint and, on CPU in deterministic mode, ends with the same adapter as an uninterrupted run.
+A finished run asked for more steps (`max_steps` 5 -> 8) continues from its last checkpoint when the
+learning rates of the steps it took stay the same (a constant schedule with the same warmup).
+
+# Note: ranks
+Under torch.distributed with a model sharded by `qlora.distributed.shard_model` (FSDP2, torchrun), the
+same call trains on N ranks and gives the single-process result up to rounding: every rank computes
+the same batch order; each micro-batch is split across the ranks (rank r takes its examples r, r + N,
+...), and each rank weights its loss by its share of the micro-batch's loss terms (label tokens, or
+examples for classification), so the reduced gradient is that of the micro-batch's mean loss, exactly
+as in one process. A rank left without examples (a short last micro-batch) runs one with weight 0.
+Gradients are reduce-scattered once per optimizer step (no sync on the other micro-batches); clipping
+uses the norm over all shards; rank 0 alone shows progress, calls `on_step` and writes checkpoints,
+which hold whole tensors (`qlora.distributed.optim_state`), so a run resumes on any number of ranks.
+Dropout draws from a generator seeded per (seed, step, rank), so a resumed run on the same number of
+ranks repeats the uninterrupted one bit for bit.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,9 +34,9 @@ from tqdm.auto import tqdm
 
 from qlora.optim import AdamWConfig, PagedAdamW
 from qlora.readers import BadFileError
-from qlora.train.batching import collate, epoch_order
+from qlora.train.batching import IGNORE_INDEX, collate, epoch_order
 from qlora.train.checkpoint import TENSORS_FILE, check_training_state, latest_checkpoint, load_checkpoint, save_checkpoint
-from qlora.train.config import TrainConfig
+from qlora.train.config import Schedule, TrainConfig
 from qlora.train.memory import MemoryReport, memory_report
 from qlora.train.schedule import lr_multiplier
 
@@ -72,25 +88,31 @@ def train(
     on_step: Callable[[StepMetrics], None] | None = None,
     progress: bool = True,
 ) -> TrainResult:
-    """Trains the parameters of `model` that require grad.
+    """Trains the parameters of `model` that require grad (on every rank of a sharded run: `# Note: ranks`).
 
     Args:
         model: a transformers model (or any module whose forward(input_ids, attention_mask, labels)
-            returns an object with `.loss`), on the device to train on.
+            returns an object with `.loss`, and `.logits` when sharded), on the device to train on.
         examples: causal LM {"input_ids", "labels"} or classification {"input_ids", "label"}.
         config: the run's settings.
         checkpoint_dir: where checkpoints go; an existing checkpoint there is resumed.
         optimizer_factory: builds the optimizer from the trainable parameters.
-        on_step: called after every optimizer step (e.g. to log metrics).
+        on_step: called after every optimizer step (e.g. to log metrics); on rank 0 only.
 
     Returns:
         TrainResult; the adapter is the model's trainable parameters after the last step.
+
+    Raises:
+        ValueError: an empty dataset, no trainable parameters, a checkpoint of other settings (naming
+            the differing keys), or an extension the schedule does not allow; a model that is not
+            sharded under an initialized multi-rank process group.
     """
     if len(examples) == 0:
         raise ValueError("cannot train on an empty dataset")
     device = next(model.parameters()).device
     named = trainable_parameters(model)
     params = list(named.values())
+    ranks = _Ranks.of(params)
     torch.manual_seed(config.seed)
     optimizer = optimizer_factory(params, config)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -99,31 +121,28 @@ def train(
     losses: list[float] = []
     start = 0
     resumed_from = None
-    ckpt = latest_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
+    ckpt = _latest(checkpoint_dir, ranks) if checkpoint_dir is not None else None
     if ckpt is not None:
         state = load_checkpoint(ckpt)
         check_training_state(state, ckpt, named)
-        if state["config"] != _config_fingerprint(config):
-            ours = _config_fingerprint(config)
-            differ = {k: (state["config"].get(k), ours.get(k)) for k in sorted(set(ours) | set(state["config"]))
-                      if state["config"].get(k) != ours.get(k)}  # fmt: skip
-            raise ValueError(f"checkpoint {ckpt} was written by a run with other settings: "
-                             + ", ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in differ.items()))  # fmt: skip
+        _check_resumable(state, config, ckpt)
         with torch.no_grad():
             for name, p in named.items():
-                p.copy_(state["adapter"][name])
+                _local(p).copy_(ranks.local_shard(state["adapter"][name], p))
         try:
-            optimizer.load_state_dict(state["optimizer"])
+            optimizer.load_state_dict(ranks.shard_optimizer_state(state["optimizer"], params))
             schedule.load_state_dict(state["schedule"])
         except (ValueError, KeyError, TypeError) as e:
             raise BadFileError(ckpt / TENSORS_FILE, "optimizer", str(e)) from None
-        torch.set_rng_state(state["rng_cpu"])
-        if device.type == "cuda" and "rng_cuda" in state:
-            torch.cuda.set_rng_state(state["rng_cuda"], device)
+        if not ranks.sharded:  # sharded runs seed dropout per step instead
+            torch.set_rng_state(state["rng_cpu"])
+            if device.type == "cuda" and "rng_cuda" in state:
+                torch.cuda.set_rng_state(state["rng_cuda"], device)
         start = resumed_from = int(state["step"])
         losses = list(state["losses"])
 
     lengths = [int(e["input_ids"].numel()) for e in examples]
+    terms = [_loss_terms(e) for e in examples] if ranks.sharded else []
     micro = start * config.grad_accum  # micro-batches consumed so far
     epoch, position = divmod(micro, len(epoch_order(lengths, config.micro_batch_size, config.seed, 0, config.group_by_length)))
     order = epoch_order(lengths, config.micro_batch_size, config.seed, epoch, config.group_by_length)
@@ -134,28 +153,33 @@ def train(
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     history: list[StepMetrics] = []
     began = time.perf_counter()
-    bar = tqdm(total=config.max_steps, initial=start, disable=not progress, desc="train", dynamic_ncols=True)
+    bar = tqdm(total=config.max_steps, initial=start, disable=not progress or ranks.rank != 0, desc="train", dynamic_ncols=True)
     model.train()
     try:
         for step in range(start, config.max_steps):
             t0 = time.perf_counter()
+            if ranks.sharded:
+                torch.manual_seed(_step_seed(config.seed, step, ranks.rank))
             step_loss, step_tokens = 0.0, 0
-            for _ in range(config.grad_accum):
-                batch = collate([examples[i] for i in order[position]], pad_token_id)
+            for k in range(config.grad_accum):
+                indices = order[position]
                 position += 1
                 if position == len(order):
                     epoch, position = epoch + 1, 0
                     order = epoch_order(lengths, config.micro_batch_size, config.seed, epoch, config.group_by_length)
-                batch = {k: v.to(device) for k, v in batch.items()}
+                step_tokens += sum(lengths[i] for i in indices)
+                if ranks.sharded:
+                    step_loss += _sharded_backward(model, examples, indices, terms, ranks, config, pad_token_id, device, autocast,
+                                                   last=k == config.grad_accum - 1)  # fmt: skip
+                    continue
+                batch = {k: v.to(device) for k, v in collate([examples[i] for i in indices], pad_token_id).items()}
                 with autocast:
                     loss = model(**batch).loss
                 (loss / config.grad_accum).backward()
                 step_loss += loss.item() / config.grad_accum
-                step_tokens += int(batch["attention_mask"].sum())
-            if config.max_grad_norm > 0:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
-            else:
-                grad_norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))
+            if ranks.sharded:
+                step_loss = ranks.sum(step_loss)
+            grad_norm = _clip(params, config.max_grad_norm)
             lr = optimizer.param_groups[0]["lr"]
             optimizer.step()
             schedule.step()
@@ -167,33 +191,184 @@ def train(
             history.append(metrics)
             bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{metrics.tokens_per_s:.0f}", mem_mb=f"{mem.peak / 2**20:.0f}")
             bar.update(1)
-            if on_step is not None:
+            if on_step is not None and ranks.rank == 0:
                 on_step(metrics)
             done = step + 1
             if checkpoint_dir is not None and (done == config.max_steps or (config.save_every and done % config.save_every == 0)):
+                # whole tensors (a collective when sharded), written by rank 0 alone
                 state = {
                     "step": done,
+                    "max_steps": config.max_steps,
                     "config": _config_fingerprint(config),
-                    "adapter": {n: p.detach() for n, p in named.items()},
-                    "optimizer": optimizer.state_dict(),
+                    "adapter": {n: ranks.full_tensor(p.detach()) for n, p in named.items()},
+                    "optimizer": ranks.gather_optimizer_state(optimizer, params),
                     "schedule": schedule.state_dict(),
                     "rng_cpu": torch.get_rng_state(),
                     "losses": losses,
                 }
                 if device.type == "cuda":
                     state["rng_cuda"] = torch.cuda.get_rng_state(device)
-                save_checkpoint(checkpoint_dir, done, state, keep=config.keep_checkpoints)
+                if ranks.rank == 0:
+                    save_checkpoint(checkpoint_dir, done, state, keep=config.keep_checkpoints)
+                ranks.barrier()
     finally:
         bar.close()
         torch.use_deterministic_algorithms(previous_determinism)
     return TrainResult(config.max_steps, history, losses, resumed_from, time.perf_counter() - began)
 
 
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+@dataclasses.dataclass(frozen=True)
+class _Ranks:
+    """The process group a training run follows: one process (size 1, nothing sharded) or FSDP2 ranks."""
+
+    rank: int
+    size: int
+    sharded: bool
+    device: torch.device
+
+    @classmethod
+    def of(cls, params: list[torch.nn.Parameter]) -> "_Ranks":
+        import torch.distributed as dist
+
+        sharded = any(hasattr(p, "to_local") for p in params)  # DTensors: FSDP2 shards
+        device = params[0].device
+        if not (dist.is_available() and dist.is_initialized()):
+            return cls(0, 1, False, device)
+        if not sharded and dist.get_world_size() > 1:
+            raise ValueError(f"torch.distributed runs {dist.get_world_size()} ranks but the model is not sharded: shard it "
+                             "with qlora.distributed.shard_model(model) on every rank first")  # fmt: skip
+        return cls(dist.get_rank(), dist.get_world_size(), sharded, device)
+
+    def sum(self, value: float) -> float:
+        """`value` summed over the ranks (one small all-reduce)."""
+        import torch.distributed as dist
+
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)  # NCCL reduces device tensors only
+        dist.all_reduce(t)
+        return float(t.item())
+
+    def barrier(self) -> None:
+        if self.sharded:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def full_tensor(self, t: torch.Tensor) -> torch.Tensor:
+        if not self.sharded:
+            return t
+        from qlora.distributed.state import full_tensor
+
+        return full_tensor(t)
+
+    def local_shard(self, full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        if not self.sharded:
+            return full
+        from qlora.distributed.state import local_shard
+
+        return local_shard(full, like)
+
+    def gather_optimizer_state(self, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter]) -> dict:
+        if not self.sharded:
+            return optimizer.state_dict()
+        from qlora.distributed.optim_state import gather_optimizer_state
+
+        return gather_optimizer_state(optimizer, params)
+
+    def shard_optimizer_state(self, saved: dict, params: list[torch.nn.Parameter]) -> dict:
+        from qlora.distributed.optim_state import SHARDS, shard_optimizer_state
+
+        if not self.sharded and SHARDS not in saved:
+            return saved
+        return shard_optimizer_state(saved, params)
+
+
+def _latest(checkpoint_dir: str | Path, ranks: _Ranks) -> Path | None:
+    """The checkpoint to resume; rank 0 first removes killed writers' leftovers while the others wait."""
+    if ranks.rank == 0:
+        found = latest_checkpoint(checkpoint_dir)
+    ranks.barrier()
+    return found if ranks.rank == 0 else latest_checkpoint(checkpoint_dir)
+
+
+def _step_seed(seed: int, step: int, rank: int) -> int:
+    return (seed * 1_000_003 + step) * 1_009 + rank
+
+
+def _loss_terms(example: dict[str, torch.Tensor]) -> int:
+    """How many terms an example adds to its batch's mean loss: label tokens after the causal shift
+    (transformers' causal-LM loss), or 1 (classification)."""
+    if "labels" in example:
+        return int((example["labels"][1:] != IGNORE_INDEX).sum())
+    return 1
+
+
+def _sharded_backward(model, examples, indices, terms, ranks: _Ranks, config: TrainConfig, pad_token_id: int, device, autocast,
+                      *, last: bool) -> float:  # fmt: skip
+    """Forward and backward of this rank's share of one micro-batch (`# Note: ranks`); returns its share
+    of the micro-batch's mean loss divided by grad_accum (summed over the ranks by the caller)."""
+    mine = indices[ranks.rank :: ranks.size]
+    total = sum(terms[i] for i in indices)
+    share = sum(terms[i] for i in mine)
+    batch = collate([examples[i] for i in (mine or indices[:1])], pad_token_id)
+    batch = {k: v.to(device) for k, v in batch.items()}
+    model.set_requires_gradient_sync(last)  # reduce-scatter once per optimizer step
+    with autocast:
+        out = model(**batch)
+        # a rank without examples or loss terms still runs the forward/backward the collectives expect
+        loss = out.loss * (share / total) if share and total else out.logits.sum() * 0.0
+    (loss * (ranks.size / config.grad_accum)).backward()  # FSDP averages over the ranks
+    return loss.item() / config.grad_accum
+
+
+def _clip(params: list[torch.nn.Parameter], max_norm: float) -> float:
+    """The gradients' total norm before clipping (over all shards when sharded); clips when max_norm > 0."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if max_norm > 0:
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    elif grads:
+        norm = torch.nn.utils.get_total_norm(grads)
+    else:
+        return 0.0
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+
+
+def _check_resumable(state: dict, config: TrainConfig, ckpt: Path) -> None:
+    """Raises ValueError naming the settings that differ, or why more steps cannot continue this run."""
+    saved = dict(state.get("config") or {})
+    saved_max = int(state.get("max_steps", saved.pop("max_steps", config.max_steps)))
+    saved.pop("nproc_per_node", None)
+    current = _config_fingerprint(config)
+    differ = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
+    if differ:
+        listed = "; ".join(f"{k}: {saved.get(k)!r} in the checkpoint, {current.get(k)!r} now" for k in differ)
+        raise ValueError(f"checkpoint {ckpt} was written by a run with other settings ({listed}); resume with the "
+                         f"same settings, or train into another checkpoint folder")  # fmt: skip
+    done = int(state["step"])
+    if done > config.max_steps:
+        raise ValueError(f"checkpoint {ckpt} is at step {done}, past max_steps={config.max_steps}: it cannot be shortened; "
+                         f"use max_steps >= {done} or another checkpoint folder")  # fmt: skip
+    if saved_max != config.max_steps:
+        warmup = int(round(config.warmup_ratio * saved_max))
+        before = [lr_multiplier(s, saved_max, warmup, config.schedule) for s in range(done)]
+        now = [lr_multiplier(s, config.max_steps, config.warmup_steps, config.schedule) for s in range(done)]
+        if config.schedule is not Schedule.CONSTANT or not all(math.isclose(a, b, rel_tol=0, abs_tol=0) for a, b in zip(before, now)):
+            why = (f"the {config.schedule.name} schedule depends on max_steps" if config.schedule is not Schedule.CONSTANT
+                   else f"the warmup ({warmup} -> {config.warmup_steps} steps) depends on max_steps")  # fmt: skip
+            raise ValueError(f"checkpoint {ckpt} is from a run of max_steps={saved_max}; this run asks for {config.max_steps}, but "
+                             f"{why}: the {done} steps taken would have had other learning rates. Start a new run in another "
+                             f"checkpoint folder")  # fmt: skip
+
+
 def _config_fingerprint(config: TrainConfig) -> dict:
-    """The settings a resumed run must share with the run that wrote the checkpoint."""
+    """The settings a resumed run must share with the run that wrote the checkpoint (max_steps is
+    checked apart: a run may be extended; the number of ranks does not change the result)."""
     d = dataclasses.asdict(config)
     d["schedule"] = config.schedule.value
     d["optimizer_bits"] = config.optimizer_bits.value
-    for free in ("save_every", "keep_checkpoints"):
+    for free in ("save_every", "keep_checkpoints", "max_steps", "nproc_per_node"):
         d.pop(free)
     return d

@@ -131,7 +131,8 @@ def test_compute_dtype_and_backward_dtypes(compute):
 
 def test_no_adapter_is_inference_only():
     m = layer(rank=0)
-    assert m.lora_a is None and list(m.parameters()) == [m.bias]
+    assert m.lora_a is None and list(m.parameters()) == [m.qweight, m.nested_codes, m.bias]
+    assert not any(p.requires_grad for p in m.parameters())
     x = torch.randn(2, 70)
     torch.testing.assert_close(m(x), torch.nn.functional.linear(x, qlora.dequantize(m.weight, torch.float32), m.bias))
 
@@ -141,9 +142,62 @@ def test_bad_arguments():
         QLoRALinear(torch.randn(3, 3))
     with pytest.raises(ValueError, match="2-D"):
         QLoRALinear(qlora.quantize(torch.randn(64), "nf4"))
-    with pytest.raises(ValueError, match="rank=-1: expected an integer >= 0"):
+    with pytest.raises(ValueError, match=r"rank=-1: expected an integer >= 0"):
         LoRAConfig(rank=-1)
     with pytest.raises(ValueError, match=r"dropout=1.5: expected a finite number in \[0, 1\)"):
         LoRAConfig(dropout=1.5)
-    with pytest.raises(ValueError, match="dtype='nf3': expected one of BF16"):
+    with pytest.raises(ValueError, match=r"dtype='nf3': expected one of BF16"):
         QuantConfig(dtype="nf3")
+
+
+# `# Note: sharded storage`: row layout, integer bit patterns, the flat bitsandbytes layout at export
+@pytest.mark.parametrize("dtype, double_quant", [(d, dq) for d in ALL_TYPES for dq in (False, True) if d.is_quantized or not dq])
+def test_storage_is_rows_of_integers_and_weight_is_the_flat_layout(dtype, double_quant):
+    lin = torch.nn.Linear(128, 6)
+    q = qlora.quantize(lin.weight.detach(), dtype, 64, double_quant)
+    m = QLoRALinear(q, lin.bias, lora=LoRAConfig(rank=2))
+    assert m.row_shardable
+    width = {DataType.BF16: 128, DataType.INT8: 128}.get(dtype, 64)
+    assert tuple(m.qweight.shape) == (6, width) and not m.qweight.is_floating_point()
+    for p in m.quantized_parameters():
+        assert p.shape[0] == 6 and not p.is_floating_point() and not p.requires_grad
+    for b in m.buffers():
+        assert not b.is_floating_point()
+    w = m.weight  # the flat layout, as quantize returns it, byte for byte
+    assert w.data.shape == q.data.shape and torch.equal(w.data.view(torch.uint8), q.data.view(torch.uint8))
+    assert w.data.data_ptr() == m.qweight.data_ptr()  # a view, not a copy
+    if q.absmax is not None:
+        assert torch.equal(w.absmax.view(torch.int32), q.absmax.view(torch.int32))
+    if q.nested is not None:
+        for field in ("codes", "absmax", "offset", "code"):
+            assert torch.equal(getattr(w.nested, field), getattr(q.nested, field)), field
+
+
+@pytest.mark.parametrize("cast", [torch.bfloat16, torch.float16])
+def test_casting_the_module_leaves_the_quantized_state_bit_exact(cast):
+    for double_quant in (False, True):
+        m = layer(DataType.NF4, double_quant=double_quant, in_f=128, out_f=8)
+        before = qlora.dequantize(m.weight, torch.float32)
+        m.to(cast)  # what a mixed-precision policy does to floating parameters
+        assert m.lora_a.dtype == cast
+        assert torch.equal(qlora.dequantize(m.weight, torch.float32), before)
+
+
+def test_rows_that_split_blocks_keep_the_flat_layout_and_are_not_row_shardable():
+    m = layer(DataType.NF4, double_quant=True, in_f=70, out_f=33)  # 70 % 64 != 0: blocks straddle rows
+    assert not m.row_shardable and "shards=replicated" in repr(m)
+    assert tuple(m.qweight.shape) == ((70 * 33 + 1) // 2, 1) and m.nested_codes.dim() == 1
+    assert layer(DataType.INT8, in_f=96, out_f=4).row_shardable is False  # int8 has blocks too
+    assert layer(DataType.BF16, in_f=70, out_f=4).row_shardable  # no blocks
+    assert layer(DataType.FP4, double_quant=False, in_f=192, out_f=3).absmax.shape == (3, 3)
+
+
+def test_state_dict_round_trip_is_byte_exact():
+    m = layer(DataType.NF4, double_quant=True, in_f=128, out_f=16)
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    fresh = layer(DataType.NF4, double_quant=True, in_f=128, out_f=16)
+    fresh.load_state_dict(state)
+    for k, v in fresh.state_dict().items():
+        assert v.dtype == state[k].dtype and torch.equal(v, state[k]), k
+    x = torch.randn(3, 128)
+    assert torch.equal(fresh(x), m(x))

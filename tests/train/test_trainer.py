@@ -110,7 +110,7 @@ def test_bad_config_raises():
         TrainConfig(micro_batch_size=0)
     with pytest.raises(ValueError, match=r"lr=-1.0: expected a finite number in \(0, inf\]"):
         TrainConfig(lr=-1.0)
-    with pytest.raises(ValueError, match=r"schedule='linear': expected one of CONSTANT, COSINE"):
+    with pytest.raises(ValueError, match=r"schedule=.linear.: expected one of CONSTANT, COSINE"):
         TrainConfig(schedule="linear")
     with pytest.raises(ValueError, match="no trainable parameters"):
         model = tiny_llama(trainable=())
@@ -205,3 +205,40 @@ def test_default_optimizer_is_paged_adamw_with_8bit_option():
     # 8-bit moments for tensors >= 4096 elements (~2 bytes/param), 32-bit below (8 bytes/param)
     assert seen[-1].memory.optimizer_state < 2.2 * n_big + 8.5 * n_small
     assert isinstance(__import__("qlora.train.trainer", fromlist=["x"]).default_optimizer([torch.nn.Parameter(torch.ones(2))], config), PagedAdamW)
+
+
+def test_a_finished_run_extended_to_more_steps_resumes_from_its_last_checkpoint(tmp_path):
+    common = dict(micro_batch_size=4, grad_accum=1, lr=1e-2, warmup_ratio=0.0, save_every=2)
+    reference = tiny_llama()
+    full = train(reference, tiny_examples(), TrainConfig(max_steps=8, **common), progress=False)
+    train(tiny_llama(), tiny_examples(), TrainConfig(max_steps=5, **common), checkpoint_dir=tmp_path, progress=False)
+    model = tiny_llama()
+    extended = train(model, tiny_examples(), TrainConfig(max_steps=8, **common), checkpoint_dir=tmp_path, progress=False)
+    assert extended.resumed_from == 5 and [m.step for m in extended.history] == [6, 7, 8]
+    assert extended.losses == full.losses
+    for n, p in adapter(reference).items():
+        assert torch.equal(p, adapter(model)[n]), n
+
+
+@pytest.mark.parametrize("change, needle", [
+    (dict(schedule=Schedule.COSINE), "the COSINE schedule depends on max_steps"),
+    (dict(warmup_ratio=0.25), r"the warmup \(1 -> 2 steps\) depends on max_steps"),
+])  # fmt: skip
+def test_extending_a_run_whose_learning_rates_depend_on_max_steps_is_refused(tmp_path, change, needle):
+    common = {**dict(micro_batch_size=4, lr=1e-2, warmup_ratio=0.0), **change}
+    train(tiny_llama(), tiny_examples(8), TrainConfig(max_steps=5, **common), checkpoint_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match=rf"max_steps=5; this run asks for 8, but {needle}"):
+        train(tiny_llama(), tiny_examples(8), TrainConfig(max_steps=8, **common), checkpoint_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="at step 5, past max_steps=3"):
+        train(tiny_llama(), tiny_examples(8), TrainConfig(max_steps=3, **common), checkpoint_dir=tmp_path, progress=False)
+
+
+def test_a_settings_mismatch_names_only_the_keys_that_differ(tmp_path):
+    config = TrainConfig(max_steps=2, micro_batch_size=4, lr=1e-2)
+    train(tiny_llama(), tiny_examples(8), config, checkpoint_dir=tmp_path, progress=False)
+    other = TrainConfig(**{**config.__dict__, "lr": 2e-2, "seed": 5, "save_every": 1, "nproc_per_node": 2})
+    with pytest.raises(ValueError) as caught:
+        train(tiny_llama(), tiny_examples(8), other, checkpoint_dir=tmp_path, progress=False)
+    message = str(caught.value)
+    assert "lr: 0.01 in the checkpoint, 0.02 now; seed: 0 in the checkpoint, 5 now" in message
+    assert "micro_batch_size" not in message and "save_every" not in message and "nproc_per_node" not in message

@@ -1,0 +1,80 @@
+"""A shared MLflow tracking server: the pipeline logs over HTTP (MLFLOW_TRACKING_URI=http://...), runs and
+artifacts land in the server's database and artifact store, never in a local ./mlruns."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from qlora.pipeline.tracking import Tracking
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, payload: dict | None = None) -> dict:
+    data = None if payload is None else json.dumps(payload).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture
+def server(tmp_path):
+    """`mlflow server` on a sqlite database with a served artifact store (what README "Scaling out" shows)."""
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+               "--artifacts-destination", str(tmp_path / "artifact-store"), "--serve-artifacts",
+               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2).read()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError(f"mlflow server did not start: {proc.stderr.read().decode()[-2000:]}")
+            time.sleep(0.5)
+    yield url, tmp_path
+    os.killpg(proc.pid, 15)  # SIGTERM to the server's process group ends its workers too
+    proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_pipeline_runs_and_artifacts_arrive_at_a_shared_server_over_http(server, tmp_path, monkeypatch):
+    url, root = server
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)  # a client folder: nothing may be written here
+    (work / "report.md").write_text("# report\n")
+    run_id = Tracking(url, "shared").log(
+        "train causal main", params={"model": "tiny", "quant": {"dtype": "nf4", "double_quant": True}},
+        metrics={"peak_mb": 123.0}, series={"loss": [3.0, 2.5, 2.0]}, tags={"stage": "train"}, artifacts=[work / "report.md"],
+    )  # fmt: skip
+    api = f"{url}/api/2.0/mlflow"
+    experiment = _get(f"{api}/experiments/get-by-name?experiment_name=shared")["experiment"]
+    runs = _get(f"{api}/runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
+    assert [r["info"]["run_id"] for r in runs] == [run_id]
+    data = runs[0]["data"]
+    assert {p["key"]: p["value"] for p in data["params"]} == {"model": "tiny", "quant.dtype": "nf4", "quant.double_quant": "True"}
+    assert {m["key"]: m["value"] for m in data["metrics"]}["peak_mb"] == 123.0
+    history = _get(f"{api}/metrics/get-history?run_id={run_id}&metric_key=loss")["metrics"]
+    assert [(m["step"], m["value"]) for m in sorted(history, key=lambda m: m["step"])] == [(1, 3.0), (2, 2.5), (3, 2.0)]
+    files = _get(f"{api}/artifacts/list?run_id={run_id}")["files"]
+    assert [f["path"] for f in files] == ["report.md"]
+    stored = list((root / "artifact-store").rglob("report.md"))  # in the server's artifact store
+    assert len(stored) == 1 and stored[0].read_text() == "# report\n"
+    assert sorted(p.name for p in work.iterdir()) == ["report.md"]  # no ./mlruns, no mlflow.db on the client
