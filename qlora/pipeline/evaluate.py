@@ -34,6 +34,18 @@ def _write(scored: list, metrics_path: Path, items_dir: Path) -> list:
     return records
 
 
+def compute_context(quant: QuantConfig, model) -> "contextlib.AbstractContextManager":
+    """Autocast to the quant config's compute dtype where it is bf16 (`ComputeDtype.NATIVE` on a CPU with
+    AVX-512 BF16 or AMX; CUDA): the unquantized parts (attention, norms, head) compute in it too."""
+    import contextlib
+
+    import torch
+
+    device = next(model.parameters()).device
+    dtype = quant.compute_dtype.resolve(device)
+    return torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+
+
 def _record(result, model: str, quant: QuantConfig, method: Method, dataset: str, seed: int | None = None):
     from qlora.report.labels import DataTypeLabel
     from qlora.report.records import EvalRecord
@@ -71,9 +83,10 @@ class BaseEvalJob:
         tokenizer = AutoTokenizer.from_pretrained(checkpoint)
         texts = json.loads((paths.data_dir() / PERPLEXITY_TEXT).read_text())["texts"]
         windows = perplexity_windows(tokenizer, texts, self.window_tokens, self.windows)
-        ppl = evaluate_perplexity(model, windows, batch_size=self.eval.batch_size, progress=progress)
-        mmlu = evaluate_mmlu(model, tokenizer, load_mmlu(), None, k=0, limit=self.eval.base_mmlu_questions or None,
-                             seed=self.eval.seed, batch_size=self.eval.batch_size, scoring=MMLUScoring.CHOICE, progress=progress)  # fmt: skip
+        with compute_context(self.quant, model):
+            ppl = evaluate_perplexity(model, windows, batch_size=self.eval.batch_size, progress=progress)
+            mmlu = evaluate_mmlu(model, tokenizer, load_mmlu(), None, k=0, limit=self.eval.base_mmlu_questions or None,
+                                 seed=self.eval.seed, batch_size=self.eval.batch_size, scoring=MMLUScoring.CHOICE, progress=progress)  # fmt: skip
         records = _write([_record(ppl, self.model_name, self.quant, Method.NONE, "MMLU question stems"),
                           _record(mmlu, self.model_name, self.quant, Method.NONE, "MMLU test (0-shot)")],
                          paths.base_metrics(self.model_key, self.quant_name), paths.base_items(self.model_key, self.quant_name))  # fmt: skip
@@ -128,15 +141,16 @@ class CausalEvalJob:
         model = load_for_inference(self.checkpoint, ModelKind.CAUSAL_LM, self.adapter, quant=self.quant)
         tokenizer = AutoTokenizer.from_pretrained(self.checkpoint)
         ev = self.eval
-        mmlu = evaluate_mmlu(model, tokenizer, load_mmlu(), load_fewshot_pool(), k=ev.mmlu_shots, limit=ev.mmlu_questions or None,
-                             seed=ev.seed, batch_size=ev.batch_size, progress=progress)  # fmt: skip
         test = json.loads((paths.data_dir() / INSTRUCT_TEST).read_text())["examples"][: ev.rouge_examples]
-        rouge = evaluate_rouge(model, tokenizer, [t["prompt"] for t in test], [t["references"] for t in test],
-                               max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size, groups=[t["subtask"] for t in test],
-                               progress=progress)  # fmt: skip
         heldout = TokenizedDataset.load(paths.data_dir() / INSTRUCT_HELDOUT)
-        nll = evaluate_heldout_nll(model, [heldout[i] for i in range(min(ev.heldout_examples, len(heldout)))],
-                                   pad_token_id=pad_id(tokenizer), batch_size=ev.batch_size, progress=progress)  # fmt: skip
+        with compute_context(self.quant, model):
+            mmlu = evaluate_mmlu(model, tokenizer, load_mmlu(), load_fewshot_pool(), k=ev.mmlu_shots, limit=ev.mmlu_questions or None,
+                                 seed=ev.seed, batch_size=ev.batch_size, progress=progress)  # fmt: skip
+            rouge = evaluate_rouge(model, tokenizer, [t["prompt"] for t in test], [t["references"] for t in test],
+                                   max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size, groups=[t["subtask"] for t in test],
+                                   progress=progress)  # fmt: skip
+            nll = evaluate_heldout_nll(model, [heldout[i] for i in range(min(ev.heldout_examples, len(heldout)))],
+                                       pad_token_id=pad_id(tokenizer), batch_size=ev.batch_size, progress=progress)  # fmt: skip
         records = _write([_record(mmlu, self.model_name, self.quant, self.method, f"MMLU test ({ev.mmlu_shots}-shot)"),
                           _record(rouge, self.model_name, self.quant, self.method, "Natural Instructions held-out subtasks"),
                           _record(nll, self.model_name, self.quant, self.method, "Natural Instructions held-out subtasks (responses)")],
@@ -199,8 +213,9 @@ class EncoderEvalJob:
                 model = load_base(adapter, ModelKind.SEQ_CLS, num_labels=len(labels["labels"])).eval()
             else:
                 model = load_for_inference(paths.model_dir(ENCODER), ModelKind.SEQ_CLS, adapter, quant=self.quant)
-            result = evaluate_classification(model, test, pad_token_id=pad_id(tokenizer), batch_size=self.eval.batch_size * 4,
-                                             progress=progress)  # fmt: skip
+            with compute_context(self.quant, model):
+                result = evaluate_classification(model, test, pad_token_id=pad_id(tokenizer), batch_size=self.eval.batch_size * 4,
+                                                 progress=progress)  # fmt: skip
             scored.append(_record(result, self.model_name, self.quant, self.method, labels["task"], seed=seed))
         records = _write(scored, paths.eval_metrics(ENCODER, self.row), paths.eval_items(ENCODER, self.row))
         tracking.log(f"evaluate encoder {self.row}", params={"model": self.model_name, "method": self.method.value, **quant_params(self.quant)},

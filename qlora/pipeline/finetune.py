@@ -105,8 +105,9 @@ def finetune(
         model.to(world.device)
         shard_model(model, world=world)
     dataset = TokenizedDataset.load(data)
+    device = next(model.parameters()).device
     result = train(model, dataset, train_config, pad_token_id=pad_token_id, checkpoint_dir=resume_dir, progress=progress,
-                   on_step=on_step)  # fmt: skip
+                   on_step=on_step, compute_dtype=quant.compute_dtype.resolve(device))  # fmt: skip
 
     with _whole(model, sharded):  # saving gathers the sharded model once; rank 0 writes
         if world is None or world.is_main:
@@ -137,6 +138,7 @@ def finetune(
         tokens_per_s=tokens_per_s,
         losses=tuple(result.losses),
         seed=seed,
+        compute_dtype=str(quant.compute_dtype.resolve(device)).removeprefix("torch."),
     )
     return FinetuneResult(record, result)
 

@@ -172,6 +172,7 @@ class TrainRecord:
     tokens_per_s: float
     losses: tuple[float, ...]
     seed: int | None = None
+    compute_dtype: str | None = None  # what forward/backward computed in ("bfloat16", "float32"; None: not recorded)
 
     def __post_init__(self) -> None:
         _check_name("model", self.model)
@@ -194,7 +195,7 @@ class TrainRecord:
     @classmethod
     def from_json(cls, d: dict) -> "TrainRecord":
         names = {f.name for f in dataclasses.fields(cls)}
-        d = {"seed": None, **d}
+        d = {"seed": None, "compute_dtype": None, **d}
         if set(d) != names:
             raise ValueError(f"TrainRecord keys: unknown {sorted(set(d) - names)}, missing {sorted(names - set(d))}")
         return cls(**d)

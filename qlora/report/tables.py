@@ -264,6 +264,7 @@ def memory_table(trains: Sequence[TrainRecord], *, profile: str | None = None) -
             "model": t.model, "method": t.method.value, "data type": t.quant.display,
             "bits/param": f"{t.bits_per_param:.3f}", "weights MB": f"{t.weight_mb:,.1f}", "adapter MB": f"{t.adapter_mb:,.1f}",
             "peak MB": f"{t.peak_mb:,.0f} ({t.peak_kind.value})", "tokens/s": f"{t.tokens_per_s:,.0f}",
+            "compute": t.compute_dtype or "–",
         })  # fmt: skip
         data.append(t.to_json() | {"losses": None})
     notes = [
@@ -272,6 +273,8 @@ def memory_table(trains: Sequence[TrainRecord], *, profile: str | None = None) -
         "weights MB counts the stored frozen weights (packed codes + constants + unquantized parts such as embeddings).",
         "On CPU the peak is the process' peak RSS (Python, libraries and data included); on GPU "
         "torch.cuda.max_memory_allocated.",
+        "compute: the dtype of forward and backward (ComputeDtype.NATIVE: bfloat16 where the hardware has it natively "
+        "— CUDA, CPUs with AVX-512 BF16 or AMX — float32 elsewhere); tokens/s depend on it and on the machine.",
     ] + _profile_note(profile)  # fmt: skip
     return Table("memory", "Memory by data type", pd.DataFrame(rows), pd.DataFrame(data), tuple(notes))
 

@@ -87,6 +87,7 @@ def train(
     optimizer_factory: OptimizerFactory = default_optimizer,
     on_step: Callable[[StepMetrics], None] | None = None,
     progress: bool = True,
+    compute_dtype: torch.dtype | None = None,
 ) -> TrainResult:
     """Trains the parameters of `model` that require grad (on every rank of a sharded run: `# Note: ranks`).
 
@@ -98,6 +99,8 @@ def train(
         checkpoint_dir: where checkpoints go; an existing checkpoint there is resumed.
         optimizer_factory: builds the optimizer from the trainable parameters.
         on_step: called after every optimizer step (e.g. to log metrics); on rank 0 only.
+        compute_dtype: autocast dtype of forward and backward (None: bf16 on CUDA, fp32 elsewhere); bf16
+            on a CPU is worth it only where it is native (`qlora.config.native_bf16`).
 
     Returns:
         TrainResult; the adapter is the model's trainable parameters after the last step.
@@ -150,7 +153,9 @@ def train(
     previous_determinism = torch.are_deterministic_algorithms_enabled()
     if config.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    if compute_dtype is None:
+        compute_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    autocast = torch.autocast(device.type, dtype=compute_dtype, enabled=compute_dtype != torch.float32)
     history: list[StepMetrics] = []
     began = time.perf_counter()
     bar = tqdm(total=config.max_steps, initial=start, disable=not progress or ranks.rank != 0, desc="train", dynamic_ncols=True)
