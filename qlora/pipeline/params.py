@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
@@ -58,7 +59,7 @@ def build(kind: Any, value: Any, key: str) -> Any:
         if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, (list, tuple)):
             raise ConfigError(key, value, "a list")
         return tuple(build(item, v, f"{key}[{i}]") for i, v in enumerate(value))
-    if origin is typing.Union:
+    if origin is typing.Union or origin is types.UnionType:
         args = [a for a in typing.get_args(kind) if a is not _NoneType]
         if value is None:
             return None

@@ -20,7 +20,6 @@ _LAZY = {
     "attach_items": "qlora.report.records",
     "compare": "qlora.report.paired",
     "dump_records": "qlora.report.records",
-    "findings": "qlora.report.findings",
     "items_filename": "qlora.report.records",
     "load_records": "qlora.report.records",
     "memory_table": "qlora.report.tables",

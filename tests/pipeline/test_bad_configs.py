@@ -152,7 +152,7 @@ def test_a_missing_section_is_refused():
 
 # an edited params.yaml: (text replacement, key named)
 EDITS = [
-    ("  double_quant: true\n  block_size: 64\n  compute_dtype: AUTO\nquants:", "  double_quant: 'no'\n  block_size: 64\n  compute_dtype: AUTO\nquants:", "quant.double_quant"),
+    ("  double_quant: true\n  block_size: 64\n  compute_dtype: NATIVE\nquants:", "  double_quant: 'no'\n  block_size: 64\n  compute_dtype: NATIVE\nquants:", "quant.double_quant"),
     ("lr: 0.0005", "lr: .inf", "train.lr"),
     ("alpha: 16.0", "alpha: .nan", "lora.alpha"),
     ("max_steps: ", "max_steps: true #", "train.max_steps"),

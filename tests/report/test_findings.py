@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from qlora.report import Margins, Method, TrainRecord, Verdict, assess, findings
-from qlora.report.findings import Claim, combine
+from qlora.report import Margins, Method, TrainRecord, Verdict, assess
+from qlora.report.findings import Claim, combine, findings
 from tests.report import fixtures as fx
 from tests.report.test_tables import ev
 
