@@ -24,7 +24,6 @@ same choice for it; the 8-bit blocks of 256 are counted within the rank's shard.
 
 from __future__ import annotations
 
-import enum
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass

@@ -34,7 +34,7 @@ def _write(scored: list, metrics_path: Path, items_dir: Path) -> list:
     return records
 
 
-def compute_context(quant: QuantConfig, model) -> "contextlib.AbstractContextManager":
+def compute_context(quant: QuantConfig, model):
     """Autocast to the quant config's compute dtype where it is bf16 (`ComputeDtype.NATIVE` on a CPU with
     AVX-512 BF16 or AMX; CUDA): the unquantized parts (attention, norms, head) compute in it too."""
     import contextlib
