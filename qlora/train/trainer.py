@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -138,6 +139,10 @@ def train(
 
     lengths = [int(e["input_ids"].numel()) for e in examples]
     terms = [_loss_terms(e) for e in examples] if ranks.sharded else []
+    if ranks.sharded and config.micro_batch_size % ranks.size:
+        warnings.warn(f"micro_batch_size={config.micro_batch_size} is not a multiple of the {ranks.size} ranks: some ranks get "
+                      f"fewer examples of each micro-batch (or none, and wait); for the same global batch use a multiple "
+                      f"(micro_batch_size x grad_accum unchanged)", stacklevel=2)  # fmt: skip
     micro = start * config.grad_accum  # micro-batches consumed so far
     epoch, position = divmod(micro, len(epoch_order(lengths, config.micro_batch_size, config.seed, 0, config.group_by_length)))
     order = epoch_order(lengths, config.micro_batch_size, config.seed, epoch, config.group_by_length)
