@@ -14,7 +14,13 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from qlora.pipeline.tracking import Tracking
+# The repository's own `qlora`, not whichever checkout the environment's editable install points to: a
+# queued DVC experiment runs in a temporary copy, and its stages must run that copy's code.
+_REPO = str(Path(__file__).resolve().parent.parent)
+if sys.path[:2] != [sys.path[0], _REPO]:
+    sys.path.insert(1, _REPO)
+
+from qlora.pipeline.tracking import Tracking  # noqa: E402
 
 
 def args(argv: list[str], required: int, optional: int = 0, usage: str = "") -> list[str]:

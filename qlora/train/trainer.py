@@ -24,8 +24,8 @@ ranks repeats the uninterrupted one bit for bit.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -34,10 +34,11 @@ from tqdm.auto import tqdm
 
 from qlora.optim import AdamWConfig, PagedAdamW
 from qlora.readers import BadFileError
-from qlora.train.batching import IGNORE_INDEX, collate, epoch_order
-from qlora.train.checkpoint import TENSORS_FILE, check_training_state, latest_checkpoint, load_checkpoint, save_checkpoint
+from qlora.train.batching import collate, epoch_order
+from qlora.train.checkpoint import TENSORS_FILE, check_training_state, load_checkpoint, save_checkpoint
 from qlora.train.config import Schedule, TrainConfig
 from qlora.train.memory import MemoryReport, memory_report
+from qlora.train.ranks import Ranks, latest_for_ranks, local, loss_terms, sharded_backward, step_seed
 from qlora.train.schedule import lr_multiplier
 
 OptimizerFactory = Callable[[list[torch.nn.Parameter], TrainConfig], torch.optim.Optimizer]
@@ -115,7 +116,7 @@ def train(
     device = next(model.parameters()).device
     named = trainable_parameters(model)
     params = list(named.values())
-    ranks = _Ranks.of(params)
+    ranks = Ranks.of(params)
     torch.manual_seed(config.seed)
     optimizer = optimizer_factory(params, config)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -124,14 +125,14 @@ def train(
     losses: list[float] = []
     start = 0
     resumed_from = None
-    ckpt = _latest(checkpoint_dir, ranks) if checkpoint_dir is not None else None
+    ckpt = latest_for_ranks(checkpoint_dir, ranks) if checkpoint_dir is not None else None
     if ckpt is not None:
         state = load_checkpoint(ckpt)
         check_training_state(state, ckpt, named)
         _check_resumable(state, config, ckpt)
         with torch.no_grad():
             for name, p in named.items():
-                _local(p).copy_(ranks.local_shard(state["adapter"][name], p))
+                local(p).copy_(ranks.local_shard(state["adapter"][name], p))
         try:
             optimizer.load_state_dict(ranks.shard_optimizer_state(state["optimizer"], params))
             schedule.load_state_dict(state["schedule"])
@@ -145,7 +146,11 @@ def train(
         losses = list(state["losses"])
 
     lengths = [int(e["input_ids"].numel()) for e in examples]
-    terms = [_loss_terms(e) for e in examples] if ranks.sharded else []
+    terms = [loss_terms(e) for e in examples] if ranks.sharded else []
+    if ranks.sharded and config.micro_batch_size % ranks.size:
+        warnings.warn(f"micro_batch_size={config.micro_batch_size} is not a multiple of the {ranks.size} ranks: some ranks get "
+                      f"fewer examples of each micro-batch (or none, and wait); for the same global batch use a multiple "
+                      f"(micro_batch_size x grad_accum unchanged)", stacklevel=2)  # fmt: skip
     micro = start * config.grad_accum  # micro-batches consumed so far
     epoch, position = divmod(micro, len(epoch_order(lengths, config.micro_batch_size, config.seed, 0, config.group_by_length)))
     order = epoch_order(lengths, config.micro_batch_size, config.seed, epoch, config.group_by_length)
@@ -164,7 +169,7 @@ def train(
         for step in range(start, config.max_steps):
             t0 = time.perf_counter()
             if ranks.sharded:
-                torch.manual_seed(_step_seed(config.seed, step, ranks.rank))
+                torch.manual_seed(step_seed(config.seed, step, ranks.rank))
             step_loss, step_tokens = 0.0, 0
             for k in range(config.grad_accum):
                 indices = order[position]
@@ -174,7 +179,7 @@ def train(
                     order = epoch_order(lengths, config.micro_batch_size, config.seed, epoch, config.group_by_length)
                 step_tokens += sum(lengths[i] for i in indices)
                 if ranks.sharded:
-                    step_loss += _sharded_backward(model, examples, indices, terms, ranks, config, pad_token_id, device, autocast,
+                    step_loss += sharded_backward(model, examples, indices, terms, ranks, config, pad_token_id, device, autocast,
                                                    last=k == config.grad_accum - 1)  # fmt: skip
                     continue
                 batch = {k: v.to(device) for k, v in collate([examples[i] for i in indices], pad_token_id).items()}
@@ -222,113 +227,6 @@ def train(
     return TrainResult(config.max_steps, history, losses, resumed_from, time.perf_counter() - began)
 
 
-def _local(t: torch.Tensor) -> torch.Tensor:
-    return t.to_local() if hasattr(t, "to_local") else t
-
-
-@dataclasses.dataclass(frozen=True)
-class _Ranks:
-    """The process group a training run follows: one process (size 1, nothing sharded) or FSDP2 ranks."""
-
-    rank: int
-    size: int
-    sharded: bool
-    device: torch.device
-
-    @classmethod
-    def of(cls, params: list[torch.nn.Parameter]) -> "_Ranks":
-        import torch.distributed as dist
-
-        sharded = any(hasattr(p, "to_local") for p in params)  # DTensors: FSDP2 shards
-        device = params[0].device
-        if not (dist.is_available() and dist.is_initialized()):
-            return cls(0, 1, False, device)
-        if not sharded and dist.get_world_size() > 1:
-            raise ValueError(f"torch.distributed runs {dist.get_world_size()} ranks but the model is not sharded: shard it "
-                             "with qlora.distributed.shard_model(model) on every rank first")  # fmt: skip
-        return cls(dist.get_rank(), dist.get_world_size(), sharded, device)
-
-    def sum(self, value: float) -> float:
-        """`value` summed over the ranks (one small all-reduce)."""
-        import torch.distributed as dist
-
-        t = torch.tensor([value], dtype=torch.float64, device=self.device)  # NCCL reduces device tensors only
-        dist.all_reduce(t)
-        return float(t.item())
-
-    def barrier(self) -> None:
-        if self.sharded:
-            import torch.distributed as dist
-
-            dist.barrier()
-
-    def full_tensor(self, t: torch.Tensor) -> torch.Tensor:
-        if not self.sharded:
-            return t
-        from qlora.distributed.state import full_tensor
-
-        return full_tensor(t)
-
-    def local_shard(self, full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        if not self.sharded:
-            return full
-        from qlora.distributed.state import local_shard
-
-        return local_shard(full, like)
-
-    def gather_optimizer_state(self, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter]) -> dict:
-        if not self.sharded:
-            return optimizer.state_dict()
-        from qlora.distributed.optim_state import gather_optimizer_state
-
-        return gather_optimizer_state(optimizer, params)
-
-    def shard_optimizer_state(self, saved: dict, params: list[torch.nn.Parameter]) -> dict:
-        from qlora.distributed.optim_state import SHARDS, shard_optimizer_state
-
-        if not self.sharded and SHARDS not in saved:
-            return saved
-        return shard_optimizer_state(saved, params)
-
-
-def _latest(checkpoint_dir: str | Path, ranks: _Ranks) -> Path | None:
-    """The checkpoint to resume; rank 0 first removes killed writers' leftovers while the others wait."""
-    if ranks.rank == 0:
-        found = latest_checkpoint(checkpoint_dir)
-    ranks.barrier()
-    return found if ranks.rank == 0 else latest_checkpoint(checkpoint_dir)
-
-
-def _step_seed(seed: int, step: int, rank: int) -> int:
-    return (seed * 1_000_003 + step) * 1_009 + rank
-
-
-def _loss_terms(example: dict[str, torch.Tensor]) -> int:
-    """How many terms an example adds to its batch's mean loss: label tokens after the causal shift
-    (transformers' causal-LM loss), or 1 (classification)."""
-    if "labels" in example:
-        return int((example["labels"][1:] != IGNORE_INDEX).sum())
-    return 1
-
-
-def _sharded_backward(model, examples, indices, terms, ranks: _Ranks, config: TrainConfig, pad_token_id: int, device, autocast,
-                      *, last: bool) -> float:  # fmt: skip
-    """Forward and backward of this rank's share of one micro-batch (`# Note: ranks`); returns its share
-    of the micro-batch's mean loss divided by grad_accum (summed over the ranks by the caller)."""
-    mine = indices[ranks.rank :: ranks.size]
-    total = sum(terms[i] for i in indices)
-    share = sum(terms[i] for i in mine)
-    batch = collate([examples[i] for i in (mine or indices[:1])], pad_token_id)
-    batch = {k: v.to(device) for k, v in batch.items()}
-    model.set_requires_gradient_sync(last)  # reduce-scatter once per optimizer step
-    with autocast:
-        out = model(**batch)
-        # a rank without examples or loss terms still runs the forward/backward the collectives expect
-        loss = out.loss * (share / total) if share and total else out.logits.sum() * 0.0
-    (loss * (ranks.size / config.grad_accum)).backward()  # FSDP averages over the ranks
-    return loss.item() / config.grad_accum
-
-
 def _clip(params: list[torch.nn.Parameter], max_norm: float) -> float:
     """The gradients' total norm before clipping (over all shards when sharded); clips when max_norm > 0."""
     grads = [p.grad for p in params if p.grad is not None]
@@ -360,7 +258,7 @@ def _check_resumable(state: dict, config: TrainConfig, ckpt: Path) -> None:
         warmup = int(round(config.warmup_ratio * saved_max))
         before = [lr_multiplier(s, saved_max, warmup, config.schedule) for s in range(done)]
         now = [lr_multiplier(s, config.max_steps, config.warmup_steps, config.schedule) for s in range(done)]
-        if config.schedule is not Schedule.CONSTANT or not all(math.isclose(a, b, rel_tol=0, abs_tol=0) for a, b in zip(before, now)):
+        if config.schedule is not Schedule.CONSTANT or before != now:
             why = (f"the {config.schedule.name} schedule depends on max_steps" if config.schedule is not Schedule.CONSTANT
                    else f"the warmup ({warmup} -> {config.warmup_steps} steps) depends on max_steps")  # fmt: skip
             raise ValueError(f"checkpoint {ckpt} is from a run of max_steps={saved_max}; this run asks for {config.max_steps}, but "

@@ -210,11 +210,11 @@ def test_default_optimizer_is_paged_adamw_with_8bit_option():
 def test_a_finished_run_extended_to_more_steps_resumes_from_its_last_checkpoint(tmp_path):
     common = dict(micro_batch_size=4, grad_accum=1, lr=1e-2, warmup_ratio=0.0, save_every=2)
     reference = tiny_llama()
-    full = train(reference, tiny_examples(), TrainConfig(max_steps=8, **common), progress=False)
-    train(tiny_llama(), tiny_examples(), TrainConfig(max_steps=5, **common), checkpoint_dir=tmp_path, progress=False)
+    full = train(reference, tiny_examples(8), TrainConfig(max_steps=5, **common), progress=False)
+    train(tiny_llama(), tiny_examples(8), TrainConfig(max_steps=3, **common), checkpoint_dir=tmp_path, progress=False)
     model = tiny_llama()
-    extended = train(model, tiny_examples(), TrainConfig(max_steps=8, **common), checkpoint_dir=tmp_path, progress=False)
-    assert extended.resumed_from == 5 and [m.step for m in extended.history] == [6, 7, 8]
+    extended = train(model, tiny_examples(8), TrainConfig(max_steps=5, **common), checkpoint_dir=tmp_path, progress=False)
+    assert extended.resumed_from == 3 and [m.step for m in extended.history] == [4, 5]
     assert extended.losses == full.losses
     for n, p in adapter(reference).items():
         assert torch.equal(p, adapter(model)[n]), n
