@@ -70,3 +70,15 @@ def test_schemas_register_with_hydra():
     register_configs()
     repo = ConfigStore.instance().repo
     assert "schema.yaml" in repo["quant"] and "pipeline_schema.yaml" in repo
+
+
+def test_profiles_override_the_root_ablation():
+    """Experiment profiles come after the root config: their ablation settings win (a findings run once
+    evaluated only the default's one model because the root config was composed last)."""
+    cpu = pipeline_config(composed())
+    findings = pipeline_config(composed("experiment=findings"))
+    assert cpu.ablation.base_models == ("causal",) and "int8" not in cpu.ablation.base_quants
+    assert findings.ablation.base_models == ("causal", "gemma3_270m", "qwen25_coder_05b")
+    assert findings.ablation.encoder_seeds == (0, 1, 2) and "qlora_int8" in findings.ablation.causal
+    assert findings.eval.base_mmlu_questions >= 1000 and findings.eval.mmlu_questions >= 500 and findings.eval.rouge_examples >= 200
+    assert findings.findings_path == "../reports/findings.md" and findings.profile == "findings"
