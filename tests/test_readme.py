@@ -16,8 +16,15 @@ README = (ROOT / "README.md").read_text()
 HUB_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the model the README's Python names: a tiny one runs in its place
 
 
+TORCHRUN = "started with: python -m torch.distributed.run"  # the first line of a block that runs as ranks
+
+
 def blocks(language: str) -> list[str]:
     return re.findall(rf"^```{language}\n(.*?)^```", README, flags=re.S | re.M)
+
+
+def in_process_blocks() -> list[str]:
+    return [b for b in blocks("python") if TORCHRUN not in b.splitlines()[0]]
 
 
 def command_lines(program: str, *, inline: bool = False) -> list[list[str]]:
@@ -63,7 +70,7 @@ def test_every_python_block_runs(tiny_model, tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     namespaces = []
-    for i, code in enumerate(blocks("python")):
+    for i, code in enumerate(in_process_blocks()):
         namespace: dict = {"__name__": f"readme_block_{i}"}
         exec(compile(code.replace(HUB_MODEL, str(tiny_model)), f"README.md python block {i}", "exec"), namespace)
         namespaces.append(namespace)
@@ -74,6 +81,27 @@ def test_every_python_block_runs(tiny_model, tmp_path, monkeypatch):
     assert any(isinstance(m, QLoRALinear) for m in loaded["model"].modules())  # merge_and_unload left it as it was
     assert not any(isinstance(m, QLoRALinear) for m in loaded["merged"].modules())
     assert isinstance(loaded["peft_model"], nn.Module) and (tmp_path / "merged" / "config.json").is_file()
+
+
+@pytest.mark.slow
+def test_the_torchrun_block_trains_on_two_ranks(tiny_model, tmp_path):
+    """The "Scaling out" block, as the file it names, under torchrun with 2 gloo ranks (shortened run)."""
+    import os
+    import subprocess
+
+    from safetensors.torch import load_file
+
+    (code,) = [b for b in blocks("python") if TORCHRUN in b.splitlines()[0]]
+    assert "max_steps=1875" in code and "grad_accum=8" in code
+    code = code.replace(HUB_MODEL, str(tiny_model)).replace("max_steps=1875", "max_steps=2").replace("grad_accum=8", "grad_accum=1")
+    (tmp_path / "finetune.py").write_text(code)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "finetune.py"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    adapter = load_file(tmp_path / "out" / "adapter_model.safetensors")
+    assert adapter and all(v.isfinite().all() for v in adapter.values())
+    assert (tmp_path / "ckpt").is_dir()
 
 
 def test_every_qlora_command_line_parses_and_composes():

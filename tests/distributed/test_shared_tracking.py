@@ -69,7 +69,7 @@ def test_pipeline_runs_and_artifacts_arrive_at_a_shared_server_over_http(server,
     runs = _get(f"{api}/runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
     assert [r["info"]["run_id"] for r in runs] == [run_id]
     data = runs[0]["data"]
-    assert {p["key"]: p["value"] for p in data["params"]} == {"model": "tiny", "quant.dtype": "nf4", "quant.double_quant": "True"}
+    assert {p["key"]: p["value"] for p in data["params"]} == {"model": "tiny", "quant.dtype": "nf4", "quant.double_quant": "true"}  # as params.yaml writes it
     assert {m["key"]: m["value"] for m in data["metrics"]}["peak_mb"] == 123.0
     history = _get(f"{api}/metrics/get-history?run_id={run_id}&metric_key=loss")["metrics"]
     assert [(m["step"], m["value"]) for m in sorted(history, key=lambda m: m["step"])] == [(1, 3.0), (2, 2.5), (3, 2.0)]
