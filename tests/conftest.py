@@ -13,6 +13,7 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import pytest  # noqa: E402
+from tests.peers import peer
 
 # One dtype-keyed tolerance table for comparisons of computed (not bit-exact) values.
 TOLERANCES = {
@@ -38,7 +39,7 @@ def _hf_home(tmp_path_factory, monkeypatch):
 @pytest.fixture(scope="session")
 def smollm2_dir(tmp_path_factory):
     """The embedded SmolLM2-135M as a safetensors folder (~30 s once per session)."""
-    pytest.importorskip("gguf")
+    peer("gguf")
     from qlora.data.gguf_model import materialise_smollm2
 
     return materialise_smollm2(tmp_path_factory.mktemp("models") / "smollm2")

@@ -19,6 +19,7 @@ from qlora.nn import QLoRALinear
 from qlora.quant import DataType
 from qlora.train import TrainConfig
 from qlora.pipeline.finetune import finetune
+from tests.peers import peer
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,7 +68,7 @@ def test_quantize_train_save_load_in_a_fresh_process(smollm2_dir, tmp_path):
     torch.testing.assert_close(load_file(tmp_path / "out.safetensors")["logits"], expected, rtol=0, atol=0)
 
     # PEFT puts our adapter on the dequantized base and computes the same logits
-    peft = pytest.importorskip("peft")
+    peft = peer("peft")
     base = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
     with torch.no_grad():
         for name, m in ours.named_modules():

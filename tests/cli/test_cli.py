@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from qlora.cli.main import main
+from tests.peers import peer
 
 ROOT = Path(__file__).resolve().parents[2]
 ALPACA = ROOT / "tests" / "data" / "fixtures" / "alpaca20.jsonl"
@@ -73,7 +74,7 @@ def test_bad_arguments_give_one_line(capsys, argv, code, message):
 
 
 def test_finetune_on_your_own_jsonl_gives_a_peft_adapter(capsys, tmp_path, tiny_model_dir):
-    peft = pytest.importorskip("peft")
+    peft = peer("peft")
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 

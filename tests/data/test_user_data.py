@@ -13,6 +13,7 @@ from qlora.data.tokenization import IGNORE_INDEX, encode_chat, encode_instructio
 from qlora.data.user import load_user_data, tokenize_user_data
 from qlora.readers import BadFileError
 from tests.tiny_text import tiny_tokenizer
+from tests.peers import peer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -129,7 +130,7 @@ def test_tokenize_skips_long_records_and_counts_them(tmp_path):
 
 
 def test_hf_dataset_folder_and_splits(tmp_path):
-    datasets = pytest.importorskip("datasets")
+    datasets = peer("datasets")
     rows = [json.loads(line) for line in (FIXTURES / "chat4.jsonl").read_text().splitlines()]
     dd = datasets.DatasetDict({"train": datasets.Dataset.from_list(rows[:3]), "test": datasets.Dataset.from_list(rows[3:])})
     dd.save_to_disk(str(tmp_path / "ds"))

@@ -4,7 +4,6 @@ adapter of an uninterrupted run (the same ranks: bit for bit)."""
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 

@@ -1,7 +1,6 @@
 """FSDP2 sharding of quantized models on 2 CPU ranks: exact dequantization under a bf16 policy, uneven
 and replicated rows, the 4-bit bytes each rank holds, and saving once, byte for byte."""
 
-from pathlib import Path
 
 import torch
 

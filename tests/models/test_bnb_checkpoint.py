@@ -8,8 +8,9 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 import qlora
 from qlora.models.bnb_checkpoint import load_quantized_checkpoint, save_quantized_checkpoint
+from tests.peers import peer
 
-bnb = pytest.importorskip("bitsandbytes")
+bnb = peer("bitsandbytes")
 from transformers import BitsAndBytesConfig  # noqa: E402
 
 

@@ -3,7 +3,6 @@
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-import qlora
 from qlora.config import ComputeDtype, LoRAConfig, ModelKind, QuantConfig
 from qlora.models.bnb_checkpoint import save_quantized_checkpoint
 from qlora.models.loading import adapter_weights, load_adapter_into, load_quantized_model

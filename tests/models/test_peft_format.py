@@ -5,8 +5,9 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
 
 from qlora.models.peft_format import AdapterWeights, TaskType, load_peft_adapter, save_peft_adapter
+from tests.peers import peer
 
-peft = pytest.importorskip("peft")
+peft = peer("peft")
 
 
 def tiny_llama():

@@ -13,6 +13,7 @@ from qlora.models.surgery import prepare_model
 from qlora.nn import QLoRALinear
 from tests.models import tiny_models
 from tests.models.test_pretrained import assert_same_model, randomize_adapters
+from tests.peers import peer
 
 NF4_DQ = QuantConfig(DataType.NF4, True, compute_dtype=ComputeDtype.FP32)
 LORA = LoRAConfig(rank=4, alpha=8, dropout=0.0)
@@ -86,8 +87,8 @@ def test_prepare_model_gives_a_model_that_saves(tmp_path):
 
 
 def test_the_adapter_loads_in_peft_and_the_model_in_transformers(tmp_path):
-    peft = pytest.importorskip("peft")
-    pytest.importorskip("bitsandbytes")
+    peft = peer("peft")
+    peer("bitsandbytes")
     from transformers import AutoModelForCausalLM
 
     base = tiny_models.save(tiny_models.llama(), tmp_path / "base")

@@ -6,10 +6,11 @@ import torch
 from qlora.optim import state8bit
 from qlora.optim.state8bit import MomentMap
 from qlora.quant import codebooks, reference
+from tests.peers import peer
 
 
 def test_unsigned_map_matches_bitsandbytes():
-    bnb_functional = pytest.importorskip("bitsandbytes.functional")
+    bnb_functional = peer("bitsandbytes.functional")
     assert torch.equal(state8bit.moment_code(MomentMap.UNSIGNED), bnb_functional.create_dynamic_map(signed=False))
     assert torch.equal(state8bit.moment_code(MomentMap.SIGNED), bnb_functional.create_dynamic_map(signed=True))
 

@@ -9,8 +9,9 @@ import torch
 import qlora
 from qlora import DataType
 from qlora.quant.bnb_format import from_bnb_dict, to_bnb_dict
+from tests.peers import peer
 
-F = pytest.importorskip("bitsandbytes.functional")
+F = peer("bitsandbytes.functional")
 
 SHAPES = [(1024, 1024), (4096, 11), (33, 65), (7,), (5, 3, 129), (64, 96)]
 

@@ -3,6 +3,7 @@ import torch
 
 from qlora.quant import codebooks
 from qlora.quant.dtypes import DataType, codebook, nearest_code_search
+from tests.peers import peer
 
 PUBLISHED_NF4 = [
     -1.0, -0.6961928, -0.5250731, -0.3949175, -0.2844414, -0.1847734, -0.0910500, 0.0,
@@ -50,7 +51,7 @@ def test_int8_codebook_is_k_over_127():
 
 
 def test_dynamic_map_matches_bitsandbytes():
-    bnb_functional = pytest.importorskip("bitsandbytes.functional")
+    bnb_functional = peer("bitsandbytes.functional")
     assert torch.equal(codebooks.create_dynamic_map(), bnb_functional.create_dynamic_map(signed=True))
 
 

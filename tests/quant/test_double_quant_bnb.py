@@ -9,8 +9,9 @@ import torch
 
 import qlora
 from qlora.quant import codebooks, reference
+from tests.peers import peer
 
-F = pytest.importorskip("bitsandbytes.functional")
+F = peer("bitsandbytes.functional")
 
 SIGNED = codebooks.create_dynamic_map(signed=True)
 UNSIGNED = codebooks.create_dynamic_map(signed=False)
