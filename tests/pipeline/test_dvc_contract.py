@@ -142,3 +142,18 @@ def test_an_unused_code_dependency_is_caught(dvc_yaml):
     changed = copy.deepcopy(dvc_yaml)
     changed["stages"]["report"]["deps"].append("qlora/nn")
     assert "report: declares qlora/nn, which it does not import" in code_problems(resolve(changed))
+
+
+@pytest.mark.parametrize("folder", ["", "findings"])
+def test_the_committed_lock_describes_only_stages_the_pipeline_defines(folder):
+    """DVC keeps a removed stage's lock entry; scripts/prune_dvc_lock.py drops it before a commit."""
+    from dvc.parsing import DataResolver
+    from dvc.repo import Repo
+
+    lock = ROOT / folder / "dvc.lock"
+    if not lock.exists():
+        pytest.skip(f"no {lock.relative_to(ROOT)} committed")
+    d = yaml.safe_load((ROOT / folder / "dvc.yaml").read_text())
+    defined = set(DataResolver(Repo(str(ROOT)), str(ROOT / folder), d).resolve()["stages"])
+    locked = set(yaml.safe_load(lock.read_text())["stages"])
+    assert locked - defined == set(), "run scripts/prune_dvc_lock.py"
