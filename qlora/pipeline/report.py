@@ -8,7 +8,7 @@ import dataclasses
 from pathlib import Path
 
 from qlora.pipeline import paths
-from qlora.pipeline.config import CAUSAL, PipelineConfig
+from qlora.pipeline.config import CAUSAL, ENCODER, PipelineConfig
 from qlora.pipeline.tracking import Tracking
 
 
@@ -17,6 +17,8 @@ class ReportJob:
     profile: str
     causal_model_name: str
     findings_path: Path
+    metric_files: tuple[Path, ...]  # the records of this pipeline's rows (base, train, eval)
+    main_files: tuple[Path, ...]  # the main run's training and evaluation records
 
     def run(self, tracking: Tracking) -> list[Path]:
         import time
@@ -30,8 +32,13 @@ class ReportJob:
 
         started = time.time()
         m, r = paths.METRICS, paths.REPORTS
-        files = sorted([*m.glob("base/*.json"), *m.glob("train/*.json"), *m.glob("eval/*.json")])
-        records, trains = load_records(files)
+        present = {*m.glob("base/*.json"), *m.glob("train/*.json"), *m.glob("eval/*.json"), *m.glob("main/*.json")}
+        for stale in sorted(present - {*self.metric_files, *self.main_files}):
+            print(f"report: ignoring {stale}: not a row of this pipeline's params (left by a removed row?)")
+        missing = [str(f) for f in (*self.metric_files, *self.main_files) if not f.is_file()]
+        if missing:
+            raise FileNotFoundError(f"report: missing records {', '.join(missing)}: run their stages first (dvc repro)")
+        records, trains = load_records(list(self.metric_files))
         evals = pool_seeds(attach_items(records, [paths.ITEMS / "base", paths.ITEMS / "eval"]))
         written: list[Path] = []
         tables = [table2(evals, profile=self.profile), table3(evals, profile=self.profile), table4(evals, profile=self.profile),
@@ -44,7 +51,7 @@ class ReportJob:
                     accuracy_bars([e.record for e in evals], "classification", r / "accuracy_classification.png"),
                     memory_bars(trains, r / "memory.png"),
                     write_text(r / "loss_by_data_type.csv", loss_curves_csv([t for t in trains if t.model == self.causal_model_name]))]  # fmt: skip
-        main_evals, main_trains = load_records(sorted(m.glob("main/*.json")))
+        main_evals, main_trains = load_records(list(self.main_files))
         write_json(m / "summary.json", metrics_summary(records, trains, main_evals, main_trains))
         write_text(r / "README.md", f"# Regenerated tables (profile `{self.profile}`)\n\n" + "\n".join(t.to_markdown() for t in tables))
         tracking.log("report", params={"profile": self.profile}, tags={"stage": "report"}, artifacts=[*written, m / "summary.json"],
@@ -53,4 +60,12 @@ class ReportJob:
 
 
 def plan_report(params: PipelineConfig) -> ReportJob:
-    return ReportJob(params.profile, params.models[CAUSAL].name, Path(params.findings_path))
+    """Reads exactly the records of the rows in `params.ablation` (and the main run): a file in metrics/
+    from a row that has since been removed never reaches a table."""
+    a = params.ablation
+    rows = [(CAUSAL, key) for key in a.causal] + [(ENCODER, key) for key in a.encoder]
+    files = ([paths.base_metrics(model, quant) for model in a.base_models for quant in a.base_quants]
+             + [paths.train_metrics(role, key) for role, key in rows]
+             + [paths.eval_metrics(role, key) for role, key in rows] + [paths.eval_metrics(CAUSAL, paths.UNTUNED)])  # fmt: skip
+    main = (paths.train_metrics(CAUSAL, paths.MAIN), paths.eval_metrics(CAUSAL, paths.MAIN))
+    return ReportJob(params.profile, params.models[CAUSAL].name, Path(params.findings_path), tuple(files), main)
