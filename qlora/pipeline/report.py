@@ -52,7 +52,7 @@ class ReportJob:
                     memory_bars(trains, r / "memory.png"),
                     write_text(r / "loss_by_data_type.csv", loss_curves_csv([t for t in trains if t.model == self.causal_model_name]))]  # fmt: skip
         main_evals, main_trains = load_records(list(self.main_files))
-        write_json(m / "summary.json", metrics_summary(records, trains, main_evals, main_trains))
+        write_json(m / "summary.json", metrics_summary([e.record for e in evals], trains, main_evals, main_trains))
         write_text(r / "README.md", f"# Regenerated tables (profile `{self.profile}`)\n\n" + "\n".join(t.to_markdown() for t in tables))
         tracking.log("report", params={"profile": self.profile}, tags={"stage": "report"}, artifacts=[*written, m / "summary.json"],
                      metrics={"eval_records": len(evals), "train_records": len(trains), "files": len(written)}, started=started)  # fmt: skip

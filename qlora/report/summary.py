@@ -27,7 +27,11 @@ def _train_values(t: TrainRecord) -> dict[str, float]:
 
 def metrics_summary(evals: Sequence[EvalRecord], trains: Sequence[TrainRecord],
                     main_evals: Sequence[EvalRecord] = (), main_trains: Sequence[TrainRecord] = ()) -> dict:  # fmt: skip
-    """The summary dict (see the module docstring); a duplicate (task, model, method, quant) raises."""
+    """The summary dict (see the module docstring); a duplicate (task, model, method, quant) raises.
+
+    `evals` are one record per row: rows trained once per seed pooled first (`records.pool_seeds`).
+    A row's training records, one per seed, are summarised by their mean over seeds.
+    """
     out: dict = {"eval": {}, "train": {name: {} for name in _TRAIN_FIELDS}, "main": {}}
     for r in evals:
         row = out["eval"].setdefault(r.task.value, {}).setdefault(r.model, {})
@@ -35,13 +39,15 @@ def metrics_summary(evals: Sequence[EvalRecord], trains: Sequence[TrainRecord],
         if key in row:
             raise ValueError(f"two {r.task.value} records for {r.model} {key}")
         row[key] = r.value
+    by_row: dict[tuple[str, str], list[TrainRecord]] = {}
     for t in trains:
-        key = f"{t.method.value}_{t.quant.value}"
-        for name, value in _train_values(t).items():
-            row = out["train"][name].setdefault(t.model, {})
-            if key in row:
-                raise ValueError(f"two training records for {t.model} {key}")
-            row[key] = value
+        by_row.setdefault((t.model, f"{t.method.value}_{t.quant.value}"), []).append(t)
+    for (model, key), members in by_row.items():
+        if len({t.seed for t in members}) != len(members):
+            raise ValueError(f"two training records for {model} {key} with the same seed")
+        for name in _TRAIN_FIELDS:
+            values = [_train_values(t)[name] for t in members]
+            out["train"][name].setdefault(model, {})[key] = sum(values) / len(values)
     for r in main_evals:
         out["main"][r.task.value] = r.value
     for t in main_trains:

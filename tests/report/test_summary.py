@@ -31,3 +31,13 @@ def test_summary_rejects_duplicates():
         metrics_summary([_eval("mmlu", "fp4", Method.QLORA, 0.1), _eval("mmlu", "fp4", Method.QLORA, 0.2)], [])
     with pytest.raises(ValueError, match="two mmlu records for M qlora_main"):
         metrics_summary([_eval("mmlu", None, Method.QLORA, 0.1), _eval("mmlu", None, Method.QLORA, 0.2)], [])
+
+
+def test_a_row_trained_once_per_seed_is_summarised_by_its_mean():
+    import dataclasses
+
+    seeds = [dataclasses.replace(_train("nf4_dq", Method.QLORA, losses=(2.0, loss)), seed=seed) for seed, loss in ((0, 1.0), (1, 2.0))]
+    s = metrics_summary([], seeds)
+    assert s["train"]["final_loss"]["M"]["qlora_nf4_dq"] == 1.5
+    with pytest.raises(ValueError, match="two training records for M qlora_nf4_dq with the same seed"):
+        metrics_summary([], [seeds[0], seeds[0]])
