@@ -25,7 +25,7 @@ from qlora.eval.result import Metric, Task
 from qlora.report import labels as L
 from qlora.report.labels import DataTypeLabel
 from qlora.report.paired import Effect, PairedComparison, Verdict, equivalence, superiority
-from qlora.report.records import EvalRecord, Evaluation, TrainRecord
+from qlora.report.records import EvalRecord, Evaluation, TrainRecord, split_seeds
 from qlora.report.tables import StatsConfig, as_evaluations, find
 
 PAPER_BITS_NF4_DQ = 4.127  # paper §3: 4 + 8/64 + 32/(64 * 256) = 4.127 bits per parameter
@@ -121,7 +121,35 @@ def _part(label: str, row: Evaluation | None, ref: Evaluation | None, rule, stat
     if row.items is None or ref.items is None:
         return Part(label, Verdict.INCONCLUSIVE, detail="no per-item results to pair")
     c = stats.compare(row, ref)
-    return Part(label, rule(c), c)
+    verdict = rule(c)
+    spread = _over_seeds(row, ref, c, stats)
+    if spread is not None:  # rows trained once per seed: the verdict must also survive run-to-run noise
+        over_seeds, k = spread
+        stat, ci, _ = _statistic(over_seeds)
+        label += f" (per-seed mean over {k} seeds: {stat.split(' (')[0]}, t interval {ci})"
+        if rule(over_seeds) is not verdict:
+            verdict = Verdict.INCONCLUSIVE
+    return Part(label, verdict, c)
+
+
+def _over_seeds(row: Evaluation, ref: Evaluation, c: PairedComparison, stats: StatsConfig) -> tuple[PairedComparison, int] | None:
+    """The paired effect per training seed, and its mean with a t interval over the seeds (the
+    item-level interval is conditional on the trained models; this one includes run-to-run noise)."""
+    import math
+    import statistics
+
+    from scipy import stats as scipy_stats
+
+    from qlora.report.paired import compare
+
+    rows, refs = split_seeds(row.items), split_seeds(ref.items)
+    if rows is None or refs is None or rows.keys() != refs.keys() or c.effect is Effect.RATIO:
+        return None
+    effects = [compare(rows[s], refs[s], metric=row.record.metric, confidence=stats.confidence,
+                       n_resamples=stats.n_resamples, seed=stats.seed).estimate for s in rows]  # fmt: skip
+    mean = statistics.fmean(effects)
+    half = scipy_stats.t.ppf(0.5 + stats.confidence / 2, len(effects) - 1) * statistics.stdev(effects) / math.sqrt(len(effects))
+    return dataclasses.replace(c, estimate=mean, ci_low=mean - half, ci_high=mean + half, p_value=None), len(effects)
 
 
 def _finding(claim: Claim, model: str, parts: list[Part]) -> Finding:

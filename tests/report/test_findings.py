@@ -119,3 +119,32 @@ def test_markdown(verdicts):
         findings(evals, trains, profile="")
     with pytest.raises(ValueError, match="margin accuracy must be a number in"):
         Margins(accuracy=2.0)
+
+
+def _seeded(model, nf4_minus_fp4_per_seed, n=400):
+    """Held-out NLL of QLoRA NF4+DQ and FP4 trained once per seed, pooled as the report pools them."""
+    import dataclasses
+
+    from qlora.report.records import pool_seeds
+
+    tokens = [20 + i % 5 for i in range(n)]
+    out = []
+    for seed, effect in enumerate(nf4_minus_fp4_per_seed):
+        fp4 = fx.normal(n, 1.5, 0.2, seed=20 + seed)
+        nf4 = fp4 + effect + fx.normal(n, 0, 0.02, seed=30 + seed)
+        for quant, rates in (("nf4_dq", nf4), ("fp4", fp4)):
+            e = ev("heldout_nll", quant, Method.QLORA, fx.heldout(rates, tokens), model)
+            out.append(dataclasses.replace(e, record=dataclasses.replace(e.record, seed=seed)))
+    return pool_seeds(out)
+
+
+@pytest.mark.parametrize("per_seed, expected", [
+    ((-0.10, -0.11, -0.09), Verdict.HOLDS),          # every seed agrees: decided
+    ((-0.30, -0.25, +0.15), Verdict.INCONCLUSIVE),   # decided per item, not over seeds (run-to-run noise)
+])  # fmt: skip
+def test_rows_trained_per_seed_must_also_decide_over_seeds(per_seed, expected):
+    (d,) = [f for f in assess(_seeded("seeds", per_seed), []) if f.claim is Claim.D]
+    (part,) = [p for p in d.parts if p.comparison is not None]
+    assert part.comparison.ci_high < 0  # the item-level interval alone would say "holds"
+    assert part.verdict is expected
+    assert "per-seed mean over 3 seeds" in part.label
