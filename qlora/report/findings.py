@@ -25,7 +25,8 @@ from qlora.eval.result import Metric, Task
 from qlora.report import labels as L
 from qlora.report.labels import DataTypeLabel
 from qlora.report.paired import Effect, PairedComparison, Verdict, equivalence, superiority
-from qlora.report.records import EvalRecord, Evaluation, TrainRecord, split_seeds
+from qlora.eval.items import ItemResults
+from qlora.report.records import EvalRecord, Evaluation, TrainRecord
 from qlora.report.tables import StatsConfig, as_evaluations, find
 
 PAPER_BITS_NF4_DQ = 4.127  # paper §3: 4 + 8/64 + 32/(64 * 256) = 4.127 bits per parameter
@@ -130,6 +131,21 @@ def _part(label: str, row: Evaluation | None, ref: Evaluation | None, rule, stat
         if rule(over_seeds) is not verdict:
             verdict = Verdict.INCONCLUSIVE
     return Part(label, verdict, c)
+
+
+def split_seeds(items: ItemResults) -> dict[int, ItemResults] | None:
+    """The items of a row pooled over seeds (`records.pool_seeds` prefixes ids with "s<seed>:"), by
+    seed; None when the items are not pooled from two or more seeds. (Here, not in records.py: the
+    evaluation stages depend on records.py, the report alone on this module.)"""
+    groups: dict[int, list] = {}
+    for item in items.items:
+        head, sep, _ = item.id.partition(":")
+        if not sep or not head.startswith("s") or not head[1:].isdigit():
+            return None
+        groups.setdefault(int(head[1:]), []).append(item)
+    if len(groups) < 2:
+        return None
+    return {seed: ItemResults(items.task, tuple(group)) for seed, group in sorted(groups.items())}
 
 
 def _over_seeds(row: Evaluation, ref: Evaluation, c: PairedComparison, stats: StatsConfig) -> tuple[PairedComparison, int] | None:

@@ -314,20 +314,6 @@ def pool_seeds(evaluations: Sequence[Evaluation]) -> list[Evaluation]:
     return out
 
 
-def split_seeds(items: ItemResults) -> dict[int, ItemResults] | None:
-    """The items of a row pooled over seeds (`pool_seeds`: ids "s<seed>:<id>"), by seed; None when the
-    items are not pooled from two or more seeds."""
-    groups: dict[int, list] = {}
-    for item in items.items:
-        head, sep, _ = item.id.partition(":")
-        if not sep or not head.startswith("s") or not head[1:].isdigit():
-            return None
-        groups.setdefault(int(head[1:]), []).append(item)
-    if len(groups) < 2:
-        return None
-    return {seed: ItemResults(items.task, tuple(group)) for seed, group in sorted(groups.items())}
-
-
 def differs_beyond_noise(a: EvalRecord, b: EvalRecord, z: float = 1.959964) -> bool | None:
     """Whether two scores differ by more than their combined 95% noise (None when unknown); unpaired:
     `qlora.report.paired` compares the same items and is what the tables use when items exist."""
