@@ -272,6 +272,9 @@ def render(found: Sequence[Finding], *, profile: str, margins: Margins = Margins
         "\"A beats B\" holds when the interval lies wholly on A's better side and does not hold when it lies wholly on "
         "B's; \"A matches B\" holds when the interval lies within the margin and does not hold when it lies wholly "
         "outside; otherwise inconclusive at this n. A claim with several parts holds only if all hold. "
+        "Rows trained once per seed are paired seed by seed and pooled; their interval is conditional on the trained "
+        "models, so the verdict must also follow from the per-seed mean effect's t interval over seeds (shown beside "
+        "the comparison), else it is inconclusive. "
         "A \"does not hold\" on a small model is a result, not a bug.",
         "",
         f"Equivalence margins: {margins.describe()}.",
