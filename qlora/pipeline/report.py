@@ -17,8 +17,9 @@ class ReportJob:
     profile: str
     causal_model_name: str
     findings_path: Path
-    metric_files: tuple[Path, ...]  # the records of this pipeline's rows (base, train, eval)
-    main_files: tuple[Path, ...]  # the main run's training and evaluation records
+    metric_files: tuple[Path, ...]  # the records of this pipeline's rows (base, train, eval): required
+    optional_files: tuple[Path, ...]  # the untuned model's evaluation: read when present
+    main_files: tuple[Path, ...]  # the main run's training and evaluation records: read when present
 
     def run(self, tracking: Tracking) -> list[Path]:
         import time
@@ -33,12 +34,12 @@ class ReportJob:
         started = time.time()
         m, r = paths.METRICS, paths.REPORTS
         present = {*m.glob("base/*.json"), *m.glob("train/*.json"), *m.glob("eval/*.json"), *m.glob("main/*.json")}
-        for stale in sorted(present - {*self.metric_files, *self.main_files}):
+        for stale in sorted(present - {*self.metric_files, *self.optional_files, *self.main_files}):
             print(f"report: ignoring {stale}: not a row of this pipeline's params (left by a removed row?)")
-        missing = [str(f) for f in (*self.metric_files, *self.main_files) if not f.is_file()]
+        missing = [str(f) for f in self.metric_files if not f.is_file()]
         if missing:
             raise FileNotFoundError(f"report: missing records {', '.join(missing)}: run their stages first (dvc repro)")
-        records, trains = load_records(list(self.metric_files))
+        records, trains = load_records([*self.metric_files, *(f for f in self.optional_files if f.is_file())])
         evals = pool_seeds(attach_items(records, [paths.ITEMS / "base", paths.ITEMS / "eval"]))
         written: list[Path] = []
         tables = [table2(evals, profile=self.profile), table3(evals, profile=self.profile), table4(evals, profile=self.profile),
@@ -51,7 +52,7 @@ class ReportJob:
                     accuracy_bars([e.record for e in evals], "classification", r / "accuracy_classification.png"),
                     memory_bars(trains, r / "memory.png"),
                     write_text(r / "loss_by_data_type.csv", loss_curves_csv([t for t in trains if t.model == self.causal_model_name]))]  # fmt: skip
-        main_evals, main_trains = load_records(list(self.main_files))
+        main_evals, main_trains = load_records([f for f in self.main_files if f.is_file()])
         write_json(m / "summary.json", metrics_summary([e.record for e in evals], trains, main_evals, main_trains))
         write_text(r / "README.md", f"# Regenerated tables (profile `{self.profile}`)\n\n" + "\n".join(t.to_markdown() for t in tables))
         tracking.log("report", params={"profile": self.profile}, tags={"stage": "report"}, artifacts=[*written, m / "summary.json"],
@@ -66,6 +67,7 @@ def plan_report(params: PipelineConfig) -> ReportJob:
     rows = [(CAUSAL, key) for key in a.causal] + [(ENCODER, key) for key in a.encoder]
     files = ([paths.base_metrics(model, quant) for model in a.base_models for quant in a.base_quants]
              + [paths.train_metrics(role, key) for role, key in rows]
-             + [paths.eval_metrics(role, key) for role, key in rows] + [paths.eval_metrics(CAUSAL, paths.UNTUNED)])  # fmt: skip
+             + [paths.eval_metrics(role, key) for role, key in rows])  # fmt: skip
+    untuned = (paths.eval_metrics(CAUSAL, paths.UNTUNED),)  # dvc.yaml always runs these two; a library user need not
     main = (paths.train_metrics(CAUSAL, paths.MAIN), paths.eval_metrics(CAUSAL, paths.MAIN))
-    return ReportJob(params.profile, params.models[CAUSAL].name, Path(params.findings_path), tuple(files), main)
+    return ReportJob(params.profile, params.models[CAUSAL].name, Path(params.findings_path), tuple(files), untuned, main)
