@@ -43,15 +43,9 @@ def command_lines(program: str, *, inline: bool = False) -> list[list[str]]:
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
-    from tests.tiny_text import tiny_llama, tiny_tokenizer
+    from tests.tiny_text import save_tiny_model
 
-    folder = tmp_path_factory.mktemp("readme") / "tiny-llama"
-    tokenizer = tiny_tokenizer()
-    model = tiny_llama(len(tokenizer))
-    model.config.pad_token_id, model.config.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save_tiny_model(tmp_path_factory.mktemp("readme") / "tiny-llama")
 
 
 def test_the_readme_has_python_blocks_that_name_only_the_substituted_model():

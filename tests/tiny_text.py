@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -41,3 +43,13 @@ def tiny_llama(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                          pad_token_id=0, bos_token_id=1, eos_token_id=2)  # fmt: skip
     return LlamaForCausalLM(config).eval()
+
+
+def save_tiny_model(folder: Path) -> Path:
+    """`tiny_llama` with `tiny_tokenizer` (pad and eos ids in its config) saved as a model folder."""
+    tokenizer = tiny_tokenizer()
+    model = tiny_llama(len(tokenizer))
+    model.config.pad_token_id, model.config.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -2,18 +2,12 @@
 
 import pytest
 
-from tests.tiny_text import tiny_llama, tiny_tokenizer
+from tests.tiny_text import save_tiny_model
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("models") / "tiny-llama"
-    tokenizer = tiny_tokenizer()
-    model = tiny_llama(len(tokenizer))
-    model.config.pad_token_id, model.config.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
 
 
 @pytest.fixture(autouse=True)

@@ -2,22 +2,12 @@
 artifacts land in the server's database and artifact store, never in a local ./mlruns."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 
 import pytest
 
 from qlora.pipeline.tracking import Tracking
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.mlflow_server import mlflow_server
 
 
 def _get(url: str, payload: dict | None = None) -> dict:
@@ -30,26 +20,8 @@ def _get(url: str, payload: dict | None = None) -> dict:
 @pytest.fixture
 def server(tmp_path):
     """`mlflow server` on a sqlite database with a served artifact store (what README "Scaling out" shows)."""
-    port = _free_port()
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-               "--artifacts-destination", str(tmp_path / "artifact-store"), "--serve-artifacts",
-               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=2).read()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise AssertionError(f"mlflow server did not start: {proc.stderr.read().decode()[-2000:]}")
-            time.sleep(0.5)
-    yield url, tmp_path
-    os.killpg(proc.pid, 15)  # SIGTERM to the server's process group ends its workers too
-    proc.wait(timeout=30)
+    with mlflow_server("server", tmp_path / "mlflow.db", tmp_path / "artifact-store", "--serve-artifacts") as url:
+        yield url, tmp_path
 
 
 @pytest.mark.slow

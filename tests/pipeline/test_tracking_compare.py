@@ -2,27 +2,16 @@
 jobs logging to it, and one comparable parent run per data type holding every headline number."""
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.parse
 import urllib.request
 
 import pytest
 
 from qlora.pipeline.tracking import ROW_METRICS, ROW_TAG, Tracking
+from tests.mlflow_server import mlflow_server
 from tests.pipeline.tiny_profile import DTYPES, run_tiny_profile
 
 EXPERIMENT = "qlora-tiny"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _api(base: str, endpoint: str, body: dict | None = None, **query) -> dict:
@@ -36,28 +25,10 @@ def _api(base: str, endpoint: str, body: dict | None = None, **query) -> dict:
 @pytest.fixture
 def server(tmp_path):
     """`mlflow ui` on a fresh sqlite store, artifacts in its own folder; (base URL, artifact folder)."""
-    port = _free_port()
     store = tmp_path / "server"
     store.mkdir()
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}", "--artifacts-destination",
-           str(store / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
-    process = subprocess.Popen(cmd, cwd=store, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                _api(base, "experiments/search", {"max_results": 1})
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"mlflow ui did not start (exit {process.poll()})") from None
-                time.sleep(0.5)
+    with mlflow_server("ui", store / "mlflow.db", store / "artifacts", cwd=store) as base:
         yield base, store / "artifacts"
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
 
 
 @pytest.mark.slow
