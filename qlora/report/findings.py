@@ -156,13 +156,10 @@ def _over_seeds(row: Evaluation, ref: Evaluation, c: PairedComparison, stats: St
 
     from scipy import stats as scipy_stats
 
-    from qlora.report.paired import compare
-
     rows, refs = split_seeds(row.items), split_seeds(ref.items)
     if rows is None or refs is None or rows.keys() != refs.keys() or c.effect is Effect.RATIO:
         return None
-    effects = [compare(rows[s], refs[s], metric=row.record.metric, confidence=stats.confidence,
-                       n_resamples=stats.n_resamples, seed=stats.seed).estimate for s in rows]  # fmt: skip
+    effects = [stats.compare(Evaluation(row.record, rows[s]), Evaluation(ref.record, refs[s])).estimate for s in rows]
     mean = statistics.fmean(effects)
     half = scipy_stats.t.ppf(0.5 + stats.confidence / 2, len(effects) - 1) * statistics.stdev(effects) / math.sqrt(len(effects))
     return dataclasses.replace(c, estimate=mean, ci_low=mean - half, ci_high=mean + half, p_value=None), len(effects)

@@ -45,9 +45,9 @@ def metrics_summary(evals: Sequence[EvalRecord], trains: Sequence[TrainRecord],
     for (model, key), members in by_row.items():
         if len({t.seed for t in members}) != len(members):
             raise ValueError(f"two training records for {model} {key} with the same seed")
+        values = [_train_values(t) for t in members]
         for name in _TRAIN_FIELDS:
-            values = [_train_values(t)[name] for t in members]
-            out["train"][name].setdefault(model, {})[key] = sum(values) / len(values)
+            out["train"][name].setdefault(model, {})[key] = sum(v[name] for v in values) / len(values)
     for r in main_evals:
         out["main"][r.task.value] = r.value
     for t in main_trains:
