@@ -24,7 +24,7 @@ from qlora.config import Method
 from qlora.eval.result import Metric, Task
 from qlora.report import labels as L
 from qlora.report.labels import DataTypeLabel
-from qlora.report.paired import Effect, PairedComparison, Verdict, equivalence, superiority
+from qlora.report.paired import Effect, PairedComparison, Verdict, equivalence, superiority, t_interval
 from qlora.eval.items import ItemResults
 from qlora.report.records import EvalRecord, Evaluation, TrainRecord
 from qlora.report.tables import StatsConfig, as_evaluations, find
@@ -151,18 +151,12 @@ def split_seeds(items: ItemResults) -> dict[int, ItemResults] | None:
 def _over_seeds(row: Evaluation, ref: Evaluation, c: PairedComparison, stats: StatsConfig) -> tuple[PairedComparison, int] | None:
     """The paired effect per training seed, and its mean with a t interval over the seeds (the
     item-level interval is conditional on the trained models; this one includes run-to-run noise)."""
-    import math
-    import statistics
-
-    from scipy import stats as scipy_stats
-
     rows, refs = split_seeds(row.items), split_seeds(ref.items)
     if rows is None or refs is None or rows.keys() != refs.keys() or c.effect is Effect.RATIO:
         return None
     effects = [stats.compare(Evaluation(row.record, rows[s]), Evaluation(ref.record, refs[s])).estimate for s in rows]
-    mean = statistics.fmean(effects)
-    half = scipy_stats.t.ppf(0.5 + stats.confidence / 2, len(effects) - 1) * statistics.stdev(effects) / math.sqrt(len(effects))
-    return dataclasses.replace(c, estimate=mean, ci_low=mean - half, ci_high=mean + half, p_value=None), len(effects)
+    mean, low, high = t_interval(effects, stats.confidence)
+    return dataclasses.replace(c, estimate=mean, ci_low=low, ci_high=high, p_value=None), len(effects)
 
 
 def _finding(claim: Claim, model: str, parts: list[Part]) -> Finding:

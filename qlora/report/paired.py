@@ -24,8 +24,9 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+import statistics
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy import stats
@@ -127,6 +128,22 @@ def equivalence(c: PairedComparison, margin: float) -> Verdict:
     if c.ci_low > high or c.ci_high < low:
         return Verdict.DOES_NOT_HOLD
     return Verdict.INCONCLUSIVE
+
+
+def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high): the mean of independent replicates (e.g. one effect per training seed) with
+    Student's t interval at `confidence`.
+
+    Raises:
+        ValueError: fewer than 2 values, or a confidence outside (0, 1).
+    """
+    if len(values) < 2:
+        raise ValueError(f"a t interval needs at least 2 values, got {len(values)}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+    mean = statistics.fmean(values)
+    half = float(stats.t.ppf(0.5 + confidence / 2, len(values) - 1)) * statistics.stdev(values) / math.sqrt(len(values))
+    return mean, mean - half, mean + half
 
 
 def _z(confidence: float) -> float:

@@ -8,10 +8,26 @@ import pytest
 
 from qlora.eval.result import Metric, Task
 from qlora.report.paired import (Direction, Effect, PairedComparison, Verdict, compare, equivalence, mcnemar_p,
-                                 newcombe_paired_interval, pair_items, superiority)  # fmt: skip
+                                 newcombe_paired_interval, pair_items, t_interval, superiority)  # fmt: skip
 from tests.report import fixtures as fx
 
 Z = 1.959963984540054
+
+
+def test_t_interval_textbook_values():
+    # 1..5: mean 3, s = 1.5811, s / sqrt(5) = 0.70711, t(0.975, df 4) = 2.77645 -> half width 1.96324
+    mean, low, high = t_interval([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert mean == 3.0
+    assert low == pytest.approx(3.0 - 1.96324, abs=1e-5) and high == pytest.approx(3.0 + 1.96324, abs=1e-5)
+    # two values at 90%: t(0.95, df 1) = 6.31375, s / sqrt(2) = 0.5 -> half width 3.15688
+    assert t_interval([0.0, 1.0], 0.90)[1:] == pytest.approx((0.5 - 3.15688, 0.5 + 3.15688), abs=1e-5)
+
+
+def test_t_interval_refuses_one_value_and_bad_confidence():
+    with pytest.raises(ValueError, match="at least 2 values, got 1"):
+        t_interval([0.3])
+    with pytest.raises(ValueError, match=r"confidence must be in \(0, 1\), got 1.5"):
+        t_interval([0.1, 0.2], 1.5)
 
 
 def test_mcnemar_exact_textbook_values():
