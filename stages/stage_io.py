@@ -41,8 +41,13 @@ def tracking() -> Tracking:
     return Tracking(uri, os.environ.get("MLFLOW_EXPERIMENT_NAME", "qlora-pipeline"))
 
 
+def assets_dir() -> Path | None:
+    """The pinned data files fetched at set-up: $QLORA_ASSETS, else None (the environment's own folder)."""
+    return Path(os.environ["QLORA_ASSETS"]) if os.environ.get("QLORA_ASSETS") else None
+
+
 def cache_dir() -> Path:
-    """Downloads and other caches outside the repository: $QLORA_CACHE, else ~/.cache/qlora-pipeline."""
+    """Caches outside the repository (MLflow's database, joined GGUF files): $QLORA_CACHE, else ~/.cache/qlora-pipeline."""
     return Path(os.environ.get("QLORA_CACHE") or Path.home() / ".cache" / "qlora-pipeline")
 
 

@@ -42,7 +42,7 @@ def cmd_finetune(args) -> int:
     params, _ = _config(args)
     if params.data.source is DataSource.EMBEDDED:
         raise UsageError("data.path: expected your data, a JSONL file or a datasets dataset (e.g. data.path=my.jsonl); "
-                         "the embedded Natural Instructions are the pipeline's: qlora pipeline repro")  # fmt: skip
+                         "the embedded instruction tasks are the pipeline's: qlora pipeline repro")  # fmt: skip
     job = UserFinetuneJob(params.models["causal"], params.quant, params.lora, params.train, params.data, args.out)
     if job.work_dir.exists():
         print(f"resuming from {job.work_dir}", file=sys.stderr)

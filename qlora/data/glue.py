@@ -1,13 +1,13 @@
 """Real GLUE tasks through `datasets`, for machines that reach the Hugging Face hub (or hold a local
-copy): the paper's Table 3 encoder column. The embedded default uses BIG-bench tasks instead
-(`bigbench.py`), since GLUE is not in any package.
+copy): the paper's Table 3 encoder column (`data.classification_task=glue/sst2`, ...). The embedded
+default uses human-rated sentences instead (`vader.py`), since GLUE is not in any package.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from qlora.data.bigbench import ClassificationData, ClassificationExample
+from qlora.data.examples import ClassificationData, ClassificationExample
 
 # task -> (text field, pair field or None, label names)
 GLUE_TASKS: dict[str, tuple[str, str | None, tuple[str, ...]]] = {

@@ -12,6 +12,8 @@ An example is a dict of 1-D LongTensors, the shape `qlora.train.batching.collate
 from __future__ import annotations
 
 import dataclasses
+import json
+import struct
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,6 +26,21 @@ from qlora.readers import BadFileError, check_tensor, read_safetensors_with_meta
 IGNORE_INDEX = -100
 _FORMAT = "qlora-tokens/1"
 CAUSAL, CLASSIFICATION = "causal", "classification"
+
+
+def canonical_safetensors(data: bytes) -> bytes:
+    """`data` (a serialized safetensors file) with its JSON header written with sorted keys.
+
+    safetensors writes `__metadata__` from a hash map whose order changes from process to process, so
+    the same tensors and metadata gave different bytes (and DVC re-ran every stage downstream). The
+    header is re-serialized canonically (sorted keys, no spaces, padded with spaces to 8 bytes as the
+    format requires); tensor offsets are relative to the data section and do not change.
+    """
+    (size,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + size])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + data[8 + size :]
 
 
 def has_chat_template(tokenizer) -> bool:
@@ -248,7 +265,7 @@ class TokenizedDataset(Sequence):
         """One .safetensors file (tensors + a format tag and the kind in its metadata), written atomically."""
         tensors = {"input_ids": self.input_ids.contiguous(), "offsets": self.offsets.contiguous(),
                    "labels": self.labels.contiguous()}  # fmt: skip
-        write_bytes(path, save(tensors, metadata={"format": _FORMAT, "kind": self.kind}))
+        write_bytes(path, canonical_safetensors(save(tensors, metadata={"format": _FORMAT, "kind": self.kind})))
 
     @classmethod
     def load(cls, path: str | Path) -> "TokenizedDataset":

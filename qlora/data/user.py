@@ -3,7 +3,7 @@
 Alpaca records are `{"instruction", "input" (optional), "output"}` (the Stanford Alpaca / Dolly shape);
 chat records are `{"messages": [{"role", "content"}, ...]}` (the conversational shape of OpenAI's and
 TRL's datasets). Both become conversations: an Alpaca record is one user turn (the instruction, a blank
-line, the input: the prompt format of the embedded Natural Instructions) and one assistant turn. They
+line, the input: the prompt format of the embedded instruction tasks) and one assistant turn. They
 are tokenized with the model's chat template when it has one, with the loss on the assistant turns only
 (`qlora.data.tokenization.encode_chat`).
 

@@ -1,6 +1,7 @@
 """Preparing the data: token files for classification, instruction tuning, held-out RougeL and NLL, and
-the perplexity text, from the embedded assets (the bigbench sdist is downloaded once into a cache) and,
-when `data.source` selects them, the user's own instruction records (`qlora.data.user`)."""
+the perplexity text, from the pinned assets that set-up fetched (nothing downloads here) or, for the hub
+options of `data`, from the Hugging Face hub; when `data.source` selects them, the user's own
+instruction records (`qlora.data.user`) for training."""
 
 from __future__ import annotations
 
@@ -20,24 +21,23 @@ class PrepareDataJob:
 
     data: DataConfig
 
-    def run(self, tracking: Tracking, cache_dir: Path) -> dict:
-        import shutil
+    def run(self, tracking: Tracking, assets_dir: Path | None = None) -> dict:
+        """Writes `paths.data_dir()` whole (or nothing) and metrics/data.json.
+
+        Args:
+            assets_dir: where set-up put the pinned data files (None: the environment's default).
+        """
         import time
 
         from transformers import AutoTokenizer
 
         from qlora.atomic import atomic_dir, write_json
-        from qlora.data.bigbench import download_sdist, extract_tasks
         from qlora.data.prepare import prepare_datasets
 
         started = time.time()
-        sdist = download_sdist(cache_dir / "bigbench")  # 358 MB once, cached outside the repo
         with atomic_dir(paths.data_dir()) as out:
-            scratch = out / ".bigbench"
-            tasks = extract_tasks(sdist, scratch)
             summary = prepare_datasets(self.data, AutoTokenizer.from_pretrained(paths.model_dir(CAUSAL)),
-                                       AutoTokenizer.from_pretrained(paths.model_dir(ENCODER)), tasks, out)  # fmt: skip
-            shutil.rmtree(scratch)
+                                       AutoTokenizer.from_pretrained(paths.model_dir(ENCODER)), assets_dir, out)  # fmt: skip
         write_json(paths.METRICS / "data.json", summary)
         tracking.log("prepare_data", params={"data": self.data},
                      metrics={k: float(v) for k, v in summary.items()}, tags={"stage": "prepare_data"}, started=started,

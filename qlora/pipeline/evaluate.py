@@ -73,7 +73,7 @@ class BaseEvalJob:
         from transformers import AutoTokenizer
 
         from qlora.data.mmlu import load_mmlu
-        from qlora.data.prepare import PERPLEXITY_TEXT, perplexity_windows
+        from qlora.data.prepared import PERPLEXITY_TEXT, perplexity_windows
         from qlora.eval.mmlu import MMLUScoring, evaluate_mmlu
         from qlora.eval.perplexity import evaluate_perplexity
         from qlora.models.loading import load_for_inference
@@ -130,7 +130,7 @@ class CausalEvalJob:
         from transformers import AutoTokenizer
 
         from qlora.data.mmlu import load_fewshot_pool, load_mmlu
-        from qlora.data.prepare import INSTRUCT_HELDOUT, INSTRUCT_TEST
+        from qlora.data.prepared import INSTRUCT_HELDOUT, INSTRUCT_TEST
         from qlora.data.tokenization import TokenizedDataset
         from qlora.eval.batches import pad_id
         from qlora.eval.heldout import evaluate_heldout_nll
@@ -141,7 +141,8 @@ class CausalEvalJob:
         model = load_for_inference(self.checkpoint, ModelKind.CAUSAL_LM, self.adapter, quant=self.quant)
         tokenizer = AutoTokenizer.from_pretrained(self.checkpoint)
         ev = self.eval
-        test = json.loads((paths.data_dir() / INSTRUCT_TEST).read_text())["examples"][: ev.rouge_examples]
+        test_file = json.loads((paths.data_dir() / INSTRUCT_TEST).read_text())
+        test, source = test_file["examples"][: ev.rouge_examples], test_file.get("source", "held-out instruction tasks")
         heldout = TokenizedDataset.load(paths.data_dir() / INSTRUCT_HELDOUT)
         with compute_context(self.quant, model):
             mmlu = evaluate_mmlu(model, tokenizer, load_mmlu(), load_fewshot_pool(), k=ev.mmlu_shots, limit=ev.mmlu_questions or None,
@@ -152,8 +153,8 @@ class CausalEvalJob:
             nll = evaluate_heldout_nll(model, [heldout[i] for i in range(min(ev.heldout_examples, len(heldout)))],
                                        pad_token_id=pad_id(tokenizer), batch_size=ev.batch_size, progress=progress)  # fmt: skip
         records = _write([_record(mmlu, self.model_name, self.quant, self.method, f"MMLU test ({ev.mmlu_shots}-shot)"),
-                          _record(rouge, self.model_name, self.quant, self.method, "Natural Instructions held-out subtasks"),
-                          _record(nll, self.model_name, self.quant, self.method, "Natural Instructions held-out subtasks (responses)")],
+                          _record(rouge, self.model_name, self.quant, self.method, source),
+                          _record(nll, self.model_name, self.quant, self.method, f"{source} (responses)")],
                          self.metrics_path, self.items_path)  # fmt: skip
         tracking.log(f"evaluate causal {self.row}", params={"model": self.model_name, "method": self.method.value, **quant_params(self.quant)},
                      metrics={r.task.value: r.value for r in records} | {f"{r.task.value}_n": r.n for r in records},
@@ -197,7 +198,7 @@ class EncoderEvalJob:
         started = time.time()  # the MLflow run's start
         from transformers import AutoTokenizer
 
-        from qlora.data.prepare import CLS_LABELS, CLS_TEST
+        from qlora.data.prepared import CLS_LABELS, CLS_TEST
         from qlora.data.tokenization import TokenizedDataset
         from qlora.eval.batches import pad_id
         from qlora.eval.classification import evaluate_classification

@@ -315,7 +315,7 @@ def plan_train(params: PipelineConfig, role: str, run: str) -> TrainJob | SeedsJ
         ConfigError: an unknown role or row, naming the key and the allowed values.
     """
     from qlora.checks import ConfigError
-    from qlora.data.prepare import CLS_LABELS, CLS_TRAIN, INSTRUCT_TRAIN
+    from qlora.data.prepared import CLS_LABELS, CLS_TRAIN, INSTRUCT_TRAIN
 
     if role not in (CAUSAL, ENCODER):
         raise ConfigError("role", role, f"{CAUSAL} or {ENCODER}")

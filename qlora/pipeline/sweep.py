@@ -44,7 +44,7 @@ def plan_sweep(job: PipelineConfig, prepared: PipelineConfig, out: Path) -> Swee
         ConfigError: the job changes a setting that the prepared artifacts were made with, or those
             artifacts are missing.
     """
-    from qlora.data.prepare import INSTRUCT_TRAIN
+    from qlora.data.prepared import INSTRUCT_TRAIN
 
     for key in ("models", "data"):
         if getattr(job, key) != getattr(prepared, key):

@@ -72,7 +72,7 @@ class UserEvalJob:
                                                 batch_size=ev.batch_size, progress=progress)  # fmt: skip
             elif task is EvalTask.PERPLEXITY:
                 from qlora.data.mmlu import load_mmlu
-                from qlora.data.prepare import perplexity_windows
+                from qlora.data.prepared import perplexity_windows
                 from qlora.eval.perplexity import evaluate_perplexity
 
                 questions = load_mmlu()

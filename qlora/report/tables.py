@@ -229,15 +229,21 @@ def table3(evals: Sequence[Evaluation | EvalRecord], *, stats: StatsConfig = Sta
     evals = as_evaluations(evals)
     paper_cols = {f"paper: {c}": {k: v[i] for k, v in paper.TABLE3.items()} for i, c in enumerate(paper.TABLE3_COLUMNS)}
     notes = [
-        "Ours: accuracy of the embedded encoder on a BIG-bench classification task (GLUE is not available offline), "
-        "RougeL F-measure of the embedded causal LM's greedy generations on held-out Natural Instructions subtasks, and "
-        "its NLL per response token on held-out instruction examples; ± is the 95% interval.",
+        "Ours: accuracy of the encoder on the classification data named in the column, RougeL F-measure of the causal LM's "
+        "greedy generations on held-out instruction tasks, and its NLL per response token on held-out instruction examples; "
+        "± is the 95% interval.",
+        "Data (embedded defaults; GLUE and Super-NaturalInstructions are not available offline): vader_binary = the "
+        "human-rated English sentences of Hutto & Gilbert (2014, ICWSM; `vadersentiment` 3.3.2 sdist, MIT), positive "
+        "(mean valence >= +0.5) vs negative (<= -0.5), the neutral ones left out; instruction tasks = the English "
+        "single-turn tasks of the OpenAI evals registry (`evals` 3.0.1.post1, MIT; folders under other licences left "
+        "out), whole task families held out for the RougeL and NLL columns, as Super-NaturalInstructions evaluates on "
+        "unseen tasks.",
         "vs LoRA BF16: the paired difference on the same examples with its 95% interval (accuracy: exact McNemar p, "
         "Newcombe interval; RougeL and NLL: paired bootstrap). ≈ marks an interval that covers no difference.",
         "QLoRA Int8 here is blockwise absmax Int8 (paper Eq. 1); the paper's Int8 rows used LLM.int8().",
         "Paper: RoBERTa-large on GLUE, T5 80M–11B on Super-NaturalInstructions (Table 3).",
     ] + _profile_note(profile)  # fmt: skip
-    return _scored_table("table3", "Table 3 — GLUE-style accuracy, Natural Instructions RougeL and held-out NLL", evals,
+    return _scored_table("table3", "Table 3 — GLUE-style accuracy, held-out-task RougeL and held-out NLL", evals,
                          TABLE3_ROWS, (Task.CLASSIFICATION, Task.ROUGE_L, Task.HELDOUT_NLL), paper_cols, notes, stats)  # fmt: skip
 
 
@@ -247,7 +253,7 @@ def table4(evals: Sequence[Evaluation | EvalRecord], *, stats: StatsConfig = Sta
     paper_cols = {"paper: mean 5-shot MMLU (LLaMA 7–65B)": {("lora", k) if k == "bf16" else ("qlora", k): v
                                                           for k, v in paper.TABLE4_MEAN.items()}}  # fmt: skip
     notes = [
-        "Ours: the embedded causal LM instruction-tuned on Natural Instructions, MMLU test questions, prediction = argmax "
+        "Ours: the causal LM instruction-tuned on the instruction tasks (Table 3's note), MMLU test questions, prediction = argmax "
         "over the answer-letter logits (as the paper's code); ± is the Wilson 95% interval.",
         "vs LoRA BF16: the paired accuracy difference on the same questions, Newcombe 95% interval and exact McNemar p. "
         "≈ marks an interval that covers no difference.",

