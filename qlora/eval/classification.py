@@ -9,10 +9,12 @@ import torch
 
 from qlora.eval.batches import batched, model_device, right_pad
 from qlora.eval.items import ItemResults, LabelItem, tokens_id, unique_ids
+from qlora.eval.precision import fp32_scoring
 from qlora.eval.result import EvalResult, GroupScore, Metric, Score, Task
 from qlora.eval.stats import wilson_interval
 
 
+@fp32_scoring
 @torch.no_grad()
 def evaluate_classification(model: torch.nn.Module, examples: Sequence[dict[str, torch.Tensor]], *, pad_token_id: int = 0,
                             batch_size: int = 32, labels: Sequence[str] | None = None, progress: bool = True) -> EvalResult:  # fmt: skip

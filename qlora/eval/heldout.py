@@ -16,10 +16,12 @@ import torch
 from qlora.data.tokenization import IGNORE_INDEX
 from qlora.eval.batches import batched, model_device, right_pad
 from qlora.eval.items import ItemResults, TokenNLL, tokens_id, unique_ids
+from qlora.eval.precision import fp32_scoring
 from qlora.eval.result import EvalResult, Metric, Score, Task
 from qlora.eval.stats import ratio_interval
 
 
+@fp32_scoring
 @torch.no_grad()
 def evaluate_heldout_nll(model: torch.nn.Module, examples: Sequence[dict[str, torch.Tensor]], *, pad_token_id: int = 0,
                          batch_size: int = 8, progress: bool = True) -> EvalResult:  # fmt: skip

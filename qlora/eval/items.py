@@ -15,10 +15,11 @@ File format (`ItemResults.save`), one item per line so that it diffs and greps w
 
 with, per task, exactly these item keys:
 - perplexity, heldout_nll: id, tokens (predicted tokens, int >= 1), nll_sum (summed NLL in nats)
-- mmlu, mmlu_0shot: id, subject, answer ("A".."D"), shots, letter_pred ("A".."D", argmax of the
-  answer-letter logits), letter_logprobs (4 log-probabilities of the letter tokens), choice_pred,
-  choice_logprob_sums (4 summed log-probabilities of " {choice}"), choice_tokens (4 token counts);
-  the three choice_* keys are null when choice log-likelihoods were not computed
+- mmlu, mmlu_0shot: id, subject, answer ("A".."D"), shots, letter_pred ("A".."D", see `MMLUItem`),
+  letter_logprobs (4 log-probabilities of the letter tokens), choice_pred, choice_logprob_sums (4 summed
+  log-probabilities of " {choice}"), choice_tokens (4 token counts); the three choice_* keys are null
+  when choice log-likelihoods were not computed; rotated_letter_logprobs (3 x 4 log-probabilities of the
+  letters under the cyclic rotations of the choices; may be absent in files written before it existed)
 - classification: id, label, pred (class indices)
 - rougeL: id, score (RougeL F in [0, 1])
 """
@@ -40,6 +41,8 @@ from qlora.atomic import write_text
 from qlora.eval.result import Task
 
 FORMAT = "qlora-items/1"
+# defaulted keys that files have always written (choice_* may be null, never absent)
+_REQUIRED_DEFAULTED = {"choice_pred", "choice_logprob_sums", "choice_tokens"}
 LETTERS = ("A", "B", "C", "D")
 
 
@@ -139,18 +142,46 @@ class RougeItem:
         _check_float("score", self.score, 0.0, 1.0)
 
 
+def tie_aware_correct(values: Sequence[float], answer: int) -> float:
+    """1/k when the answer is among the k choices sharing the top value, else 0 (a tie is a guess among
+    the tied, never a win for the first choice)."""
+    top = max(values)
+    winners = [j for j, v in enumerate(values) if v == top]
+    return 1.0 / len(winners) if answer in winners else 0.0
+
+
+def letter_scores(letter_logprobs: Sequence[float], rotated: Sequence[Sequence[float]] | None) -> tuple[float, ...]:
+    """Per original choice, its letter's log-probability — averaged over the four cyclic rotations of the
+    choices when `rotated` (rotations 1..3, letters by position) is given."""
+    if rotated is None:
+        return tuple(letter_logprobs)
+    rotations = (letter_logprobs, *rotated)
+    # in rotation r, choice j sits at position (j - r) mod 4 and is named by that position's letter
+    return tuple(sum(rotations[r][(j - r) % 4] for r in range(4)) / 4 for j in range(4))
+
+
+def first_max(values: Sequence[float]) -> int:
+    return max(range(len(values)), key=lambda j: (values[j], -j))
+
+
 @dataclasses.dataclass(frozen=True)
 class MMLUItem:
-    """An MMLU question: the letter prediction and, optionally, the choice log-likelihoods.
+    """An MMLU question: the letter scores and, optionally, the choice log-likelihoods.
 
     Attributes:
         answer: the correct letter.
         shots: exemplars in its prompt.
-        letter_pred: argmax of the next-token logits over the four letter tokens (the paper's rule).
-        letter_logprobs: log-probabilities of the four letter tokens after "Answer:".
+        letter_pred: the predicted letter by the answer-letter rule: with `rotated_letter_logprobs`, the
+            choice whose own letter has the highest log-probability averaged over the four cyclic rotations
+            of the choices (a fixed preference for a letter adds the same to every choice and cancels);
+            without, the argmax of `letter_logprobs` (the paper's rule). The first of tied values.
+        letter_logprobs: log-probabilities of the four letter tokens after "Answer:", choices in the
+            original order (rotation 0); its argmax is the paper's (and lm-evaluation-harness's) prediction.
         choice_pred: argmax of the length-normalised log-likelihood of " {choice}" (None if not computed).
         choice_logprob_sums / choice_tokens: per choice, the summed log-probability of its tokens and
             their count (so that other normalisations can be derived).
+        rotated_letter_logprobs: for rotations r = 1, 2, 3 (position p shows choice (p + r) mod 4), the
+            log-probabilities of the letters A..D at positions 0..3 (None if not computed).
     """
 
     id: str
@@ -162,6 +193,7 @@ class MMLUItem:
     choice_pred: str | None = None
     choice_logprob_sums: tuple[float, ...] | None = None
     choice_tokens: tuple[int, ...] | None = None
+    rotated_letter_logprobs: tuple[tuple[float, ...], ...] | None = None
 
     def __post_init__(self) -> None:
         _check_str("id", self.id)
@@ -177,6 +209,21 @@ class MMLUItem:
             _check_letter("choice_pred", self.choice_pred)
             self._check_four("choice_logprob_sums", self.choice_logprob_sums, _check_float)
             self._check_four("choice_tokens", self.choice_tokens, lambda name, v: _check_int(name, v, 1))
+        if self.rotated_letter_logprobs is not None:
+            rot = self.rotated_letter_logprobs
+            if not isinstance(rot, (tuple, list)) or len(rot) != 3:
+                raise ValueError(f"rotated_letter_logprobs must hold 3 rotations of 4 values, got {rot!r}")
+            for r, values in enumerate(rot, 1):
+                if not isinstance(values, (tuple, list)) or len(values) != 4:
+                    raise ValueError(f"rotated_letter_logprobs[{r - 1}] must hold 4 values, got {values!r}")
+                for i, v in enumerate(values):
+                    _check_float(f"rotated_letter_logprobs[{r - 1}][{i}]", v)
+            object.__setattr__(self, "rotated_letter_logprobs", tuple(tuple(v) for v in rot))
+        if self.letter_pred != LETTERS[first_max(self.letter_scores)]:
+            raise ValueError(f"letter_pred {self.letter_pred!r} is not the first maximum of the letter scores {self.letter_scores}")
+        if self.choice_pred is not None and self.choice_pred != LETTERS[first_max(self.choice_scores)]:
+            raise ValueError(f"choice_pred {self.choice_pred!r} is not the first maximum of the length-normalised choice "
+                             f"log-likelihoods {self.choice_scores}")  # fmt: skip
 
     def _check_four(self, name: str, values, check) -> None:
         if not isinstance(values, (tuple, list)) or len(values) != 4:
@@ -186,12 +233,35 @@ class MMLUItem:
             check(f"{name}[{i}]", v)
 
     @property
-    def letter_correct(self) -> bool:
-        return self.letter_pred == self.answer
+    def answer_index(self) -> int:
+        return LETTERS.index(self.answer)
 
     @property
-    def choice_correct(self) -> bool | None:
-        return None if self.choice_pred is None else self.choice_pred == self.answer
+    def letter_scores(self) -> tuple[float, ...]:
+        """Per original choice, the score behind `letter_pred` (see `letter_scores`)."""
+        return letter_scores(self.letter_logprobs, self.rotated_letter_logprobs)
+
+    @property
+    def raw_letter_pred(self) -> str:
+        """The argmax of `letter_logprobs` (the original order): the paper's and lm-evaluation-harness's rule."""
+        return LETTERS[first_max(self.letter_logprobs)]
+
+    @property
+    def letter_correct(self) -> float:
+        """1 if the letter rule picks the answer, 1/k when it ties with k-1 others, else 0."""
+        return tie_aware_correct(self.letter_scores, self.answer_index)
+
+    @property
+    def choice_scores(self) -> tuple[float, ...] | None:
+        """The length-normalised choice log-likelihoods (mean log-probability per token)."""
+        if self.choice_logprob_sums is None:
+            return None
+        return tuple(s / n for s, n in zip(self.choice_logprob_sums, self.choice_tokens))
+
+    @property
+    def choice_correct(self) -> float | None:
+        scores = self.choice_scores
+        return None if scores is None else tie_aware_correct(scores, self.answer_index)
 
 
 Item = TokenNLL | LabelItem | RougeItem | MMLUItem
@@ -297,9 +367,11 @@ class ItemResults:
             raise ValueError(f"{path}: key 'items' must be a list, got {type(rows).__name__}")
         kind = ITEM_TYPES[task]
         names = [f.name for f in dataclasses.fields(kind)]
+        # keys added later with a default (e.g. MMLU's rotated_letter_logprobs) may be absent in older files
+        required = {f.name for f in dataclasses.fields(kind) if f.default is dataclasses.MISSING or f.name in _REQUIRED_DEFAULTED}
         items = []
         for i, row in enumerate(rows):
-            if not isinstance(row, dict) or set(row) != set(names):
+            if not isinstance(row, dict) or not required <= set(row) <= set(names):
                 keys = sorted(row) if isinstance(row, dict) else type(row).__name__
                 raise ValueError(f"{path}: items[{i}] must have exactly the keys {names}, got {keys}")
             values = {k: tuple(v) if isinstance(v, list) else v for k, v in row.items()}

@@ -5,13 +5,18 @@ exemplars of that subject, then the question, each as
 
     {question}\\nA. {a}\\nB. {b}\\nC. {c}\\nD. {d}\\nAnswer:[ {letter}\\n\\n]
 
-Prediction = argmax over the next-token logits of the four answer-letter tokens (qlora.py's
-`abcd_idx`). A second score ranks the choice texts by their length-normalised log-likelihood
-(mean log-probability per token of " {choice}" after "Answer:"), which does not depend on the model
-having learned the letter format (the 0-shot rule for untuned models). Accuracy is over all questions
-(with a Wilson interval) and per subject; `extra["subject_mean"]` is the mean over subjects,
-qlora.py's `mmlu_eval_accuracy`. Both predictions and the raw log-likelihoods are kept per question
-(`qlora.eval.items.MMLUItem`) for paired comparisons.
+Two rules, both kept per question (`qlora.eval.items.MMLUItem`) for paired comparisons:
+- CHOICE (the headline): the choice texts ranked by their length-normalised log-likelihood (mean
+  log-probability per token of " {choice}" after "Answer:"); it does not depend on the model having
+  learned the letter format, and a small model's preference for one letter does not enter it;
+- LETTER: the paper's code takes the argmax over the next-token logits of the four answer-letter tokens
+  (qlora.py's `abcd_idx`). Small models prefer a letter whatever the question (SmolLM2 0-shot answered
+  "A" to 40 of 40), so with `rotations` (default) the question is also asked with its choices rotated
+  cyclically (A B C D -> B C D A -> ...) and each choice is scored by its own letter's log-probability
+  averaged over the four rotations: a fixed letter preference adds the same to every choice and cancels.
+Logits come from an fp32 head (`qlora.eval.precision`); a tie between the top scores counts 1/k, never
+as a win for the first. Accuracy is the mean over questions (with a Wilson interval) and per subject;
+`extra["subject_mean"]` is the mean over subjects, qlora.py's `mmlu_eval_accuracy`.
 
 Speed: the header and exemplars of a subject's k-shot prompt are the same for each of its questions;
 with a KV cache they are run once per subject and their cache reused (`share_prefix`).
@@ -19,6 +24,7 @@ with a KV cache they are run once per subject and their cache reused (`share_pre
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -28,7 +34,8 @@ import torch
 from tqdm.auto import tqdm
 
 from qlora.eval.batches import accepts_cache, batched, causal_logits, encode_prefix, left_pad, pad_id, shared_prefix_logprobs
-from qlora.eval.items import LETTERS, ItemResults, MMLUItem, text_id, unique_ids
+from qlora.eval.items import LETTERS, ItemResults, MMLUItem, first_max, letter_scores, text_id, unique_ids
+from qlora.eval.precision import fp32_scoring
 from qlora.eval.result import EvalResult, GroupScore, Metric, Score, Task
 from qlora.eval.sampling import subsample
 from qlora.eval.stats import wilson_interval
@@ -155,10 +162,51 @@ def _prefix_groups(contexts: Sequence[list[int]], keys: Sequence) -> list[tuple[
     return groups
 
 
-def _first_max(values: Sequence[float]) -> int:
-    return max(range(len(values)), key=lambda j: (values[j], -j))
+@dataclasses.dataclass(frozen=True)
+class _Rotated:
+    """`question` with its choices rotated by `r`: position p shows choice (p + r) mod 4."""
+
+    question: str
+    choices: tuple[str, ...]
+    answer: int
+    subject: str
+
+    @classmethod
+    def of(cls, q: Question, r: int) -> "_Rotated":
+        return cls(q.question, tuple(q.choices[(p + r) % 4] for p in range(4)), (q.answer - r) % 4, q.subject)
 
 
+def _score_contexts(model, tokenizer, contexts, keys, continuations, letter_ids, *, cached: bool, share_prefix: bool,
+                    batch_size: int, max_length: int, bar) -> tuple[list, list]:  # fmt: skip
+    """Per context, the log-probabilities of the four letter tokens after it and (with `continuations`)
+    the (summed log-probability, tokens) of each continuation. Contexts with the same key share their
+    common prefix's KV cache."""
+    groups = _prefix_groups(contexts, keys) if cached and share_prefix else [([], list(range(len(contexts))))]
+    letter_lp: list = [None] * len(contexts)
+    choice: list = [None] * len(contexts)
+    for prefix_ids, members in groups:
+        prefix = encode_prefix(model, prefix_ids) if prefix_ids else None
+        # Longest first, so that a batch pads little; the scores do not depend on the batch (tested).
+        order = sorted(members, key=lambda i: -len(contexts[i]))
+        for _, idx in batched(order, batch_size, False, "MMLU"):
+            ids, mask = left_pad([contexts[i][len(prefix_ids) :] for i in idx], pad_id(tokenizer))
+            conts = [continuations[i] for i in idx] if continuations is not None else None
+            if cached:
+                last, logprobs = shared_prefix_logprobs(model, ids, mask, conts, prefix=prefix)
+                scores = None if logprobs is None else [[(float(lp.double().sum()), len(lp)) for lp in per_q] for per_q in logprobs]
+            else:
+                last = causal_logits(model, ids, mask, keep_last=1)[:, -1]  # (B, V)
+                scores = _choice_scores(model, tokenizer, [contexts[i] for i in idx], conts, max_length) if conts else None
+            lp = torch.log_softmax(last.float(), dim=-1)[:, letter_ids.to(last.device)].cpu()  # (B, 4)
+            for row, i in enumerate(idx):
+                letter_lp[i] = tuple(lp[row].tolist())
+                if scores is not None:
+                    choice[i] = scores[row]
+            bar.update(len(idx))
+    return letter_lp, choice
+
+
+@fp32_scoring
 def evaluate_mmlu(
     model: torch.nn.Module,
     tokenizer,
@@ -171,7 +219,8 @@ def evaluate_mmlu(
     batch_size: int = 4,
     max_length: int = 2048,
     choice_loglik: bool = True,
-    scoring: MMLUScoring = MMLUScoring.LETTER,
+    scoring: MMLUScoring | None = None,
+    rotations: bool = True,
     use_cache: bool = True,
     share_prefix: bool = True,
     progress: bool = True,
@@ -191,7 +240,10 @@ def evaluate_mmlu(
         batch_size: questions per forward pass (x4 sequences for the choice log-likelihood).
         max_length: longest prompt in tokens.
         choice_loglik: also score the four choice texts by their log-likelihood.
-        scoring: the headline rule: LETTER (the paper's) or CHOICE (needs choice_loglik).
+        scoring: the headline rule: CHOICE (needs choice_loglik) or LETTER; None: CHOICE when the choice
+            log-likelihoods are computed, else LETTER.
+        rotations: also ask each question with its choices rotated (3 more prompts, letters only) and
+            predict by the letter log-probabilities averaged over the rotations (see the module doc).
         use_cache: score the choices from the context's KV cache where the model has one (one
             forward pass over each context instead of five); False runs each context + choice whole.
         share_prefix: with the cache, run the prompt prefix that the questions of a subject share
@@ -214,6 +266,8 @@ def evaluate_mmlu(
         raise ValueError(f"k={k} shots need a fewshot_pool")
     if not isinstance(max_length, int) or max_length < 2:
         raise ValueError(f"max_length must be an int >= 2, got {max_length!r}")
+    if scoring is None:
+        scoring = MMLUScoring.CHOICE if choice_loglik else MMLUScoring.LETTER
     if not isinstance(scoring, MMLUScoring):
         raise ValueError(f"scoring must be an MMLUScoring ({[m.value for m in MMLUScoring]}), got {scoring!r}")
     if scoring is MMLUScoring.CHOICE and not choice_loglik:
@@ -226,7 +280,7 @@ def evaluate_mmlu(
     # The context runs once and its KV cache serves the four choices (transformers' causal LMs);
     # models without a cache score each context + choice whole, as the cache-free reference.
     cached = use_cache and accepts_cache(model)
-    prompts, contexts, shots_used = [], [], []
+    prompts, contexts, shots_used, shot_lists = [], [], [], []
     for q in questions:
         shots = []
         if k > 0:
@@ -237,37 +291,25 @@ def evaluate_mmlu(
         prompts.append((prompt, q))
         contexts.append(ids)
         shots_used.append(n_shots)
+        shot_lists.append(shots[:n_shots])
     continuations = _choice_continuations(tokenizer, prompts, contexts, max_length) if choice_loglik else None
+    keys = [(q.subject, n) for q, n in zip(questions, shots_used)]
     # The k-shot header and exemplars are the same for every question of a subject: with a cache they
     # run once per subject (issue 12 §5); the scores do not change (tested against the whole sequences).
-    if cached and share_prefix:
-        groups = _prefix_groups(contexts, [(q.subject, n) for q, n in zip(questions, shots_used)])
-    else:
-        groups = [([], list(range(len(questions))))]
-    letter_lp: list = [None] * len(questions)
-    letter_pred: list = [None] * len(questions)
-    choice: list = [None] * len(questions)
-    bar = tqdm(total=len(questions), desc="MMLU", disable=not progress, unit="question")
-    for prefix_ids, members in groups:
-        prefix = encode_prefix(model, prefix_ids) if prefix_ids else None
-        # Longest first, so that a batch pads little; the scores do not depend on the batch (tested).
-        order = sorted(members, key=lambda i: -len(contexts[i]))
-        for _, idx in batched(order, batch_size, False, "MMLU"):
-            ids, mask = left_pad([contexts[i][len(prefix_ids) :] for i in idx], pad_id(tokenizer))
-            conts = [continuations[i] for i in idx] if choice_loglik else None
-            if cached:
-                last, logprobs = shared_prefix_logprobs(model, ids, mask, conts, prefix=prefix)
-                scores = None if logprobs is None else [[(float(lp.double().sum()), len(lp)) for lp in per_q] for per_q in logprobs]
-            else:
-                last = causal_logits(model, ids, mask, keep_last=1)[:, -1]  # (B, V)
-                scores = _choice_scores(model, tokenizer, [contexts[i] for i in idx], conts, max_length) if conts else None
-            lp = torch.log_softmax(last, dim=-1)[:, letter_ids.to(last.device)].cpu()  # (B, 4)
-            pred = last[:, letter_ids.to(last.device)].argmax(-1).cpu()
-            for row, i in enumerate(idx):
-                letter_lp[i], letter_pred[i] = tuple(lp[row].tolist()), LETTERS[int(pred[row])]
-                if scores is not None:
-                    choice[i] = scores[row]
-            bar.update(len(idx))
+    n_rotations = 4 if rotations else 1
+    bar = tqdm(total=len(questions) * n_rotations, desc="MMLU", disable=not progress, unit="prompt")
+    kw = dict(cached=cached, share_prefix=share_prefix, batch_size=batch_size, max_length=max_length, bar=bar)
+    letter_lp, choice = _score_contexts(model, tokenizer, contexts, keys, continuations, letter_ids, **kw)
+    rotated: list = [None] * len(questions)
+    if rotations:  # the same exemplars, the question's choices rotated; letters only
+        rot_contexts, rot_keys = [], []
+        for r in (1, 2, 3):
+            for q, shots, key in zip(questions, shot_lists, keys):
+                rot_contexts.append(tokenizer(format_prompt(_Rotated.of(q, r), shots)).input_ids[-max_length:])
+                rot_keys.append(key)
+        rot_lp, _ = _score_contexts(model, tokenizer, rot_contexts, rot_keys, None, letter_ids, **kw)
+        n = len(questions)
+        rotated = [tuple(rot_lp[r * n + i] for r in range(3)) for i in range(n)]
     bar.close()
 
     items = []
@@ -275,25 +317,26 @@ def evaluate_mmlu(
         kw = {}
         if choice[i] is not None:
             sums, counts = zip(*choice[i])
-            kw = {"choice_pred": LETTERS[_first_max([s / c for s, c in choice[i]])], "choice_logprob_sums": sums,
+            kw = {"choice_pred": LETTERS[first_max([s / c for s, c in choice[i]])], "choice_logprob_sums": sums,
                   "choice_tokens": counts}  # fmt: skip
-        items.append(MMLUItem(name, q.subject, LETTERS[q.answer], shots_used[i], letter_pred[i], letter_lp[i], **kw))
+        pred = LETTERS[first_max(letter_scores(letter_lp[i], rotated[i]))]
+        items.append(MMLUItem(name, q.subject, LETTERS[q.answer], shots_used[i], pred, letter_lp[i], rotated_letter_logprobs=rotated[i], **kw))
     task = Task.MMLU if k > 0 else Task.MMLU_ZERO_SHOT
     item_results = ItemResults(task, tuple(items))
-    letter_correct = [float(it.letter_correct) for it in items]
+    letter_correct = [it.letter_correct for it in items]
     extra = {"mean_shots": sum(shots_used) / len(items), "letter_accuracy": sum(letter_correct) / len(items),
              "letter_subject_mean": _subject_mean(questions, letter_correct)}  # fmt: skip
     headline, metric = letter_correct, Metric.ACCURACY
     if choice_loglik:
-        choice_correct = [float(it.choice_correct) for it in items]
+        choice_correct = [it.choice_correct for it in items]
         extra["choice_accuracy"] = sum(choice_correct) / len(items)
-        extra["choice_ci_low"], extra["choice_ci_high"] = wilson_interval(int(sum(choice_correct)), len(items))
+        extra["choice_ci_low"], extra["choice_ci_high"] = wilson_interval(sum(choice_correct), len(items))
         extra["choice_subject_mean"] = _subject_mean(questions, choice_correct)
         if scoring is MMLUScoring.CHOICE:
             headline, metric = choice_correct, Metric.CHOICE_ACCURACY
     groups_out = _by_subject(questions, headline)
     extra["subject_mean"] = _subject_mean(questions, headline)
-    n, hits = len(items), int(sum(headline))
+    n, hits = len(items), sum(headline)
     score = Score(task, metric, hits / n, n, *wilson_interval(hits, n))
     return EvalResult(score, item_results, groups_out, extra)
 
@@ -310,6 +353,6 @@ def _by_subject(questions: Sequence[Question], correct: Sequence[float]) -> dict
         per[q.subject].append(c)
     out = {}
     for subject in sorted(per):
-        hits, n = int(sum(per[subject])), len(per[subject])
+        hits, n = sum(per[subject]), len(per[subject])
         out[subject] = GroupScore(hits / n, n, *wilson_interval(hits, n))
     return out

@@ -14,6 +14,7 @@ import torch
 
 from qlora.eval.batches import batched, model_device
 from qlora.eval.items import ItemResults, TokenNLL, tokens_id, unique_ids
+from qlora.eval.precision import fp32_scoring
 from qlora.eval.result import EvalResult, Metric, Score, Task
 from qlora.eval.stats import ratio_interval
 
@@ -45,6 +46,7 @@ def make_windows(ids: torch.Tensor, window: int, max_windows: int | None = None)
     return ids[: n * window].view(n, window)
 
 
+@fp32_scoring
 @torch.no_grad()
 def evaluate_perplexity(model: torch.nn.Module, windows: torch.Tensor, *, batch_size: int = 8, progress: bool = True) -> EvalResult:
     """Args:

@@ -13,6 +13,7 @@ import torch
 from qlora.data.tokenization import prompt_ids
 from qlora.eval.batches import batched, left_pad, model_device, pad_id
 from qlora.eval.items import ItemResults, RougeItem, text_id, unique_ids
+from qlora.eval.precision import fp32_scoring
 from qlora.eval.result import EvalResult, GroupScore, Metric, Score, Task
 from qlora.eval.stats import mean_interval
 
@@ -42,6 +43,7 @@ def rouge_l(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> 
     return [max(scorer.score(ref, pred)["rougeL"].fmeasure for ref in refs) for pred, refs in zip(predictions, references)]
 
 
+@fp32_scoring
 def evaluate_rouge(model, tokenizer, prompts: Sequence[str], references: Sequence[Sequence[str]], *, max_new_tokens: int = 48,
                    batch_size: int = 8, groups: Sequence[str] | None = None, progress: bool = True) -> EvalResult:  # fmt: skip
     """Mean RougeL F of greedy generations; `groups` (one name per prompt, e.g. the Natural

@@ -17,8 +17,9 @@ Z95 = 1.959963984540054  # the 0.975 quantile of the standard normal
 def _check_count(successes: int, n: int) -> None:
     if not isinstance(n, int) or n < 0:
         raise ValueError(f"n must be a non-negative int, got {n!r}")
-    if not isinstance(successes, int) or not 0 <= successes <= n:
-        raise ValueError(f"successes must be an int in [0, n={n}], got {successes!r}")
+    # a fractional count is allowed: ties scored 1/k make accuracy a mean of values in [0, 1]
+    if isinstance(successes, bool) or not isinstance(successes, (int, float)) or not 0 <= successes <= n:
+        raise ValueError(f"successes must be a number in [0, n={n}], got {successes!r}")
 
 
 def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:

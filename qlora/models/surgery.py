@@ -16,6 +16,7 @@ from torch import nn
 
 from qlora.config import Checkpointing, LoRAConfig, QuantConfig, SurgeryConfig, Targets
 from qlora.nn.linear import QLoRALinear
+from qlora.nn.lora import layer_generator
 
 # Output heads: never quantized, never adapted. A classification head is trained in full.
 LM_HEADS = ("lm_head",)
@@ -168,6 +169,11 @@ def prepare_model(model: nn.Module, config: SurgeryConfig | QuantConfig, lora: L
         new = QLoRALinear.from_linear(old, quant, lora if name in adapted else None, transposed=_is_conv1d(old))
         new.train(old.training)
         setattr(parent, child, new)
+        if name in adapted:
+            # Note: adapter init per layer. A is drawn from a generator seeded by the global seed and the
+            # layer's name, not from the global RNG stream: a LoRA BF16 row and a QLoRA row, whose loaders
+            # consume the RNG differently, start from the same adapters for the same seed.
+            new.reset_adapter(layer_generator(torch.initial_seed(), name))
     # a classification head is new: it trains in full (PEFT's modules_to_save)
     for name, module in model.named_modules():
         if name.split(".")[-1] in CLASSIFICATION_HEADS:

@@ -133,10 +133,17 @@ class QLoRALinear(nn.Module):
     def adapter_params(self) -> list[nn.Parameter]:
         return [] if self.lora_a is None else [self.lora_a, self.lora_b]
 
-    def reset_adapter(self) -> None:
-        """A fresh adapter (B = 0: the layer computes the quantized base alone again)."""
+    def reset_adapter(self, generator: torch.Generator | None = None) -> None:
+        """A fresh adapter (B = 0: the layer computes the quantized base alone again); A drawn from
+        `generator` (default: the global RNG)."""
         if self.lora_a is not None:
-            reset_lora_parameters(self.lora_a, self.lora_b)
+            if generator is not None and self.lora_a.device.type != "cpu":  # a CPU generator draws on the CPU
+                a = torch.empty_like(self.lora_a, device="cpu")
+                reset_lora_parameters(a, self.lora_b, generator)
+                with torch.no_grad():
+                    self.lora_a.copy_(a)
+            else:
+                reset_lora_parameters(self.lora_a, self.lora_b, generator)
 
     def lora_delta(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """s · B A (out_features, in_features)."""

@@ -18,11 +18,21 @@ import torch
 from torch import nn
 
 
-def reset_lora_parameters(lora_a: torch.Tensor, lora_b: torch.Tensor) -> None:
-    """Re-initialises an adapter in place (see `# Note: LoRA init`)."""
+def reset_lora_parameters(lora_a: torch.Tensor, lora_b: torch.Tensor, generator: torch.Generator | None = None) -> None:
+    """Re-initialises an adapter in place (see `# Note: LoRA init`), drawing A from `generator` (default:
+    the global RNG)."""
     with torch.no_grad():
-        nn.init.kaiming_uniform_(lora_a, a=math.sqrt(5))
+        nn.init.kaiming_uniform_(lora_a, a=math.sqrt(5), generator=generator)
         nn.init.zeros_(lora_b)
+
+
+def layer_generator(seed: int, name: str) -> torch.Generator:
+    """A CPU generator seeded by `seed` and a layer's name (sha256): the same layer gets the same draws for
+    the same seed, whatever else consumed the global RNG before (see `# Note: adapter init per layer`)."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
 
 
 def lora_parameters(in_features: int, out_features: int, rank: int, *, device: torch.device | str | None = None,

@@ -253,13 +253,14 @@ def mcnemar_p(row_only: int, ref_only: int) -> float:
 
 
 def _correct(items: list, metric: Metric) -> np.ndarray:
+    """Per item, its credit in [0, 1] (MMLU: 1/k for a k-way tie at the top)."""
     if isinstance(items[0], LabelItem):
-        return np.array([it.correct for it in items])
+        return np.array([float(it.correct) for it in items])
     if metric is Metric.CHOICE_ACCURACY:
         if any(it.choice_correct is None for it in items):
             raise ValueError("choice accuracy needs choice log-likelihoods in every MMLU item")
-        return np.array([it.choice_correct for it in items])
-    return np.array([it.letter_correct for it in items])
+        return np.array([float(it.choice_correct) for it in items])
+    return np.array([float(it.letter_correct) for it in items])
 
 
 def compare(row: ItemResults, ref: ItemResults, *, metric: Metric | None = None, confidence: float = 0.95,
@@ -307,6 +308,12 @@ def compare(row: ItemResults, ref: ItemResults, *, metric: Metric | None = None,
     if not metric.is_accuracy or (task is Task.CLASSIFICATION and metric is not Metric.ACCURACY):
         raise ValueError(f"metric {metric.value} does not fit task {task.value}")
     x, y = _correct(a, metric), _correct(b, metric)
+    if not np.isin(np.concatenate([x, y]), (0.0, 1.0)).all():  # fractional credit (ties): a paired mean difference
+        est, low, high, se, method = _mean(x - y, confidence, n_resamples, seed)
+        return PairedComparison(effect=Effect.DIFFERENCE, estimate=est, ci_low=low, ci_high=high, mde=_detectable(se, confidence),
+                                p_value=None, discordant=None, method=f"{method} (per-item credit with ties counted 1/k)",
+                                **common)  # fmt: skip
+    x, y = x.astype(bool), y.astype(bool)
     both, row_only, ref_only = int((x & y).sum()), int((x & ~y).sum()), int((~x & y).sum())
     low, high = newcombe_paired_interval(both, row_only, ref_only, n - both - row_only - ref_only, confidence)
     # The paired SD of the per-item differences, with at least one discordant pair assumed: with none

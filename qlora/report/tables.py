@@ -253,10 +253,14 @@ def table4(evals: Sequence[Evaluation | EvalRecord], *, stats: StatsConfig = Sta
     paper_cols = {"paper: mean 5-shot MMLU (LLaMA 7–65B)": {("lora", k) if k == "bf16" else ("qlora", k): v
                                                           for k, v in paper.TABLE4_MEAN.items()}}  # fmt: skip
     notes = [
-        "Ours: the causal LM instruction-tuned on the instruction tasks (Table 3's note), MMLU test questions, prediction = argmax "
-        "over the answer-letter logits (as the paper's code); ± is the Wilson 95% interval.",
-        "vs LoRA BF16: the paired accuracy difference on the same questions, Newcombe 95% interval and exact McNemar p. "
-        "≈ marks an interval that covers no difference.",
+        "Ours: the causal LM instruction-tuned on the instruction tasks (Table 3's note), MMLU test questions; prediction = "
+        "the choice with the highest log-likelihood per token (the paper's code takes the argmax of the answer-letter "
+        "logits: small models prefer one letter whatever the question; the per-item files in items/ also hold the letter "
+        "rule with the choices rotated cyclically and averaged, which cancels that preference); fp32 logits, a tie "
+        "counts 1/k; "
+        "± is the Wilson 95% interval.",
+        "vs LoRA BF16: the paired accuracy difference on the same questions, Newcombe 95% interval and exact McNemar p "
+        "(a paired bootstrap when ties give fractional credit). ≈ marks an interval that covers no difference.",
         "Paper: LLaMA 7B/13B/33B/65B tuned on Alpaca and FLAN v2, mean of the eight (Table 4).",
     ] + _profile_note(profile)  # fmt: skip
     return _scored_table("table4", "Table 4 — MMLU 5-shot accuracy after instruction tuning", evals, TABLE4_ROWS, (Task.MMLU,),

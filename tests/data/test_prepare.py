@@ -158,3 +158,26 @@ def test_hub_options_through_an_injected_loader(tmp_path, fixture_assets):
                                verify_assets=False)  # fmt: skip
     assert json.loads((tmp_path / "out" / "cls_labels.json").read_text())["task"] == "glue/sst2"
     assert summary["instruction_tasks"] == 3 and summary["held_out_subtasks"] == 1 and summary["instruct_train"] == 6
+
+
+class BosTokenizer:
+    """One id per word; with special tokens, a <bos> (id 1) first — as Gemma's tokenizer does."""
+
+    def __call__(self, text, add_special_tokens=True):
+        ids = [10 + len(w) for w in text.split()]
+        return SimpleNamespace(input_ids=([1] if add_special_tokens else []) + ids)
+
+
+def test_perplexity_windows_start_with_the_tokenizers_bos():
+    from qlora.data.prepared import leading_special_ids, perplexity_windows
+
+    assert leading_special_ids(BosTokenizer()) == [1] and leading_special_ids(WordTokenizer()) == []
+    texts = [" ".join("x" * (i % 5 + 1) for i in range(30))]
+    w = perplexity_windows(BosTokenizer(), texts, window=8, count=3)
+    assert w.shape == (3, 8) and w[:, 0].tolist() == [1, 1, 1]  # <bos> is context, never a target
+    text_ids = [10 + (i % 5 + 1) for i in range(30)]
+    assert w[:, 1:].flatten().tolist() == text_ids[:21]  # 7 text tokens per window, consecutive
+    plain = perplexity_windows(WordTokenizer(), ["a b c d e f g h"] * 3, window=8, count=3)
+    assert plain.shape == (3, 8)  # no special tokens: whole windows of text, as before
+    with pytest.raises(ValueError, match="fewer than data.perplexity_windows=9"):
+        perplexity_windows(BosTokenizer(), texts, window=8, count=9)

@@ -92,12 +92,16 @@ def test_mmlu_letter_argmax_is_share_of_c(tok):
     c_id = answer_token_ids(tok)[2]
     model = FavourTokens(len(tok), [c_id])
     r = evaluate_mmlu(model, tok, qs, {"high_school_biology": qs[:2]}, k=2, batch_size=3, progress=False,
-                      choice_loglik=False)  # fmt: skip
+                      choice_loglik=False, rotations=False)  # fmt: skip
     assert r.value == pytest.approx(0.5) and r.n == 10
-    assert tuple(it.letter_correct for it in r.items.items) == tuple(a == 2 for a in answers)
+    assert tuple(it.letter_correct for it in r.items.items) == tuple(float(a == 2) for a in answers)
     assert [it.letter_pred for it in r.items.items] == ["C"] * 10 and r.task is Task.MMLU
     assert r.groups["high_school_biology"].value == pytest.approx(0.5)
     assert r.ci_low < 0.5 < r.ci_high and r.extra["mean_shots"] == 2
+    # with the choices rotated, a model that answers C whatever it is asked scores chance on every question
+    rot = evaluate_mmlu(model, tok, qs, {"high_school_biology": qs[:2]}, k=2, batch_size=3, progress=False, choice_loglik=False)
+    assert [it.letter_correct for it in rot.items.items] == [0.25] * 10 and rot.value == pytest.approx(0.25)
+    assert [it.raw_letter_pred for it in rot.items.items] == ["C"] * 10 and rot.items.items[0].rotated_letter_logprobs is not None
 
 
 def test_mmlu_choice_loglik_picks_favoured_text(tok):
@@ -105,12 +109,12 @@ def test_mmlu_choice_loglik_picks_favoured_text(tok):
     qs = _questions(answers, "anatomy") + _questions([2, 2], "virology")
     blue = tok(" blue", add_special_tokens=False).input_ids
     model = FavourTokens(len(tok), blue, boost=8.0)
-    r = evaluate_mmlu(model, tok, qs, None, k=0, batch_size=4, progress=False)
+    r = evaluate_mmlu(model, tok, qs, None, k=0, batch_size=4, progress=False, scoring=MMLUScoring.LETTER)
     assert r.extra["choice_accuracy"] == pytest.approx(5 / 8)
     # per subject: anatomy 3/6, virology 2/2 -> subject mean 0.75
     assert r.extra["choice_subject_mean"] == pytest.approx(0.75)
-    # the letter score sees no favoured letter: all logits tie -> argmax picks A
-    assert r.value == pytest.approx(1 / 8) and r.metric is Metric.ACCURACY and r.task is Task.MMLU_ZERO_SHOT
+    # the letter score sees no favoured letter: all four tie -> 1/4 credit each (never "A wins")
+    assert r.value == pytest.approx(1 / 4) and r.metric is Metric.ACCURACY and r.task is Task.MMLU_ZERO_SHOT
     assert [it.choice_pred for it in r.items.items] == ["C"] * 8
     blue_sum = r.items.items[0].choice_logprob_sums[2]
     assert r.items.items[0].choice_tokens[2] == len(blue)
@@ -308,7 +312,8 @@ def test_mmlu_shared_prefix_cache_equals_whole_sequences(tok, monkeypatch):
         calls.clear()
         whole = evaluate_mmlu(model, tok, bio + anatomy, pool, k=k, batch_size=3, progress=False, use_cache=False)
         shared = evaluate_mmlu(model, tok, bio + anatomy, pool, k=k, batch_size=3, progress=False)
-        assert len(calls) == 2 and min(calls) > 10  # one prefix per subject, header (+ exemplars) long
+        # one prefix per subject and pass (the original order, then the rotated choices), header (+ exemplars) long
+        assert len(calls) == 4 and min(calls) > 10
         _assert_items_close(whole.items, shared.items)
         assert whole.value == shared.value and whole.extra == pytest.approx(shared.extra)
     # a prompt that must drop exemplars to fit has a different prefix: it is grouped apart

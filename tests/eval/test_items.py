@@ -1,5 +1,6 @@
 """Per-item results: stable ids, the typed container, and its file (atomic write, validating load)."""
 
+import dataclasses
 import json
 import math
 
@@ -12,7 +13,8 @@ from qlora.eval.result import Task
 
 def _mmlu(i="anatomy/abc", pred="B", choice=True):
     kw = {"choice_pred": "C", "choice_logprob_sums": (-3.0, -2.5, -1.0, -7.25), "choice_tokens": (2, 1, 1, 3)} if choice else {}
-    return MMLUItem(i, "anatomy", "C", 5, pred, (-1.5, -0.5, -2.0, -3.0), **kw)
+    letters = {"B": (-1.5, -0.5, -2.0, -3.0), "C": (-1.5, -2.0, -0.5, -3.0)}[pred]
+    return MMLUItem(i, "anatomy", "C", 5, pred, letters, **kw)
 
 
 SAMPLES = {
@@ -44,9 +46,38 @@ def test_round_trip_is_exact(tmp_path, task):
 
 
 def test_derived_fields():
-    assert _mmlu().letter_correct is False and _mmlu(pred="C").letter_correct and _mmlu().choice_correct
+    assert _mmlu().letter_correct == 0.0 and _mmlu().choice_correct == 1.0 and _mmlu().raw_letter_pred == "B"
+    assert MMLUItem("q", "s", "C", 0, "C", (-2.0, -3.0, -1.0, -4.0)).letter_correct == 1.0
     assert _mmlu(choice=False).choice_correct is None
     assert LabelItem("e", 2, 2).correct and not LabelItem("e", 2, 1).correct
+
+
+def test_ties_count_one_over_k():
+    tie2 = MMLUItem("q", "s", "C", 0, "B", (-3.0, -1.0, -1.0, -4.0))  # B and C tie at the top
+    assert tie2.letter_correct == 0.5 and dataclasses.replace(tie2, answer="B").letter_correct == 0.5
+    assert dataclasses.replace(tie2, answer="A").letter_correct == 0.0
+    assert MMLUItem("q", "s", "D", 0, "A", (-1.0,) * 4).letter_correct == 0.25
+    choice = MMLUItem("q", "s", "A", 0, "A", (-1.0,) * 4, choice_pred="A", choice_logprob_sums=(-2.0, -1.0, -3.0, -9.0),
+                      choice_tokens=(2, 1, 3, 1))  # per token -1, -1, -1, -9: a three-way tie  # fmt: skip
+    assert choice.choice_correct == pytest.approx(1 / 3)
+
+
+def test_rotations_cancel_a_letter_preference():
+    """A model that prefers the letter C whatever the question: every choice gets C once over the four
+    rotations, so the scores tie and the credit is chance; content adds to the right choice."""
+    c_bias = (-3.0, -3.0, -0.1, -3.0)
+    item = MMLUItem("q", "s", "B", 0, "A", c_bias, rotated_letter_logprobs=(c_bias, c_bias, c_bias))
+    assert item.letter_scores == pytest.approx((-2.275,) * 4) and item.letter_correct == 0.25 and item.raw_letter_pred == "C"
+    # the same preference plus +1 for choice B, wherever B is shown: rotation r shows B at position (1 - r) mod 4
+    rot = [list(c_bias) for _ in range(4)]
+    for r in range(4):
+        rot[r][(1 - r) % 4] += 1.0
+    item = MMLUItem("q", "s", "B", 0, "B", tuple(rot[0]), rotated_letter_logprobs=tuple(tuple(x) for x in rot[1:]))
+    assert item.letter_correct == 1.0 and item.letter_scores[1] == pytest.approx(-1.275)
+    with pytest.raises(ValueError, match="letter_pred 'A' is not the first maximum"):
+        MMLUItem("q", "s", "B", 0, "A", tuple(rot[0]), rotated_letter_logprobs=tuple(tuple(x) for x in rot[1:]))
+    with pytest.raises(ValueError, match="rotated_letter_logprobs must hold 3 rotations"):
+        MMLUItem("q", "s", "B", 0, "C", c_bias, rotated_letter_logprobs=(c_bias,))
 
 
 @pytest.mark.parametrize("make,match", [
@@ -57,6 +88,7 @@ def test_derived_fields():
     (lambda: MMLUItem("q", "s", "E", 0, "A", (0.0,) * 4), "answer must be one of"),
     (lambda: MMLUItem("q", "s", "A", 0, "A", (0.0,) * 3), "letter_logprobs must hold 4 values"),
     (lambda: MMLUItem("q", "s", "A", 0, "A", (0.0,) * 4, choice_pred="A"), "must all be set or all be None"),
+    (lambda: MMLUItem("q", "s", "A", 0, "B", (0.0, -1.0, -2.0, -3.0)), "letter_pred 'B' is not the first maximum"),
     (lambda: ItemResults(Task.MMLU, (TokenNLL("w", 1, 1.0),)), "must be a MMLUItem"),
     (lambda: ItemResults(Task.ROUGE_L, ()), "no items"),
     (lambda: ItemResults(Task.ROUGE_L, (RougeItem("p", 0.5), RougeItem("p", 0.25))), "1 item id.* more than once, e.g. 'p'"),

@@ -107,7 +107,7 @@ def batch_for(model, n=4, length=12):
 def test_thirty_steps_halve_the_loss(build):
     model = build()
     prepare_model(model, NF4_DQ, LoRAConfig(rank=16, alpha=32, dropout=0.0))
-    result = train(model, batch_for(model), TrainConfig(max_steps=30, micro_batch_size=4, lr=1e-2, max_grad_norm=1.0,
+    result = train(model, batch_for(model), TrainConfig(max_steps=30, micro_batch_size=4, lr=3e-3, max_grad_norm=1.0,
                                                         warmup_ratio=0.0), progress=False)  # fmt: skip
     assert result.losses[-1] < 0.5 * result.losses[0], result.losses
 
@@ -149,3 +149,24 @@ def test_merged_export_matches():
         after = model(ids).logits
     assert not any(isinstance(m, QLoRALinear) for m in model.modules())
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
+
+
+def test_lora_bf16_and_qlora_rows_start_from_the_same_adapters():
+    """Note: adapter init per layer — two models prepared after the same manual_seed get the same A per layer,
+    even when something consumed the global RNG in between (the loaders of LoRA BF16 and QLoRA rows do)."""
+    import torch
+
+    from qlora import DataType, LoRAConfig, QuantConfig
+    from qlora.models.surgery import prepare_model
+    from tests.tiny_text import tiny_llama
+
+    def adapters(quant, draw):
+        torch.manual_seed(3)
+        model = tiny_llama(64)
+        torch.rand(draw)
+        prepare_model(model, QuantConfig(quant, double_quant=False), LoRAConfig(rank=4, alpha=8))
+        return {n: p.detach().clone() for n, p in model.named_parameters() if n.endswith("lora_a")}
+
+    bf16, nf4 = adapters(DataType.BF16, 0), adapters(DataType.NF4, 777)
+    assert bf16.keys() == nf4.keys() and len(bf16) > 4
+    assert all(torch.equal(bf16[k], nf4[k]) for k in bf16)

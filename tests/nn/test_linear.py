@@ -201,3 +201,21 @@ def test_state_dict_round_trip_is_byte_exact():
         assert v.dtype == state[k].dtype and torch.equal(v, state[k]), k
     x = torch.randn(3, 128)
     assert torch.equal(fresh(x), m(x))
+
+
+def test_adapter_init_is_seeded_per_layer_name():
+    """The same seed and layer name give the same A whatever the global RNG consumed before; other names differ."""
+    from qlora.nn.lora import layer_generator, lora_parameters, reset_lora_parameters
+
+    a1, b1 = lora_parameters(16, 8, 4)
+    a2, b2 = lora_parameters(16, 8, 4)
+    reset_lora_parameters(a1, b1, layer_generator(0, "model.layers.0.q_proj"))
+    torch.rand(1000)  # another loader path draws from the global RNG in between
+    reset_lora_parameters(a2, b2, layer_generator(0, "model.layers.0.q_proj"))
+    assert torch.equal(a1, a2) and torch.count_nonzero(b1) == 0
+    reset_lora_parameters(a2, b2, layer_generator(0, "model.layers.0.k_proj"))
+    assert not torch.equal(a1, a2)
+    reset_lora_parameters(a2, b2, layer_generator(1, "model.layers.0.q_proj"))
+    assert not torch.equal(a1, a2)
+    bound = 1 / 16**0.5  # Kaiming-uniform with a = sqrt(5): U(-1/sqrt(in), 1/sqrt(in))
+    assert a1.abs().max() <= bound and a1.abs().max() > 0.5 * bound

@@ -30,9 +30,11 @@ def mmlu(letter_correct, choice_correct=None, task=Task.MMLU) -> ItemResults:
     for i, ok in enumerate(letter_correct):
         kw = {}
         if choice_correct is not None:
-            kw = {"choice_pred": "A" if choice_correct[i] else "B", "choice_logprob_sums": (-1.0, -2.0, -3.0, -4.0),
+            kw = {"choice_pred": "A" if choice_correct[i] else "B",
+                  "choice_logprob_sums": (-1.0, -2.0, -3.0, -4.0) if choice_correct[i] else (-2.0, -1.0, -3.0, -4.0),
                   "choice_tokens": (1, 1, 1, 1)}  # fmt: skip
-        items.append(MMLUItem(f"s/{i:05d}", "s", "A", 5, "A" if ok else "D", (-1.0, -2.0, -3.0, -4.0), **kw))
+        letters = (-1.0, -2.0, -3.0, -4.0) if ok else (-4.0, -3.0, -2.0, -1.0)
+        items.append(MMLUItem(f"s/{i:05d}", "s", "A", 5, "A" if ok else "D", letters, **kw))
     return ItemResults(task, tuple(items))
 
 
