@@ -215,6 +215,8 @@ class DataConfig:
     instruction_heldout_tasks: int = 8  # at least this many tasks held out (whole families) for RougeL and NLL
     instruction_test: int = 100  # held-out prompts, interleaved across the held-out tasks
     instruction_test_max_prompt_tokens: int = 1024  # longest held-out prompt (generation only: not max_length)
+    instruction_val_tasks: int = 4  # at least this many other tasks held out (whole families) for validation
+    instruction_val: int = 100  # validation examples (learning rate and stopping step), round-robin over their tasks
     max_length: int = 256  # longest training sequence
     perplexity_windows: int = 24  # Table 2: windows of held-out text
     perplexity_window_tokens: int = 256
@@ -231,6 +233,7 @@ class DataConfig:
             "classification_task": check_str, "classification_train": positive, "classification_test": positive,
             "instruction_train": positive, "instruction_heldout_tasks": positive, "instruction_test": positive,
             "instruction_test_max_prompt_tokens": lambda k, v: check_int(k, v, minimum=16),
+            "instruction_val_tasks": positive, "instruction_val": positive,
             "max_length": lambda k, v: check_int(k, v, minimum=8), "perplexity_windows": positive,
             "perplexity_window_tokens": lambda k, v: check_int(k, v, minimum=2), "seed": lambda k, v: check_int(k, v, minimum=0),
             "instructions": enum_check(InstructionTasks), "source": enum_check(DataSource),
@@ -252,6 +255,9 @@ class EvalConfig:
         mmlu_questions / mmlu_shots: k-shot MMLU after fine-tuning (Table 4; 0 questions: all).
         rouge_examples / max_new_tokens: held-out instruction-task prompts scored by RougeL (Table 3).
         heldout_examples: held-out instruction examples whose response NLL is compared (tuned vs untuned).
+        val_every / val_examples: while a causal row trains, its validation NLL every this many steps (0: not
+            at all; the last step's adapter is the output) on this many validation examples; the adapter of the
+            best validated step is the output (the stopping step chosen on validation).
     """
 
     base_mmlu_questions: int = 1000
@@ -262,6 +268,8 @@ class EvalConfig:
     heldout_examples: int = 200
     batch_size: int = 8
     seed: int = 0
+    val_every: int = 0
+    val_examples: int = 100
 
     def __post_init__(self) -> None:
         nonnegative = lambda k, v: check_int(k, v, minimum=0)  # noqa: E731
@@ -270,6 +278,7 @@ class EvalConfig:
             "base_mmlu_questions": nonnegative, "mmlu_questions": nonnegative,
             "mmlu_shots": lambda k, v: check_int(k, v, minimum=0, maximum=5), "rouge_examples": positive,
             "max_new_tokens": positive, "heldout_examples": positive, "batch_size": positive, "seed": nonnegative,
+            "val_every": nonnegative, "val_examples": positive,
         })  # fmt: skip
 
 

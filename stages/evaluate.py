@@ -1,7 +1,8 @@
-"""DVC stages `evaluate_causal@<row>`, `evaluate_causal_untuned`, `evaluate_causal_main`: k-shot MMLU and
-RougeL of a causal row; `evaluate_encoder@<row>`: classification accuracy of an encoder row (each seed).
+"""DVC stages `evaluate_causal@<row>` (each seed), `evaluate_causal_untuned@<quant>`, `evaluate_causal_main`: k-shot
+MMLU, RougeL and held-out NLL of a causal row; `evaluate_encoder@<row>`: classification accuracy of an encoder row
+(each seed).
 
-usage: python stages/evaluate.py causal <key of ablation.causal>|untuned|main
+usage: python stages/evaluate.py causal <key of ablation.causal>|untuned_<quant>|main
        python stages/evaluate.py encoder <key of ablation.encoder>
 """
 

@@ -1,5 +1,5 @@
-"""DVC stages `train_causal@<row>`, `train_causal_main`, `train_encoder@<row>` (once per seed of
-ablation.encoder_seeds): fine-tune one row; a killed run resumes from its last checkpoint when re-run.
+"""DVC stages `train_causal@<row>`, `train_encoder@<row>` (once per seed of ablation.causal_seeds /
+ablation.encoder_seeds), `train_causal_main`: fine-tune one row; a killed run resumes from its last checkpoint when re-run.
 With train.nproc_per_node > 1 the row runs as that many ranks (torchrun starts this file with --job).
 
 usage: python stages/train.py causal|encoder <key of ablation.causal / ablation.encoder>

@@ -11,7 +11,10 @@
 - perplexity text (Table 2): a seeded sample of MMLU question stems, as text (each base model cuts it
   into windows of its own tokens: `perplexity_windows`);
 - held-out instruction loss: held-out tasks' prompts with their first reference, round-robin over the
-  tasks, tokenized for the response-only NLL; `instruct_heldout.json` names each example's task.
+  tasks, tokenized for the response-only NLL; `instruct_heldout.json` names each example's task and its
+  trailing template tokens (NLL is reported with and without them);
+- validation (learning rate, stopping step): the same from other held-out families (`instruct_val.*`),
+  never the test tasks.
 Examples that do not fit `max_length` are skipped, not truncated (a cut response teaches nothing). The
 summary counts what was kept and the share of held-out examples that share a word 8-gram with the
 training text (a leakage check).
@@ -33,8 +36,8 @@ from qlora.data.glue import GLUE_TASKS, load_glue
 from qlora.data.hub_instructions import load_super_natural_instructions
 from qlora.data.mmlu import load_mmlu
 from qlora.data.prepared import (CLS_LABELS, CLS_TEST, CLS_TRAIN, INSTRUCT_HELDOUT, INSTRUCT_HELDOUT_TASKS, INSTRUCT_TEST,
-                                 INSTRUCT_TRAIN, PERPLEXITY_TEXT)  # fmt: skip
-from qlora.data.tokenization import TokenizedDataset, encode_instruction, prompt_ids, tokenize_classification
+                                 INSTRUCT_TRAIN, INSTRUCT_VAL, INSTRUCT_VAL_TASKS, PERPLEXITY_TEXT)  # fmt: skip
+from qlora.data.tokenization import TokenizedDataset, encode_instruction, prompt_ids, response_tail_tokens, tokenize_classification
 from qlora.data.user import load_user_data, tokenize_user_data
 from qlora.data.vader import VaderLabels, load_vader
 
@@ -123,6 +126,18 @@ def _encoded(tokenizer, records, limit: int, max_tokens: int, target=lambda r: r
     return kept, examples
 
 
+def _write_heldout(tokenizer, pool, tasks: list[str], count: int, max_tokens: int, tokens_path: Path, tasks_path: Path) -> list:
+    """Up to `count` examples round-robin over `tasks` (prompt + first reference), as a token file and its
+    sidecar (each example's task and trailing template tokens); returns the records written."""
+    records, examples = _encoded(tokenizer, _round_robin(pool, tasks), count, max_tokens, target=lambda r: r.targets[0])
+    if not examples:
+        raise ValueError(f"no example of the held-out tasks {tasks} fits data.instruction_test_max_prompt_tokens={max_tokens}")
+    TokenizedDataset.from_examples(examples).save(tokens_path)
+    tail = [response_tail_tokens(tokenizer, r.prompt, r.targets[0]) for r in records]
+    tasks_path.write_text(json.dumps({"tasks": [r.subtask for r in records], "template_tail": tail}, indent=0) + "\n")
+    return records
+
+
 def _ngrams(text: str, n: int = OVERLAP_NGRAM) -> set[tuple[str, ...]]:
     words = re.findall(r"\w+", text.lower())
     return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
@@ -166,9 +181,13 @@ def prepare_datasets(data: DataConfig, causal_tokenizer, encoder_tokenizer, asse
     budget = data.instruction_test_max_prompt_tokens
     usable = lambda recs: any(len(prompt_ids(causal_tokenizer, r.prompt)) <= budget for r in recs[:50])  # noqa: E731
     held_out, excluded = held_out_families(records, data.instruction_heldout_tasks, rng, usable)
+    rest = [r for r in records if r.subtask not in excluded]
+    val_tasks, val_excluded = held_out_families(rest, data.instruction_val_tasks, rng, usable)
     held = set(held_out)
-    train_pool = [r for r in records if r.subtask not in excluded]
+    train_pool = [r for r in rest if r.subtask not in val_excluded]
     test_pool = [r for r in records if r.subtask in held]
+    val_pool = [r for r in rest if r.subtask in set(val_tasks)]
+    rng.shuffle(val_pool)
     rng.shuffle(train_pool)
     rng.shuffle(test_pool)
     train_tasks = sorted({r.subtask for r in train_pool})
@@ -191,19 +210,18 @@ def prepare_datasets(data: DataConfig, causal_tokenizer, encoder_tokenizer, asse
               InstructionTasks.SUPER_NATURAL_INSTRUCTIONS: "Super-NaturalInstructions held-out tasks"}[data.instructions]  # fmt: skip
     (out / INSTRUCT_TEST).write_text(json.dumps({"source": source, "held_out_subtasks": held_out, "examples": test}, indent=1) + "\n")
 
-    heldout_records, heldout = _encoded(causal_tokenizer, _round_robin(test_pool, held_out), data.instruction_test,
-                                        data.instruction_test_max_prompt_tokens, target=lambda r: r.targets[0])  # fmt: skip
-    if not heldout:
-        raise ValueError("no held-out instruction example fits data.instruction_test_max_prompt_tokens")
-    TokenizedDataset.from_examples(heldout).save(out / INSTRUCT_HELDOUT)
-    (out / INSTRUCT_HELDOUT_TASKS).write_text(json.dumps({"tasks": [r.subtask for r in heldout_records]}, indent=0) + "\n")
+    heldout_records = _write_heldout(causal_tokenizer, test_pool, held_out, data.instruction_test, data.instruction_test_max_prompt_tokens,
+                                     out / INSTRUCT_HELDOUT, out / INSTRUCT_HELDOUT_TASKS)  # fmt: skip
+    val_records = _write_heldout(causal_tokenizer, val_pool, val_tasks, data.instruction_val, data.instruction_test_max_prompt_tokens,
+                                 out / INSTRUCT_VAL, out / INSTRUCT_VAL_TASKS)  # fmt: skip
     overlap = ngram_overlap(train_texts, [f"{r.prompt} {r.targets[0]}" for r in heldout_records])
 
     questions = load_mmlu()
     stems = [q.question for q in rng.sample(questions, min(len(questions), 4000))]
     (out / PERPLEXITY_TEXT).write_text(json.dumps({"source": "MMLU question stems (seeded sample)", "texts": stems}, indent=0) + "\n")
     return {"cls_train": data.classification_train, "cls_test": data.classification_test, "instruct_train": len(train),
-            "instruct_test": len(test), "instruct_heldout": len(heldout), "held_out_subtasks": len(held_out),
+            "instruct_test": len(test), "instruct_heldout": len(heldout_records), "held_out_subtasks": len(held_out),
+            "instruct_val": len(val_records), "val_tasks": len(val_tasks),
             "instruction_tasks": len({r.subtask for r in records}), "train_tasks": len(train_tasks),
             "heldout_8gram_overlap": round(overlap, 4), "perplexity_texts": len(stems), **user_summary}  # fmt: skip
 

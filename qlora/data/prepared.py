@@ -9,8 +9,22 @@ import torch
 
 CLS_TRAIN, CLS_TEST, CLS_LABELS = "cls_train.safetensors", "cls_test.safetensors", "cls_labels.json"
 INSTRUCT_TRAIN, INSTRUCT_TEST, INSTRUCT_HELDOUT = "instruct_train.safetensors", "instruct_test.json", "instruct_heldout.safetensors"
-INSTRUCT_HELDOUT_TASKS = "instruct_heldout.json"  # {"tasks": [the task of each held-out example]}
+INSTRUCT_VAL = "instruct_val.safetensors"  # validation examples: other held-out tasks than the test's
+# beside each: {"tasks": [the task of each example], "template_tail": [its trailing template label tokens]}
+INSTRUCT_HELDOUT_TASKS, INSTRUCT_VAL_TASKS = "instruct_heldout.json", "instruct_val.json"
 PERPLEXITY_TEXT = "perplexity_text.json"
+
+
+def read_example_tasks(path) -> tuple[list[str], list[int]]:
+    """(task, template tail tokens) of each example of a held-out token file's sidecar JSON."""
+    import json
+    from pathlib import Path
+
+    data = json.loads(Path(path).read_text())
+    tasks, tail = data["tasks"], data.get("template_tail", [0] * len(data["tasks"]))
+    if len(tasks) != len(tail):
+        raise ValueError(f"{path}: {len(tasks)} tasks but {len(tail)} template_tail counts")
+    return tasks, tail
 
 
 def leading_special_ids(tokenizer) -> list[int]:

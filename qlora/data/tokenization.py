@@ -71,6 +71,20 @@ def prompt_ids(tokenizer, prompt: str) -> list[int]:
     return tokenizer(prompt).input_ids  # plain text: the tokenizer's own BOS, if it adds one
 
 
+def response_tail_tokens(tokenizer, prompt: str, response: str) -> int:
+    """How many of the last label tokens of `encode_instruction(prompt, response)` are the template's, not the
+    response's: the end-of-turn token and what follows it (SmolLM2's "<|im_end|>" + "\n"), or the EOS of a
+    plain-text prompt. Held-out NLL is reported with and without them (a model learns them in a few steps).
+    """
+    if has_chat_template(tokenizer):
+        _, response_text = _chat_texts(tokenizer, prompt, response)
+        end = response_text.rfind(response) + len(response) if response and response in response_text else 0
+        full = tokenizer(response_text, add_special_tokens=False).input_ids
+        head = tokenizer(response_text[:end], add_special_tokens=False).input_ids if end else []
+        return max(0, len(full) - len(head))
+    return len(_eos_ids(tokenizer))
+
+
 def encode_instruction(tokenizer, prompt: str, response: str, max_length: int | None = None) -> dict[str, torch.Tensor]:
     """One training sequence: prompt + response ids, labels -100 on the prompt.
 

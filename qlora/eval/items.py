@@ -14,7 +14,9 @@ File format (`ItemResults.save`), one item per line so that it diffs and greps w
     ]}
 
 with, per task, exactly these item keys:
-- perplexity, heldout_nll: id, tokens (predicted tokens, int >= 1), nll_sum (summed NLL in nats)
+- perplexity, heldout_nll: id, tokens (predicted tokens, int >= 1), nll_sum (summed NLL in nats);
+  heldout_nll may add content_tokens, content_nll_sum (the same without the template's trailing tokens)
+  and its ids start with the example's task ("<task>/x...")
 - mmlu, mmlu_0shot: id, subject, answer ("A".."D"), shots, letter_pred ("A".."D", see `MMLUItem`),
   letter_logprobs (4 log-probabilities of the letter tokens), choice_pred, choice_logprob_sums (4 summed
   log-probabilities of " {choice}"), choice_tokens (4 token counts); the three choice_* keys are null
@@ -100,16 +102,31 @@ def _check_letter(name: str, v) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class TokenNLL:
-    """A perplexity window or a held-out example: predicted tokens and their summed NLL (nats)."""
+    """A perplexity window or a held-out example: predicted tokens and their summed NLL (nats); for a
+    held-out example also the same without the template's trailing tokens (`content_*`, None if unknown)."""
 
     id: str
     tokens: int
     nll_sum: float
+    content_tokens: int | None = None
+    content_nll_sum: float | None = None
 
     def __post_init__(self) -> None:
         _check_str("id", self.id)
         _check_int("tokens", self.tokens, 1)
         _check_float("nll_sum", self.nll_sum)
+        if (self.content_tokens is None) != (self.content_nll_sum is None):
+            raise ValueError("content_tokens and content_nll_sum must both be set or both be None")
+        if self.content_tokens is not None:
+            _check_int("content_tokens", self.content_tokens, 1)
+            _check_float("content_nll_sum", self.content_nll_sum)
+            if self.content_tokens > self.tokens:
+                raise ValueError(f"content_tokens {self.content_tokens} exceeds tokens {self.tokens}")
+
+    @property
+    def cluster(self) -> str | None:
+        """The group an item was sampled with (its id's part before "/", e.g. a held-out task), if any."""
+        return _cluster(self.id)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,6 +147,11 @@ class LabelItem:
         return self.label == self.pred
 
 
+def _cluster(item_id: str) -> str | None:
+    head, sep, _ = item_id.rpartition("/")
+    return head.split(":", 1)[-1] if sep else None
+
+
 @dataclasses.dataclass(frozen=True)
 class RougeItem:
     """A generation prompt: RougeL F of the generation (best over the references)."""
@@ -140,6 +162,11 @@ class RougeItem:
     def __post_init__(self) -> None:
         _check_str("id", self.id)
         _check_float("score", self.score, 0.0, 1.0)
+
+    @property
+    def cluster(self) -> str | None:
+        """The task the prompt was sampled with (its id's part before "/"), if any."""
+        return _cluster(self.id)
 
 
 def tie_aware_correct(values: Sequence[float], answer: int) -> float:
@@ -373,7 +400,9 @@ class ItemResults:
         for i, row in enumerate(rows):
             if not isinstance(row, dict) or not required <= set(row) <= set(names):
                 keys = sorted(row) if isinstance(row, dict) else type(row).__name__
-                raise ValueError(f"{path}: items[{i}] must have exactly the keys {names}, got {keys}")
+                optional = [n for n in names if n not in required]
+                raise ValueError(f"{path}: items[{i}] must have exactly the keys {[n for n in names if n in required]}"
+                                 f"{f' (and optionally {optional})' if optional else ''}, got {keys}")  # fmt: skip
             values = {k: tuple(v) if isinstance(v, list) else v for k, v in row.items()}
             try:
                 items.append(kind(**values))

@@ -55,6 +55,7 @@ class Metric(enum.Enum):
     CHOICE_ACCURACY = "choice_accuracy"  # MMLU: argmax of the length-normalised choice log-likelihood
     ROUGE_L_F = "rougeL_f"  # RougeL F-measure in [0, 1]
     NLL = "nll"  # mean NLL per response token, nats
+    CONTENT_NLL = "content_nll"  # the same without the template's trailing tokens (end of turn), nats
 
     @classmethod
     def parse(cls, value: "Metric | str") -> "Metric":
@@ -67,6 +68,10 @@ class Metric(enum.Enum):
     @property
     def is_accuracy(self) -> bool:
         return self in (Metric.ACCURACY, Metric.CHOICE_ACCURACY)
+
+    @property
+    def is_nll(self) -> bool:
+        return self in (Metric.NLL, Metric.CONTENT_NLL)
 
 
 @dataclasses.dataclass(frozen=True)

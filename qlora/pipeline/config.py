@@ -50,7 +50,10 @@ class AblationConfig:
         base_quants: keys of `quants` for those evaluations.
         causal / encoder: the training rows (Tables 3 and 4) of `models.causal` and `models.encoder`; every
             causal row's data type must be one of `base_quants` (its quantized base is shared).
-        encoder_seeds: every encoder row is trained once per seed (run-to-run noise of a small encoder).
+        encoder_seeds / causal_seeds: every encoder / causal row is trained once per seed (run-to-run noise).
+        untuned_quants: the causal base is also evaluated untuned (Tables 3 and 4's reference) stored as each
+            of these data types, so that every fine-tuning effect is a difference in differences (each row's
+            gain over its own untuned base); each must be one of `base_quants`.
     """
 
     base_models: tuple[str, ...] = ("causal",)
@@ -58,17 +61,20 @@ class AblationConfig:
     causal: dict[str, RunSpec] = dataclasses.field(default_factory=dict)
     encoder: dict[str, RunSpec] = dataclasses.field(default_factory=dict)
     encoder_seeds: tuple[int, ...] = (0,)
+    causal_seeds: tuple[int, ...] = (0,)
+    untuned_quants: tuple[str, ...] = ("bf16",)
 
     def __post_init__(self) -> None:
-        for key in ("base_models", "base_quants", "encoder_seeds"):
+        for key in ("base_models", "base_quants", "encoder_seeds", "causal_seeds", "untuned_quants"):
             values = getattr(self, key)
             if isinstance(values, (str, int)) or not values:
                 raise ConfigError(key, values, "a non-empty list")
             if len(set(values)) != len(values):
                 raise ConfigError(key, list(values), "a list without repeats")
             object.__setattr__(self, key, tuple(values))
-        for seed in self.encoder_seeds:
-            check_int("encoder_seeds", seed, minimum=0)
+        for key in ("encoder_seeds", "causal_seeds"):
+            for seed in getattr(self, key):
+                check_int(key, seed, minimum=0)
 
 
 @dataclasses.dataclass  # not frozen: Hydra/OmegaConf schemas must accept merges
@@ -138,6 +144,10 @@ class PipelineConfig:
             raise ConfigError("ablation.base_models", list(ab.base_models), f"a list that includes {CAUSAL!r} (its bases are fine-tuned)")
         for name in ab.base_quants:
             self._quant("ablation.base_quants", name)
+        outside = [q for q in ab.untuned_quants if q not in ab.base_quants]
+        if outside:
+            raise ConfigError("ablation.untuned_quants", list(ab.untuned_quants),
+                              f"keys of ablation.base_quants ({', '.join(ab.base_quants)}); {outside} are not")  # fmt: skip
         for section, runs in (("causal", ab.causal), ("encoder", ab.encoder)):
             for run, spec in runs.items():
                 where = f"ablation.{section}.{run}"

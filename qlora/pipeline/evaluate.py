@@ -113,15 +113,16 @@ def plan_base_eval(params: PipelineConfig, model_key: str, quant_name: str) -> B
 
 @dataclasses.dataclass(frozen=True)
 class CausalEvalJob:
-    """A causal row after fine-tuning (or the untuned base): k-shot MMLU, RougeL and held-out NLL."""
+    """A causal row after fine-tuning — once per trained seed — or the untuned base: k-shot MMLU, RougeL and
+    held-out NLL (items carry their held-out task; NLL with and without the template's tokens)."""
 
-    row: str  # a key of ablation.causal, "untuned" or "main"
+    row: str  # a key of ablation.causal, "untuned_<quant>" or "main"
     model_name: str
     method: Method
     quant: QuantConfig
     eval: EvalConfig
     checkpoint: Path
-    adapter: Path | None  # None: the untuned base
+    adapters: tuple[tuple[int | None, Path | None], ...]  # (seed or None, adapter or None: the untuned base)
     metrics_path: Path
     items_path: Path  # a folder: one per-item file per record
 
@@ -130,7 +131,7 @@ class CausalEvalJob:
         from transformers import AutoTokenizer
 
         from qlora.data.mmlu import load_fewshot_pool, load_mmlu
-        from qlora.data.prepared import INSTRUCT_HELDOUT, INSTRUCT_TEST
+        from qlora.data.prepared import INSTRUCT_HELDOUT, INSTRUCT_HELDOUT_TASKS, INSTRUCT_TEST, read_example_tasks
         from qlora.data.tokenization import TokenizedDataset
         from qlora.eval.batches import pad_id
         from qlora.eval.heldout import evaluate_heldout_nll
@@ -138,48 +139,63 @@ class CausalEvalJob:
         from qlora.eval.rouge import evaluate_rouge
         from qlora.models.loading import load_for_inference
 
-        model = load_for_inference(self.checkpoint, ModelKind.CAUSAL_LM, self.adapter, quant=self.quant)
         tokenizer = AutoTokenizer.from_pretrained(self.checkpoint)
         ev = self.eval
         test_file = json.loads((paths.data_dir() / INSTRUCT_TEST).read_text())
         test, source = test_file["examples"][: ev.rouge_examples], test_file.get("source", "held-out instruction tasks")
         heldout = TokenizedDataset.load(paths.data_dir() / INSTRUCT_HELDOUT)
-        with compute_context(self.quant, model):
-            mmlu = evaluate_mmlu(model, tokenizer, load_mmlu(), load_fewshot_pool(), k=ev.mmlu_shots, limit=ev.mmlu_questions or None,
-                                 seed=ev.seed, batch_size=ev.batch_size, progress=progress)  # fmt: skip
-            rouge = evaluate_rouge(model, tokenizer, [t["prompt"] for t in test], [t["references"] for t in test],
-                                   max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size, groups=[t["subtask"] for t in test],
-                                   progress=progress)  # fmt: skip
-            nll = evaluate_heldout_nll(model, [heldout[i] for i in range(min(ev.heldout_examples, len(heldout)))],
-                                       pad_token_id=pad_id(tokenizer), batch_size=ev.batch_size, progress=progress)  # fmt: skip
-        records = _write([_record(mmlu, self.model_name, self.quant, self.method, f"MMLU test ({ev.mmlu_shots}-shot)"),
-                          _record(rouge, self.model_name, self.quant, self.method, source),
-                          _record(nll, self.model_name, self.quant, self.method, f"{source} (responses)")],
-                         self.metrics_path, self.items_path)  # fmt: skip
+        tasks, tail = read_example_tasks(paths.data_dir() / INSTRUCT_HELDOUT_TASKS)
+        n = min(ev.heldout_examples, len(heldout))
+        scored = []
+        for seed, adapter in self.adapters:
+            model = load_for_inference(self.checkpoint, ModelKind.CAUSAL_LM, adapter, quant=self.quant)
+            with compute_context(self.quant, model):
+                mmlu = evaluate_mmlu(model, tokenizer, load_mmlu(), load_fewshot_pool(), k=ev.mmlu_shots,
+                                     limit=ev.mmlu_questions or None, seed=ev.seed, batch_size=ev.batch_size, progress=progress)  # fmt: skip
+                rouge = evaluate_rouge(model, tokenizer, [t["prompt"] for t in test], [t["references"] for t in test],
+                                       max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size,
+                                       groups=[t["subtask"] for t in test], progress=progress)  # fmt: skip
+                nll = evaluate_heldout_nll(model, [heldout[i] for i in range(n)], pad_token_id=pad_id(tokenizer),
+                                           batch_size=ev.batch_size, groups=tasks[:n], template_tail=tail[:n], progress=progress)  # fmt: skip
+            scored += [_record(mmlu, self.model_name, self.quant, self.method, f"MMLU test ({ev.mmlu_shots}-shot)", seed=seed),
+                       _record(rouge, self.model_name, self.quant, self.method, source, seed=seed),
+                       _record(nll, self.model_name, self.quant, self.method, f"{source} (responses)", seed=seed)]  # fmt: skip
+        records = _write(scored, self.metrics_path, self.items_path)
+        means: dict[str, list[float]] = {}
+        for r in records:
+            means.setdefault(r.task.value, []).append(r.value)
+        headline = {k: sum(v) / len(v) for k, v in means.items()}
         tracking.log(f"evaluate causal {self.row}", params={"model": self.model_name, "method": self.method.value, **quant_params(self.quant)},
-                     metrics={r.task.value: r.value for r in records} | {f"{r.task.value}_n": r.n for r in records},
+                     metrics=headline | {f"{r.task.value}_n": r.n for r in records} | {"seeds": len(self.adapters)},
                      tags={"stage": "evaluate", "role": CAUSAL, "run": self.row},
                      row=stage_row(CAUSAL, self.row, self.method, self.quant, self.model_name),
-                     row_metrics={r.task.value: r.value for r in records}, config=self, started=started)  # fmt: skip
+                     row_metrics=headline, config=self, started=started)  # fmt: skip
         return records
 
 
 def plan_causal_eval(params: PipelineConfig, run: str) -> CausalEvalJob:
     model = lookup(params.models, CAUSAL, "models")
+    untuned = paths.untuned_quant(run)
     if run == paths.MAIN:
         quant, quant_name = whole(params.quant), paths.MAIN
         method = main_method(quant)
-    elif run == paths.UNTUNED:
-        quant_name, method = "bf16", Method.NONE
+        adapters: tuple = ((None, paths.adapter_dir(CAUSAL, run)),)
+    elif untuned is not None:
+        from qlora.checks import ConfigError
+
+        if untuned not in params.ablation.untuned_quants:
+            raise ConfigError("run", run, f"untuned_<one of ablation.untuned_quants: {', '.join(params.ablation.untuned_quants)}>")
+        quant_name, method = untuned, Method.NONE
         quant = lookup(params.quants, quant_name, "quants")
+        adapters = ((None, None),)
     else:
         spec = lookup(params.ablation.causal, run, "ablation.causal")
         quant_name, method = spec.quant, spec.method
         quant = lookup(params.quants, spec.quant, f"ablation.causal.{run}.quant")
-    adapter = None if method is Method.NONE else paths.adapter_dir(CAUSAL, run)
+        adapters = tuple((seed, paths.seed_dir(paths.adapter_dir(CAUSAL, run), seed)) for seed in params.ablation.causal_seeds)
     ev = pick(params.eval, EvalConfig, ("mmlu_questions", "mmlu_shots", "rouge_examples", "max_new_tokens", "heldout_examples",
                                         "batch_size", "seed"))  # fmt: skip
-    return CausalEvalJob(run, model.name, method, quant, ev, paths.quantized_dir(CAUSAL, quant_name), adapter,
+    return CausalEvalJob(run, model.name, method, quant, ev, paths.quantized_dir(CAUSAL, quant_name), adapters,
                          paths.eval_metrics(CAUSAL, run), paths.eval_items(CAUSAL, run))  # fmt: skip
 
 

@@ -63,6 +63,7 @@ def finetune(
     progress: bool = True,
     on_step=None,
     seed: int | None = None,
+    validation: "Validation | None" = None,  # noqa: F821
 ) -> FinetuneResult:
     """Trains and writes `out_dir` atomically (a PEFT adapter folder, or for FULL a transformers folder).
 
@@ -72,13 +73,15 @@ def finetune(
         resume_dir: where resumable training checkpoints live (a killed run resumes from here).
         on_step: called with each step's `StepMetrics` (live logging).
         seed: recorded in the TrainRecord of a row trained once per seed (the training seed is `train_config.seed`).
+        validation: validate while training (`qlora.pipeline.validation`); the output is then the adapter of
+            the best validated step, and the record holds the validation curve.
     """
     from qlora.atomic import atomic_dir, write_json
     from qlora.data.tokenization import TokenizedDataset
     from qlora.models.loading import QUANT_FILE, adapter_weights, load_base, load_for_training, quant_config_json
     from qlora.models.peft_format import TaskType, save_peft_adapter
     from qlora.models.surgery import model_report
-    from qlora.quant.dtypes import bits_per_param
+    from qlora.models.storage import stored_bits as stored_bits_of
     from qlora.report.labels import BF16, DataTypeLabel
     from qlora.report.records import PeakKind, TrainRecord
     from qlora.train.trainer import train
@@ -95,8 +98,15 @@ def finetune(
         stored_bits = 16.0
     else:
         model = load_for_training(checkpoint, kind, quant, lora, num_labels=num_labels)
-        stored_bits = bits_per_param(quant.dtype, quant.block_size, quant.double_quant) if quant.dtype.is_quantized else 16.0
+        stored_bits = 16.0
     report = model_report(model)
+    if method is not Method.FULL and quant.dtype.is_quantized:
+        # claim (e) is checked against stored bytes, not the formula: the checkpoint file's where the base was
+        # stored quantized (`qlora.models.storage`), else the quantized tensors' own storage
+        try:
+            stored_bits = stored_bits_of(checkpoint).core_bits_per_param
+        except ValueError:
+            stored_bits = report.quantized_bits_per_param
     world = current_world()
     sharded = world is not None and world.size > 1
     if sharded:  # one rank of a torchrun launch: shard the model over the ranks (FSDP2)
@@ -106,6 +116,30 @@ def finetune(
         shard_model(model, world=world)
     dataset = TokenizedDataset.load(data)
     device = next(model.parameters()).device
+    task = TaskType.SEQ_CLS if kind is ModelKind.SEQ_CLS else TaskType.CAUSAL_LM
+    validator = None
+    if validation is not None:
+        from qlora.checks import ConfigError
+        from qlora.pipeline.validation import Validator
+
+        if sharded or method is Method.FULL or kind is not ModelKind.CAUSAL_LM:
+            raise ConfigError("eval.val_every", validation.every, "0 for a FULL, encoder or multi-rank run (validation runs "
+                              "in one process on a causal adapter)")  # fmt: skip
+
+        def save_snapshot(path: Path) -> None:
+            with atomic_dir(path) as tmp:
+                shutil.rmtree(tmp)
+                save_peft_adapter(tmp, adapter_weights(model, lora, task, base_model=model_name))
+
+        validator = Validator(validation, model, pad_token_id, train_config.max_steps, Path(resume_dir) / "validation",
+                              save_snapshot, quant.compute_dtype.resolve(device))  # fmt: skip
+        user_on_step = on_step
+
+        def on_step(metrics) -> None:  # noqa: F811
+            if user_on_step is not None:
+                user_on_step(metrics)
+            validator(metrics)
+
     result = train(model, dataset, train_config, pad_token_id=pad_token_id, checkpoint_dir=resume_dir, progress=progress,
                    on_step=on_step, compute_dtype=quant.compute_dtype.resolve(device))  # fmt: skip
 
@@ -116,12 +150,20 @@ def finetune(
                     shutil.rmtree(tmp)
                     model.save_pretrained(tmp)
                 else:
-                    task = TaskType.SEQ_CLS if kind is ModelKind.SEQ_CLS else TaskType.CAUSAL_LM
                     shutil.rmtree(tmp)
                     save_peft_adapter(tmp, adapter_weights(model, lora, task, base_model=model_name))
                     write_json(tmp / QUANT_FILE, quant_config_json(quant))
         trainable = [p for p in model.parameters() if p.requires_grad]
         adapter_mb = sum(p.numel() * p.element_size() for p in trainable) / 2**20
+    curve = None
+    if validator is not None:  # the output is the adapter of the best validated step
+        from qlora.pipeline.validation import install_best, read_curve
+
+        folder = Path(resume_dir) / "validation"
+        if not (folder / f"step{result.steps:05d}.json").exists():  # a finished run resumed: nothing was evaluated here
+            validator.evaluate(result.steps)
+        curve = read_curve(folder, result.steps)
+        install_best(folder, curve, Path(out_dir), keep=(QUANT_FILE,))
     last = result.history[-1].memory if result.history else None
     seconds = sum(m.tokens / m.tokens_per_s for m in result.history)
     tokens_per_s = sum(m.tokens for m in result.history) / seconds if result.history and seconds > 0 else 0.0
@@ -139,6 +181,9 @@ def finetune(
         losses=tuple(result.losses),
         seed=seed,
         compute_dtype=str(quant.compute_dtype.resolve(device)).removeprefix("torch."),
+        val_steps=curve.steps if curve else (),
+        val_nll=curve.nll if curve else (),
+        chosen_step=curve.best_step if curve else None,
     )
     return FinetuneResult(record, result)
 
@@ -181,6 +226,7 @@ class TrainJob:
     labels_path: Path | None = None  # classification labels (encoder rows)
     seed: int | None = None  # recorded for rows trained once per seed
     log_row: bool = True  # copy the headline numbers onto the row's parent run (False: the caller aggregates seeds)
+    validation: "Validation | None" = None  # noqa: F821 — validate while training; output = the best step's adapter
 
     def resume_key(self) -> str:
         """Settings + the bytes of the base checkpoint and the data: a killed run resumes only into itself.
@@ -229,7 +275,8 @@ class TrainJob:
         if world is not None and not world.is_main:  # rank 0 writes and logs
             return finetune(model_name=self.model_name, checkpoint=self.checkpoint, kind=self.kind, method=self.method,
                             quant=self.quant, lora=self.lora, train_config=self.train, data=self.data, out_dir=self.out_dir,
-                            resume_dir=resume, num_labels=num_labels, progress=progress, seed=self.seed)  # fmt: skip
+                            resume_dir=resume, num_labels=num_labels, progress=progress, seed=self.seed,
+                            validation=self.validation)  # fmt: skip
         row = stage_row(self.role, self.row, self.method, self.quant, self.model_name) if self.log_row else None
         with tracking.start(f"train {self.role} {self.row}", row=row, config=self,
                             params={"model": self.model_name, "method": self.method.value, **quant_params(self.quant),
@@ -238,7 +285,8 @@ class TrainJob:
             # the finished run's checkpoint is kept: asked for more steps, the row continues from it
             out = finetune(model_name=self.model_name, checkpoint=self.checkpoint, kind=self.kind, method=self.method, quant=self.quant,
                            lora=self.lora, train_config=self.train, data=self.data, out_dir=self.out_dir,
-                           resume_dir=resume, num_labels=num_labels, progress=progress, seed=self.seed, on_step=live.on_step)  # fmt: skip
+                           resume_dir=resume, num_labels=num_labels, progress=progress, seed=self.seed, on_step=live.on_step,
+                           validation=self.validation)  # fmt: skip
             record = out.record
             if self.metrics_path is not None:
                 write_json(self.metrics_path, dump_records([record]))
@@ -267,7 +315,7 @@ def loss_csv(curves: list[tuple[float, ...]]) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class SeedsJob:
-    """An encoder row trained once per seed: adapters in <row>/s<seed>/, one record per seed."""
+    """A row trained once per seed: adapters in <row>/s<seed>/, one record per seed."""
 
     jobs: tuple[TrainJob, ...]
     metrics_path: Path
@@ -315,7 +363,10 @@ def plan_train(params: PipelineConfig, role: str, run: str) -> TrainJob | SeedsJ
         ConfigError: an unknown role or row, naming the key and the allowed values.
     """
     from qlora.checks import ConfigError
-    from qlora.data.prepared import CLS_LABELS, CLS_TRAIN, INSTRUCT_TRAIN
+    from qlora.config import EvalConfig
+    from qlora.data.prepared import CLS_LABELS, CLS_TRAIN, INSTRUCT_TRAIN, INSTRUCT_VAL, INSTRUCT_VAL_TASKS
+    from qlora.pipeline.params import pick
+    from qlora.pipeline.validation import Validation
 
     if role not in (CAUSAL, ENCODER):
         raise ConfigError("role", role, f"{CAUSAL} or {ENCODER}")
@@ -332,15 +383,25 @@ def plan_train(params: PipelineConfig, role: str, run: str) -> TrainJob | SeedsJ
     if spec.lr is not None:
         base = dataclasses.replace(base, lr=spec.lr)
     lora = whole(params.lora)
-    if role == CAUSAL:
+    if role == CAUSAL and run == paths.MAIN:
         return TrainJob(role, run, model.name, model.kind, spec.method, quant, lora, base, checkpoint, paths.data_dir() / INSTRUCT_TRAIN,
                         out_dir=paths.adapter_dir(role, run), resume_root=paths.resume_root(role, run),
                         metrics_path=paths.train_metrics(role, run), loss_path=paths.loss_curve(role, run))  # fmt: skip
+    # every row of the ablation: once per seed, adapters in <row>/s<seed>/
+    seeds = params.ablation.causal_seeds if role == CAUSAL else params.ablation.encoder_seeds
+    data = paths.data_dir() / (INSTRUCT_TRAIN if role == CAUSAL else CLS_TRAIN)
+    labels = None if role == CAUSAL else paths.data_dir() / CLS_LABELS
+    validation = None
+    if role == CAUSAL:
+        ev = pick(params.eval, EvalConfig, ("val_every", "val_examples", "batch_size"))
+        if ev.val_every:
+            validation = Validation(paths.data_dir() / INSTRUCT_VAL, paths.data_dir() / INSTRUCT_VAL_TASKS, ev.val_every, ev.val_examples,
+                                    ev.batch_size)  # fmt: skip
     jobs = tuple(
         TrainJob(role, f"{run}-s{seed}", model.name, model.kind, spec.method, quant, lora, dataclasses.replace(base, seed=seed),
-                 checkpoint, paths.data_dir() / CLS_TRAIN, out_dir=paths.seed_dir(paths.adapter_dir(role, run), seed),
+                 checkpoint, data, out_dir=paths.seed_dir(paths.adapter_dir(role, run), seed),
                  resume_root=paths.seed_dir(paths.resume_root(role, run), seed), metrics_path=None, loss_path=None,
-                 labels_path=paths.data_dir() / CLS_LABELS, seed=seed, log_row=False)
-        for seed in params.ablation.encoder_seeds
+                 labels_path=labels, seed=seed, log_row=False, validation=validation)
+        for seed in seeds
     )  # fmt: skip
     return SeedsJob(jobs, paths.train_metrics(role, run), paths.loss_curve(role, run))

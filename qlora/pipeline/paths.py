@@ -14,7 +14,18 @@ ITEMS = Path("items")  # per-item scores of every evaluation (paired statistics)
 REPORTS = Path("reports")
 
 MAIN = "main"  # the main QLoRA run's name (data type `quant`)
-UNTUNED = "untuned"  # the causal base without training
+UNTUNED = "untuned"  # the causal base without training: runs "untuned_<quant>" (one per ablation.untuned_quants)
+
+
+def untuned_run(quant: str) -> str:
+    """The run name of the causal base stored as `quant`, evaluated without training."""
+    return f"{UNTUNED}_{quant}"
+
+
+def untuned_quant(run: str) -> str | None:
+    """The data type of an untuned run's name ("untuned_fp4" -> "fp4"), None for other runs."""
+    prefix = f"{UNTUNED}_"
+    return run[len(prefix) :] if run.startswith(prefix) and len(run) > len(prefix) else None
 
 
 def model_dir(key: str) -> Path:

@@ -25,8 +25,9 @@ class ReportJob:
         import time
 
         from qlora.atomic import write_json, write_text
+        from qlora.report.failures import split_failed
         from qlora.report.findings import findings
-        from qlora.report.plots import accuracy_bars, loss_curves, loss_curves_csv, memory_bars
+        from qlora.report.plots import accuracy_bars, gap_vs_step, loss_curves, loss_curves_csv, memory_bars, validation_gaps_csv
         from qlora.report.records import attach_items, load_records, pool_seeds
         from qlora.report.summary import metrics_summary
         from qlora.report.tables import memory_table, table2, table3, table4, write_table
@@ -40,18 +41,20 @@ class ReportJob:
         if missing:
             raise FileNotFoundError(f"report: missing records {', '.join(missing)}: run their stages first (dvc repro)")
         records, trains = load_records([*self.metric_files, *(f for f in self.optional_files if f.is_file())])
-        evals = pool_seeds(attach_items(records, [paths.ITEMS / "base", paths.ITEMS / "eval"]))
+        kept, failed = split_failed(attach_items(records, [paths.ITEMS / "base", paths.ITEMS / "eval"]))
+        evals = pool_seeds(kept)
         written: list[Path] = []
         tables = [table2(evals, profile=self.profile), table3(evals, profile=self.profile), table4(evals, profile=self.profile),
                   memory_table(trains, profile=self.profile)]  # fmt: skip
         for t in tables:
             written += write_table(t, r)
-        written.append(write_text(self.findings_path, findings(evals, trains, profile=self.profile)))
+        written.append(write_text(self.findings_path, findings(evals, trains, profile=self.profile, failed=failed)))
         written += [loss_curves([t for t in trains if t.model == self.causal_model_name], r / "loss_curves.png"),
                     accuracy_bars([e.record for e in evals], "mmlu", r / "accuracy_mmlu.png"),
                     accuracy_bars([e.record for e in evals], "classification", r / "accuracy_classification.png"),
                     memory_bars(trains, r / "memory.png"),
-                    write_text(r / "loss_by_data_type.csv", loss_curves_csv([t for t in trains if t.model == self.causal_model_name]))]  # fmt: skip
+                    write_text(r / "loss_by_data_type.csv", loss_curves_csv([t for t in trains if t.model == self.causal_model_name])),
+                    gap_vs_step(trains, r / "gap_vs_step.png"), write_text(r / "gap_vs_step.csv", validation_gaps_csv(trains))]  # fmt: skip
         main_evals, main_trains = load_records([f for f in self.main_files if f.is_file()])
         write_json(m / "summary.json", metrics_summary([e.record for e in evals], trains, main_evals, main_trains))
         write_text(r / "README.md", f"# Regenerated tables (profile `{self.profile}`)\n\n" + "\n".join(t.to_markdown() for t in tables))
@@ -68,6 +71,6 @@ def plan_report(params: PipelineConfig) -> ReportJob:
     files = ([paths.base_metrics(model, quant) for model in a.base_models for quant in a.base_quants]
              + [paths.train_metrics(role, key) for role, key in rows]
              + [paths.eval_metrics(role, key) for role, key in rows])  # fmt: skip
-    untuned = (paths.eval_metrics(CAUSAL, paths.UNTUNED),)  # dvc.yaml always runs these two; a library user need not
+    untuned = tuple(paths.eval_metrics(CAUSAL, paths.untuned_run(q)) for q in a.untuned_quants)  # dvc.yaml runs these; a library user need not
     main = (paths.train_metrics(CAUSAL, paths.MAIN), paths.eval_metrics(CAUSAL, paths.MAIN))
     return ReportJob(params.profile, params.models[CAUSAL].name, Path(params.findings_path), tuple(files), untuned, main)

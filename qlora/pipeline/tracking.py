@@ -91,13 +91,13 @@ def base_row(model_key: str, model_name: str, quant_name: str, quant: QuantConfi
 
 
 def stage_row(role: str, run: str, method: Method, quant: QuantConfig, model_name: str) -> Row:
-    """The row of a training or evaluation stage: `run` is a key of ablation.<role>, "main" or "untuned"."""
+    """The row of a training or evaluation stage: `run` is a key of ablation.<role>, "main" or "untuned_<quant>"."""
     from qlora.pipeline import paths
     from qlora.pipeline.config import ENCODER
 
     if role == ENCODER:
         return Row(method, quant, encoder_model=model_name)
-    if run == paths.UNTUNED:
+    if paths.untuned_quant(run) is not None:
         return Row(Method.NONE, quant, model=model_name)
     return Row(method, quant, model=model_name, variant=paths.MAIN if run == paths.MAIN else "")
 

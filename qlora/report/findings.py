@@ -9,6 +9,17 @@ as the result it is. The rules:
   hold when it lies wholly on B's better side, else inconclusive (`paired.superiority`).
 - "A matches B" (claims b, c): holds when the whole interval lies within the stated margin, does not
   hold when it lies wholly outside it, else inconclusive (`paired.equivalence`).
+- Fine-tuning claims (c, d) compare gains, each row's improvement over its own untuned base on the same
+  items (`qlora.report.gains`): (c) holds on held-out NLL when QLoRA NF4 + DQ recovers at least
+  `Margins.gain_share` of LoRA BF16's gain (`paired.at_least`); its MMLU and RougeL parts are differences
+  in differences within the margins; (d) is a difference in differences. Without untuned bases the tuned
+  rows are compared directly (and the report says so).
+- Every equivalence or share part states the n that 80% power would need at its margin.
+- Within a claim and model, the parts' decisions are corrected for multiplicity (Holm, from the
+  normal-approximation p-value of each part's interval); a decided part that does not survive it is
+  inconclusive.
+- Classification runs that do not beat the majority class are failed runs, reported and left out
+  (`qlora.report.failures`).
 - A claim with several parts holds when every part holds, does not hold when any part does not hold,
   else is inconclusive; a part not measured is inconclusive.
 - (e) is accounting, not sampling: the stored bits per parameter and weights of the training records.
@@ -18,14 +29,19 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 from collections.abc import Sequence
+
+from scipy import stats
 
 from qlora.config import Method
 from qlora.eval.result import Metric, Task
 from qlora.report import labels as L
 from qlora.report.labels import DataTypeLabel
-from qlora.report.paired import Effect, PairedComparison, Verdict, equivalence, superiority, t_interval
 from qlora.eval.items import ItemResults
+from qlora.report.failures import FailedRun
+from qlora.report.gains import gain_difference, gain_items, gain_share, over_seeds
+from qlora.report.paired import Effect, PairedComparison, Verdict, at_least, equivalence, superiority, t_interval
 from qlora.report.records import EvalRecord, Evaluation, TrainRecord
 from qlora.report.tables import StatsConfig, as_evaluations, find
 
@@ -71,6 +87,7 @@ class Margins:
     accuracy: float = 0.01
     rouge_l: float = 0.01
     nll: float = 0.01
+    gain_share: float = 0.9  # claim (c): QLoRA recovers at least this share of LoRA's fine-tuning gain
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -81,11 +98,21 @@ class Margins:
     def for_metric(self, metric: Metric) -> float:
         if metric.is_accuracy:
             return self.accuracy
-        return {Metric.PERPLEXITY: self.perplexity, Metric.ROUGE_L_F: self.rouge_l, Metric.NLL: self.nll}[metric]
+        return {Metric.PERPLEXITY: self.perplexity, Metric.ROUGE_L_F: self.rouge_l, Metric.NLL: self.nll, Metric.CONTENT_NLL: self.nll}[metric]
 
     def describe(self) -> str:
-        return (f"perplexity ±{100 * self.perplexity:g}% (claim b); after fine-tuning (claim c): accuracy ±{100 * self.accuracy:g} pp, "
-                f"RougeL ±{100 * self.rouge_l:g} points, held-out NLL ±{self.nll:g} nats per token")  # fmt: skip
+        return (f"perplexity ±{100 * self.perplexity:g}% (claim b); after fine-tuning (claim c): QLoRA NF4 + DQ recovers at least "
+                f"{100 * self.gain_share:g}% of LoRA BF16's held-out NLL gain over its untuned base; differences in differences "
+                f"of accuracy ±{100 * self.accuracy:g} pp, RougeL ±{100 * self.rouge_l:g} points (tuned rows compared directly "
+                f"where there is no untuned base: held-out NLL ±{self.nll:g} nats per token)")  # fmt: skip
+
+
+class Test(enum.Enum):
+    """The decision rule of a part (for the multiplicity correction and the power statement)."""
+
+    SUPERIORITY = "superiority"
+    EQUIVALENCE = "equivalence"  # bound: the margin
+    AT_LEAST = "at least"  # bound: the least effect (a share of the gain)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +123,44 @@ class Part:
     verdict: Verdict
     comparison: PairedComparison | None = None
     detail: str = ""  # what was measured, where there is no paired comparison (or why there is none)
+    test: Test | None = None
+    bound: float | None = None
+    counts: bool = True  # False: shown beside the deciding parts, not part of the verdict
+
+    @property
+    def p_value(self) -> float | None:
+        """The normal-approximation p-value of the part's decision (None: undecided or no comparison)."""
+        c = self.comparison
+        if c is None or self.test is None or self.verdict is Verdict.INCONCLUSIVE or c.se <= 0:
+            return None
+        est = math.log(c.estimate) if c.effect is Effect.RATIO else c.estimate
+        null = 0.0 if c.effect is Effect.RATIO else c.null
+        tail = lambda z: float(stats.norm.sf(z))  # noqa: E731
+        if self.test is Test.SUPERIORITY:
+            return 2 * tail(abs(est - null) / c.se)
+        if self.test is Test.AT_LEAST:
+            return tail((est - self.bound) / c.se if self.verdict is Verdict.HOLDS else (self.bound - est) / c.se)
+        margin = math.log(1 + self.bound) if c.effect is Effect.RATIO else self.bound
+        if self.verdict is Verdict.HOLDS:  # TOST: both one-sided tests
+            return max(tail((est - (null - margin)) / c.se), tail(((null + margin) - est) / c.se))
+        return tail((abs(est - null) - margin) / c.se)
+
+    @property
+    def needed(self) -> str:
+        """For an equivalence or share part: the n that 80% power at its bound needs, beside the n used."""
+        c = self.comparison
+        if c is None or self.test not in (Test.EQUIVALENCE, Test.AT_LEAST) or c.se <= 0:
+            return ""
+        z = float(stats.norm.ppf(0.5 + c.confidence / 2))
+        # equivalence: both one-sided tests at the interval's level when the true difference is 0; a share: one
+        # one-sided test when the true share is 1 (the paper's claim) against the bound
+        if self.test is Test.EQUIVALENCE:
+            distance, power_z = (math.log(1 + self.bound) if c.effect is Effect.RATIO else self.bound), float(stats.norm.ppf(0.9))
+        else:
+            distance, power_z = c.null - self.bound, float(stats.norm.ppf(0.8))
+        unit, used = ("tasks", c.clusters) if c.clusters else (_UNITS[c.task], c.n)
+        need = math.ceil(used * ((z + power_z) * c.se / distance) ** 2)
+        return f"80% power at this margin needs ~{need:,} {unit} (used {used:,})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,13 +180,14 @@ def combine(verdicts: Sequence[Verdict]) -> Verdict:
     return Verdict.INCONCLUSIVE
 
 
-def _part(label: str, row: Evaluation | None, ref: Evaluation | None, rule, stats: StatsConfig) -> Part:
+def _part(label: str, row: Evaluation | None, ref: Evaluation | None, rule, stats: StatsConfig, test: Test | None = None,
+          bound: float | None = None) -> Part:  # fmt: skip
     if row is None or ref is None:
         missing = " and ".join(name for name, e in (("row", row), ("reference", ref)) if e is None)
         return Part(label, Verdict.INCONCLUSIVE, detail=f"not measured ({missing} missing)")
     if row.items is None or ref.items is None:
         return Part(label, Verdict.INCONCLUSIVE, detail="no per-item results to pair")
-    c = stats.compare(row, ref)
+    c = stats.compare(row, ref, strict=row.record.task is not Task.CLASSIFICATION)  # failed runs leave seeds out
     verdict = rule(c)
     spread = _over_seeds(row, ref, c, stats)
     if spread is not None:  # rows trained once per seed: the verdict must also survive run-to-run noise
@@ -130,7 +196,7 @@ def _part(label: str, row: Evaluation | None, ref: Evaluation | None, rule, stat
         label += f" (per-seed mean over {k} seeds: {stat.split(' (')[0]}, t interval {ci})"
         if rule(over_seeds) is not verdict:
             verdict = Verdict.INCONCLUSIVE
-    return Part(label, verdict, c)
+    return Part(label, verdict, c, test=test, bound=bound)
 
 
 def split_seeds(items: ItemResults) -> dict[int, ItemResults] | None:
@@ -159,8 +225,27 @@ def _over_seeds(row: Evaluation, ref: Evaluation, c: PairedComparison, stats: St
     return dataclasses.replace(c, estimate=mean, ci_low=low, ci_high=high, p_value=None), len(effects)
 
 
+ALPHA = 0.05
+
+
+def holm(parts: list[Part]) -> list[Part]:
+    """Holm's step-down correction over the decided parts that count: in order of p-value, the j-th of m
+    must have p <= ALPHA / (m - j + 1) (and every earlier one too); a decided part that fails is inconclusive."""
+    decided = sorted((i for i, p in enumerate(parts) if p.counts and p.p_value is not None), key=lambda i: parts[i].p_value)
+    m, out, stopped = len(decided), list(parts), False
+    for j, i in enumerate(decided):
+        stopped = stopped or parts[i].p_value > ALPHA / (m - j)
+        if stopped:
+            p = parts[i]
+            out[i] = dataclasses.replace(p, verdict=Verdict.INCONCLUSIVE,
+                                         label=f"{p.label} ({p.verdict.value} at its own level; not after Holm over {m} parts, "
+                                               f"p = {p.p_value:.2g})")  # fmt: skip
+    return out
+
+
 def _finding(claim: Claim, model: str, parts: list[Part]) -> Finding:
-    return Finding(claim, model, combine([p.verdict for p in parts]), tuple(parts))
+    parts = holm(parts)
+    return Finding(claim, model, combine([p.verdict for p in parts if p.counts]), tuple(parts))
 
 
 def assess(evals: Sequence[Evaluation | EvalRecord], trains: Sequence[TrainRecord], *, margins: Margins = Margins(),
@@ -174,36 +259,122 @@ def assess(evals: Sequence[Evaluation | EvalRecord], trains: Sequence[TrainRecor
 
     ppl_models = sorted({e.record.model for e in evals if e.record.task is Task.PERPLEXITY})
     tuned_models = sorted({e.record.model for e in evals if e.record.task in FINETUNE_TASKS and e.record.method is not Method.NONE})
-    for model in sorted({e.record.model for e in evals if e.record.task is Task.HELDOUT_NLL}):
-        out.append(_finding(Claim.TUNING, model, [_part("LoRA BF16 vs untuned", ev(Task.HELDOUT_NLL, Method.LORA, L.BF16, model),
-                                                        ev(Task.HELDOUT_NLL, Method.NONE, L.BF16, model), superiority, stats)]))  # fmt: skip
+    nll_models = sorted({e.record.model for e in evals if e.record.task is Task.HELDOUT_NLL})
+    for model in nll_models:
+        parts = []
+        for method, quant in ((Method.LORA, L.BF16), (Method.QLORA, L.NF4_DQ), (Method.QLORA, L.FP4)):
+            tuned = ev(Task.HELDOUT_NLL, method, quant, model)
+            if tuned is None:
+                continue
+            base = ev(Task.HELDOUT_NLL, Method.NONE, quant, model) or ev(Task.HELDOUT_NLL, Method.NONE, L.BF16, model)
+            own = base is not None and base.record.quant == quant
+            label = f"{_row_name(method, quant)} vs untuned {(quant if own else L.BF16).display}"
+            parts.append(_part(label, tuned, base, superiority, stats, Test.SUPERIORITY))
+        out.append(_finding(Claim.TUNING, model, parts))
     for model in ppl_models:
         nf4 = ev(Task.PERPLEXITY, Method.NONE, L.NF4, model)
-        out.append(_finding(Claim.A, model, [_part(f"NF4 vs {q.display}", nf4, ev(Task.PERPLEXITY, Method.NONE, q, model), superiority, stats)
-                                             for q in (L.FP4, L.FP4_E3M0, L.INT4)]))  # fmt: skip
+        out.append(_finding(Claim.A, model, [_part(f"NF4 vs {q.display}", nf4, ev(Task.PERPLEXITY, Method.NONE, q, model), superiority,
+                                                   stats, Test.SUPERIORITY) for q in (L.FP4, L.FP4_E3M0, L.INT4)]))  # fmt: skip
     for model in ppl_models:
         rule = lambda c: equivalence(c, margins.perplexity)  # noqa: E731
         out.append(_finding(Claim.B, model, [_part("NF4 + DQ vs NF4", ev(Task.PERPLEXITY, Method.NONE, L.NF4_DQ, model),
-                                                   ev(Task.PERPLEXITY, Method.NONE, L.NF4, model), rule, stats)]))  # fmt: skip
+                                                   ev(Task.PERPLEXITY, Method.NONE, L.NF4, model), rule, stats, Test.EQUIVALENCE,
+                                                   margins.perplexity)]))  # fmt: skip
     for model in tuned_models:
-        parts = []
-        for task in FINETUNE_TASKS:
-            row, ref = ev(task, Method.QLORA, L.NF4_DQ, model), ev(task, Method.LORA, L.BF16, model)
-            if row or ref:
-                metric = (row or ref).record.metric
-                parts.append(_part(f"{task.value}: QLoRA NF4 + DQ vs LoRA BF16", row, ref,
-                                   lambda c, m=metric: equivalence(c, margins.for_metric(m)), stats))  # fmt: skip
-        out.append(_finding(Claim.C, model, parts))
+        out.append(_finding(Claim.C, model, _claim_c(ev, model, margins, stats)))
     for model in tuned_models:
-        parts = []
-        for task in FINETUNE_TASKS:
-            row, ref = ev(task, Method.QLORA, L.NF4_DQ, model), ev(task, Method.QLORA, L.FP4, model)
-            if row or ref:
-                parts.append(_part(f"{task.value}: QLoRA NF4 + DQ vs QLoRA FP4", row, ref, superiority, stats))
-        out.append(_finding(Claim.D, model, parts))
+        out.append(_finding(Claim.D, model, _claim_d(ev, model, stats)))
     for model in sorted({t.model for t in trains}):
         out.append(_finding(Claim.E, model, _accounting([t for t in trains if t.model == model])))
     return out
+
+
+def _row_name(method: Method, quant: DataTypeLabel) -> str:
+    return f"{'LoRA' if method is Method.LORA else 'QLoRA'} {quant.display}"
+
+
+def _gain_part(label: str, task: Task, metric: Metric, rows: tuple, kind: str, rule, stats: StatsConfig, test: Test,
+               bound: float | None, counts: bool = True) -> Part:  # fmt: skip
+    """A part comparing two rows' gains over their own untuned bases (rows: tuned, base, ref tuned, ref base)."""
+    if any(e is None or e.items is None for e in rows):
+        return Part(label, Verdict.INCONCLUSIVE, detail="not measured (a tuned row, its untuned base or their items missing)",
+                    counts=counts)  # fmt: skip
+    g = gain_items(*(e.items for e in rows), metric)
+    kw = dict(confidence=stats.confidence, n_resamples=stats.n_resamples, seed=stats.seed)
+    compare = (lambda x: gain_share(x, **kw)) if kind == "share" else (lambda x: gain_difference(x, task, metric, **kw))
+    c = compare(g)
+    verdict = rule(c)
+    spread = over_seeds(g, compare, stats.confidence)
+    if spread is not None:
+        mean, low, high, k = spread
+        seeded = dataclasses.replace(c, estimate=mean, ci_low=low, ci_high=high)
+        stat, ci, _ = _statistic(seeded)
+        label += f" (per-seed mean over {k} seeds: {stat.split(' (')[0]}, t interval {ci})"
+        if rule(seeded) is not verdict:
+            verdict = Verdict.INCONCLUSIVE
+    return Part(label, verdict, c, test=test, bound=bound, counts=counts)
+
+
+_FINETUNE_METRIC = {Task.HELDOUT_NLL: Metric.CONTENT_NLL, Task.MMLU: Metric.CHOICE_ACCURACY, Task.ROUGE_L: Metric.ROUGE_L_F}
+
+
+def _has_bases(ev, model: str, quants) -> bool:
+    return all(ev(Task.HELDOUT_NLL, Method.NONE, q, model) is not None for q in quants)
+
+
+def _claim_c(ev, model: str, margins: Margins, stats: StatsConfig) -> list[Part]:
+    row, ref = (Method.QLORA, L.NF4_DQ), (Method.LORA, L.BF16)
+    parts: list[Part] = []
+    if _has_bases(ev, model, (L.NF4_DQ, L.BF16)):
+        rows = lambda task: (ev(task, *row, model), ev(task, Method.NONE, L.NF4_DQ, model),  # noqa: E731
+                             ev(task, *ref, model), ev(task, Method.NONE, L.BF16, model))
+        share = margins.gain_share
+        parts.append(_gain_part(f"held-out NLL (template tokens left out): share of LoRA BF16's gain that QLoRA NF4 + DQ "
+                                f"recovers (>= {100 * share:g}%)", Task.HELDOUT_NLL, Metric.CONTENT_NLL, rows(Task.HELDOUT_NLL),
+                                "share", lambda c: at_least(c, share), stats, Test.AT_LEAST, share))  # fmt: skip
+        parts.append(_gain_part("held-out NLL with the template's tokens (shown, not deciding): share of the gain", Task.HELDOUT_NLL,
+                                Metric.NLL, rows(Task.HELDOUT_NLL), "share", lambda c: at_least(c, share), stats, Test.AT_LEAST,
+                                share, counts=False))  # fmt: skip
+        for task in (Task.MMLU, Task.ROUGE_L):
+            metric, margin = _FINETUNE_METRIC[task], margins.for_metric(_FINETUNE_METRIC[task])
+            if any(ev(task, *r, model) for r in (row, ref)):
+                parts.append(_gain_part(f"{task.value}: QLoRA NF4 + DQ's gain - LoRA BF16's gain", task, metric, rows(task), "difference",
+                                        lambda c, m=margin: equivalence(c, m), stats, Test.EQUIVALENCE, margin))  # fmt: skip
+    else:
+        for task in (Task.ROUGE_L, Task.HELDOUT_NLL, Task.MMLU):
+            r, f = ev(task, *row, model), ev(task, *ref, model)
+            if r or f:
+                metric = (r or f).record.metric
+                parts.append(_part(f"{task.value}: QLoRA NF4 + DQ vs LoRA BF16 (tuned rows; no untuned base of each)", r, f,
+                                   lambda c, m=metric: equivalence(c, margins.for_metric(m)), stats, Test.EQUIVALENCE,
+                                   margins.for_metric(metric)))  # fmt: skip
+    r, f = ev(Task.CLASSIFICATION, *row, model), ev(Task.CLASSIFICATION, *ref, model)
+    if r or f:
+        parts.append(_part("classification: QLoRA NF4 + DQ vs LoRA BF16", r, f, lambda c: equivalence(c, margins.accuracy), stats,
+                           Test.EQUIVALENCE, margins.accuracy))  # fmt: skip
+    return parts
+
+
+def _claim_d(ev, model: str, stats: StatsConfig) -> list[Part]:
+    row, ref = (Method.QLORA, L.NF4_DQ), (Method.QLORA, L.FP4)
+    parts: list[Part] = []
+    if _has_bases(ev, model, (L.NF4_DQ, L.FP4)):
+        for task in (Task.HELDOUT_NLL, Task.MMLU, Task.ROUGE_L):
+            rows = (ev(task, *row, model), ev(task, Method.NONE, L.NF4_DQ, model), ev(task, *ref, model),
+                    ev(task, Method.NONE, L.FP4, model))  # fmt: skip
+            if rows[0] or rows[2]:
+                parts.append(_gain_part(f"{task.value}: QLoRA NF4 + DQ's gain - QLoRA FP4's gain", task, _FINETUNE_METRIC[task], rows,
+                                        "difference", superiority, stats, Test.SUPERIORITY, None))  # fmt: skip
+    else:
+        for task in (Task.ROUGE_L, Task.HELDOUT_NLL, Task.MMLU):
+            r, f = ev(task, *row, model), ev(task, *ref, model)
+            if r or f:
+                parts.append(_part(f"{task.value}: QLoRA NF4 + DQ vs QLoRA FP4 (tuned rows; no untuned base of each)", r, f, superiority,
+                                   stats, Test.SUPERIORITY))  # fmt: skip
+    r, f = ev(Task.CLASSIFICATION, *row, model), ev(Task.CLASSIFICATION, *ref, model)
+    if r or f:
+        parts.append(_part("classification: QLoRA NF4 + DQ vs QLoRA FP4", r, f, superiority, stats, Test.SUPERIORITY))
+    return parts
 
 
 def _accounting(trains: Sequence[TrainRecord]) -> list[Part]:
@@ -213,7 +384,8 @@ def _accounting(trains: Sequence[TrainRecord]) -> list[Part]:
         return [Part("bits per parameter of NF4 + DQ", Verdict.INCONCLUSIVE, detail="no NF4 + DQ training record")]
     bits = nf4[0].bits_per_param
     ok = Verdict.HOLDS if abs(bits - PAPER_BITS_NF4_DQ) < 5e-4 else Verdict.DOES_NOT_HOLD
-    parts = [Part("bits per parameter of NF4 + DQ", ok, detail=f"{bits:.6g} stored bits/param (paper: {PAPER_BITS_NF4_DQ})")]
+    parts = [Part("bits per parameter of NF4 + DQ", ok, detail=f"{bits:.6g} bits/param counted from the bytes of the checkpoint "
+                                                            f"file's codes and block constants (paper: {PAPER_BITS_NF4_DQ})")]
     if bf16:
         ratio = nf4[0].weight_mb / bf16[0].weight_mb
         parts.append(Part("frozen weights, QLoRA NF4 + DQ vs LoRA BF16", Verdict.HOLDS if ratio < 1 else Verdict.DOES_NOT_HOLD,
@@ -230,7 +402,10 @@ def _statistic(c: PairedComparison) -> tuple[str, str, str]:
     if c.effect is Effect.RATIO:
         return (f"perplexity ratio {c.estimate:.4f}", f"[{c.ci_low:.4f}, {c.ci_high:.4f}]",
                 f"ratio beyond ×{c.mde:.4f} (±{100 * (c.mde - 1):.2f}%)")  # fmt: skip
-    if c.metric is Metric.NLL:
+    if c.effect is Effect.SHARE:
+        return (f"recovers {100 * c.estimate:.1f}% of the gain", f"[{100 * c.ci_low:.1f}%, {100 * c.ci_high:.1f}%]",
+                f"±{100 * c.mde:.1f} points of share")  # fmt: skip
+    if c.metric.is_nll:
         return f"{c.estimate:+.4f} nats/token", f"[{c.ci_low:+.4f}, {c.ci_high:+.4f}]", f"±{c.mde:.4f} nats/token"
     unit = "pp" if c.metric.is_accuracy else "RougeL points"
     stat = f"{100 * c.estimate:+.2f} {unit}"
@@ -240,14 +415,19 @@ def _statistic(c: PairedComparison) -> tuple[str, str, str]:
 
 
 def _part_row(p: Part) -> str:
+    verdict = f"**{p.verdict.value}**" if p.counts else f"({p.verdict.value}; not counted)"
     if p.comparison is None:
-        return f"| {p.label} | {p.detail} | – | – | – | **{p.verdict.value}** |"
+        return f"| {p.label} | {p.detail} | – | – | – | {verdict} |"
     c = p.comparison
     stat, ci, mde = _statistic(c)
-    return f"| {p.label} | {stat} | {ci} | {c.n:,} {_UNITS[c.task]} | {mde} | **{p.verdict.value}** |"
+    n = f"{c.n:,} {_UNITS[c.task]}" + (f" in {c.clusters} tasks (resampled whole)" if c.clusters else "")
+    if p.needed:
+        mde += f"; {p.needed}"
+    return f"| {p.label} | {stat} | {ci} | {n} | {mde} | {verdict} |"
 
 
-def render(found: Sequence[Finding], *, profile: str, margins: Margins = Margins(), stats: StatsConfig = StatsConfig()) -> str:
+def render(found: Sequence[Finding], *, profile: str, margins: Margins = Margins(), stats: StatsConfig = StatsConfig(),
+           failed: Sequence[FailedRun] = ()) -> str:  # fmt: skip
     """The markdown of reports/findings.md."""
     lines = [
         "# Findings: do the QLoRA paper's claims hold here?",
@@ -266,6 +446,10 @@ def render(found: Sequence[Finding], *, profile: str, margins: Margins = Margins
         "Rows trained once per seed are paired seed by seed and pooled; their interval is conditional on the trained "
         "models, so the verdict must also follow from the per-seed mean effect's t interval over seeds (shown beside "
         "the comparison), else it is inconclusive. "
+        "Fine-tuning claims compare gains: each tuned row's improvement over its own untuned base on the same items "
+        "(a difference in differences); held-out examples and prompts are resampled by whole held-out task (a cluster "
+        "bootstrap), since items of one task are not independent draws. Within a claim and model, decided parts are "
+        "corrected for multiplicity (Holm). "
         "A \"does not hold\" on a small model is a result, not a bug.",
         "",
         f"Equivalence margins: {margins.describe()}.",
@@ -276,6 +460,11 @@ def render(found: Sequence[Finding], *, profile: str, margins: Margins = Margins
         "|---|---|---|",
     ]
     lines += [f"| ({f.claim.value}) {f.claim.text} | {f.model} | **{f.verdict.value}** |" for f in found]
+    if failed:
+        lines += ["", "## Failed training runs (left out of every comparison)", "",
+                  "A classifier that does not beat always answering the majority class learned nothing; its seed is reported "
+                  "here and a comparison uses the seeds both rows have.", ""]  # fmt: skip
+        lines += [f"- {r.describe()}" for r in failed]
     for claim in Claim:
         of_claim = [f for f in found if f.claim is claim]
         if not of_claim:
@@ -290,7 +479,7 @@ def render(found: Sequence[Finding], *, profile: str, margins: Margins = Margins
 
 
 def findings(evals: Sequence[Evaluation | EvalRecord], trains: Sequence[TrainRecord], *, profile: str,
-             margins: Margins = Margins(), stats: StatsConfig = StatsConfig()) -> str:  # fmt: skip
+             margins: Margins = Margins(), stats: StatsConfig = StatsConfig(), failed: Sequence[FailedRun] = ()) -> str:  # fmt: skip
     """reports/findings.md's text: `assess` then `render`.
 
     Args:
@@ -300,4 +489,4 @@ def findings(evals: Sequence[Evaluation | EvalRecord], trains: Sequence[TrainRec
     """
     if not isinstance(profile, str) or not profile:
         raise ValueError(f"profile must name the profile that produced the data, got {profile!r}")
-    return render(assess(evals, trains, margins=margins, stats=stats), profile=profile, margins=margins, stats=stats)
+    return render(assess(evals, trains, margins=margins, stats=stats), profile=profile, margins=margins, stats=stats, failed=failed)

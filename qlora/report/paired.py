@@ -44,6 +44,7 @@ class Effect(enum.Enum):
 
     RATIO = "ratio"  # row / reference (perplexity); no difference = 1
     DIFFERENCE = "difference"  # row - reference; no difference = 0
+    SHARE = "share"  # the row's gain / the reference's gain (fine-tuning, `qlora.report.gains`); the same gain = 1
 
 
 class Direction(enum.Enum):
@@ -92,18 +93,41 @@ class PairedComparison:
 
     @property
     def null(self) -> float:
-        return 1.0 if self.effect is Effect.RATIO else 0.0
+        return 0.0 if self.effect is Effect.DIFFERENCE else 1.0
 
     @property
     def covers_null(self) -> bool:
         return self.ci_low <= self.null <= self.ci_high
 
     @property
+    def significant(self) -> bool:
+        """The interval excludes "no difference" and, where a test's p-value comes with it (McNemar), that test
+        agrees at the interval's level: a table's mark and a verdict never rest on different tests."""
+        return not self.covers_null and (self.p_value is None or self.p_value < 1 - self.confidence)
+
+    @property
     def direction(self) -> Direction:
-        if self.covers_null:
+        if not self.significant:
             return Direction.NO_DIFFERENCE
         above = self.ci_low > self.null
-        return Direction.BETTER if above == self.metric.higher_is_better else Direction.WORSE
+        higher_is_better = self.metric.higher_is_better or self.effect is Effect.SHARE  # a larger share of the gain
+        return Direction.BETTER if above == higher_is_better else Direction.WORSE
+
+    @property
+    def se(self) -> float:
+        """The standard error implied by the interval (its half-width over z; on the log scale for a ratio)."""
+        z = _z(self.confidence)
+        if self.effect is Effect.RATIO and self.ci_low > 0:
+            return (math.log(self.ci_high) - math.log(self.ci_low)) / (2 * z)
+        return (self.ci_high - self.ci_low) / (2 * z)
+
+    @property
+    def clusters(self) -> int | None:
+        """How many held-out tasks were resampled (a cluster bootstrap), else None: items were."""
+        import re
+
+        m = re.search(r"cluster bootstrap over (\d+) tasks", self.method)
+        return int(m.group(1)) if m else None
 
     def margin_bounds(self, margin: float) -> tuple[float, float]:
         """The equivalence region: null ± margin (RATIO: 1 ± a relative margin)."""
@@ -126,6 +150,16 @@ def equivalence(c: PairedComparison, margin: float) -> Verdict:
     if low <= c.ci_low and c.ci_high <= high:
         return Verdict.HOLDS
     if c.ci_low > high or c.ci_high < low:
+        return Verdict.DOES_NOT_HOLD
+    return Verdict.INCONCLUSIVE
+
+
+def at_least(c: PairedComparison, bound: float) -> Verdict:
+    """"The effect is at least `bound`" (e.g. a share of the gain >= 0.9): holds when the whole interval lies
+    at or above it, does not hold when it lies wholly below, else inconclusive."""
+    if c.ci_low >= bound:
+        return Verdict.HOLDS
+    if c.ci_high < bound:
         return Verdict.DOES_NOT_HOLD
     return Verdict.INCONCLUSIVE
 
@@ -196,8 +230,29 @@ def _bootstrap_ci(data: tuple[np.ndarray, ...], statistic: Callable, confidence:
     raise ValueError("the bootstrap interval is undefined for these items")
 
 
-def _weighted(d: np.ndarray, t: np.ndarray, confidence: float, n_resamples: int, seed: int) -> tuple[float, float, float, float, str]:
-    """Token-weighted mean of per-item sums d over token counts t: (estimate, low, high, se, method)."""
+MIN_CLUSTERS = 3  # fewer groups than this: the items are resampled one by one (and the method says so)
+
+
+def _clustered(d: np.ndarray, t: np.ndarray, clusters: Sequence[str | None] | None) -> tuple[np.ndarray, np.ndarray, int | None]:
+    """(d, t) summed per cluster when every item names one and there are at least MIN_CLUSTERS, else as given."""
+    if clusters is None or any(c is None for c in clusters) or len(set(clusters)) < MIN_CLUSTERS:
+        return d, t, None
+    names = sorted(set(clusters))
+    index = {c: i for i, c in enumerate(names)}
+    dc, tc = np.zeros(len(names)), np.zeros(len(names))
+    np.add.at(dc, [index[c] for c in clusters], d)
+    np.add.at(tc, [index[c] for c in clusters], t)
+    return dc, tc, len(names)
+
+
+def _weighted(d: np.ndarray, t: np.ndarray, confidence: float, n_resamples: int, seed: int,
+              clusters: Sequence[str | None] | None = None) -> tuple[float, float, float, float, str]:  # fmt: skip
+    """Token-weighted mean of per-item sums d over token counts t: (estimate, low, high, se, method).
+
+    With `clusters` (the group each item was sampled with, e.g. its held-out task), whole clusters are
+    resampled: items of one task are not independent draws, and the interval must say how much the
+    result depends on which tasks were held out."""
+    d, t, k = _clustered(d, t, clusters)
     n = len(d)
     estimate = float(d.sum() / t.sum())
     rates = d / t
@@ -209,6 +264,8 @@ def _weighted(d: np.ndarray, t: np.ndarray, confidence: float, n_resamples: int,
         return d.sum(axis=axis) / t.sum(axis=axis)
 
     low, high, method = _bootstrap_ci((d, t), statistic, confidence, n_resamples, seed)
+    if k is not None:
+        method = method.replace("paired bootstrap", f"paired cluster bootstrap over {k} tasks")
     return estimate, low, high, se, method
 
 
@@ -288,11 +345,21 @@ def compare(row: ItemResults, ref: ItemResults, *, metric: Metric | None = None,
     task = row.task
     common = {"task": task, "metric": metric, "n": n, "confidence": confidence}
     if task in (Task.PERPLEXITY, Task.HELDOUT_NLL):
-        if metric is not (Metric.PERPLEXITY if task is Task.PERPLEXITY else Metric.NLL):
+        allowed = (Metric.PERPLEXITY,) if task is Task.PERPLEXITY else (Metric.NLL, Metric.CONTENT_NLL)
+        if metric not in allowed:
             raise ValueError(f"metric {metric.value} does not fit task {task.value}")
-        d = np.array([x.nll_sum - y.nll_sum for x, y in zip(a, b)])
-        t = np.array([x.tokens for x in a], dtype=float)
-        est, low, high, se, method = _weighted(d, t, confidence, n_resamples, seed)
+        if metric is Metric.CONTENT_NLL:
+            if any(x.content_tokens is None for x in a + b):
+                raise ValueError("content_nll needs the NLL without template tokens in every held-out item")
+            d = np.array([x.content_nll_sum - y.content_nll_sum for x, y in zip(a, b)])
+            t = np.array([x.content_tokens for x in a], dtype=float)
+            if any(x.content_tokens != y.content_tokens for x, y in zip(a, b)):
+                raise ValueError("paired held-out items count different content tokens")
+        else:
+            d = np.array([x.nll_sum - y.nll_sum for x, y in zip(a, b)])
+            t = np.array([x.tokens for x in a], dtype=float)
+        clusters = [x.cluster for x in a] if task is Task.HELDOUT_NLL else None
+        est, low, high, se, method = _weighted(d, t, confidence, n_resamples, seed, clusters)
         if task is Task.PERPLEXITY:  # exp of the per-token NLL difference: the perplexity ratio
             return PairedComparison(effect=Effect.RATIO, estimate=math.exp(est), ci_low=math.exp(low), ci_high=math.exp(high),
                                     mde=math.exp(_detectable(se, confidence)), p_value=None, discordant=None,
@@ -302,7 +369,12 @@ def compare(row: ItemResults, ref: ItemResults, *, metric: Metric | None = None,
     if task is Task.ROUGE_L:
         if metric is not Metric.ROUGE_L_F:
             raise ValueError(f"metric {metric.value} does not fit task {task.value}")
-        est, low, high, se, method = _mean(np.array([x.score - y.score for x, y in zip(a, b)]), confidence, n_resamples, seed)
+        d = np.array([x.score - y.score for x, y in zip(a, b)])
+        clusters = [x.cluster for x in a]
+        if _clustered(d, np.ones_like(d), clusters)[2] is not None:  # a token-free ratio: sum of differences / items
+            est, low, high, se, method = _weighted(d, np.ones_like(d), confidence, n_resamples, seed, clusters)
+        else:
+            est, low, high, se, method = _mean(d, confidence, n_resamples, seed)
         return PairedComparison(effect=Effect.DIFFERENCE, estimate=est, ci_low=low, ci_high=high, mde=_detectable(se, confidence),
                                 p_value=None, discordant=None, method=method, **common)  # fmt: skip
     if not metric.is_accuracy or (task is Task.CLASSIFICATION and metric is not Metric.ACCURACY):

@@ -82,3 +82,53 @@ def memory_bars(trains: Sequence[TrainRecord], path: str | Path) -> Path:
         ax.legend(fontsize=7)
     fig.suptitle("Stored weights and adapters by data type, per model (MB; peak training memory: reports/memory.md)", fontsize=10)
     return _save(fig, Path(path))
+
+
+GAP_PAIRS = (  # (label, row, reference): the gaps behind claims (c) and (d)
+    ("(c) QLoRA NF4 + DQ - LoRA BF16", ("qlora", "nf4_dq"), ("lora", "bf16")),
+    ("(d) QLoRA NF4 + DQ - QLoRA FP4", ("qlora", "nf4_dq"), ("qlora", "fp4")),
+)
+
+
+def validation_gaps(trains: Sequence[TrainRecord]) -> list[tuple[str, str, int | None, int, float]]:
+    """(pair, model, seed, step, gap) rows: the validation NLL of a row minus its reference's at each step
+    both validated, seed by seed (negative: the row is ahead). Rows without validation give none."""
+    by = {(t.model, t.method.value, t.quant.value, t.seed): t for t in trains if t.val_steps}
+    out = []
+    for label, row, ref in GAP_PAIRS:
+        for (model, method, quant, seed), t in sorted(by.items(), key=lambda kv: (kv[0][0], kv[0][3] or 0)):
+            if (method, quant) != row or (model, *ref, seed) not in by:
+                continue
+            r = by[(model, *ref, seed)]
+            ref_at = dict(zip(r.val_steps, r.val_nll))
+            out += [(label, model, seed, s, v - ref_at[s]) for s, v in zip(t.val_steps, t.val_nll) if s in ref_at]
+    return out
+
+
+def validation_gaps_csv(trains: Sequence[TrainRecord]) -> str:
+    lines = ["pair,model,seed,step,gap"]
+    lines += [f"{pair},{model},{'' if seed is None else seed},{step},{gap}" for pair, model, seed, step, gap in validation_gaps(trains)]
+    return "\n".join(lines) + "\n"
+
+
+def gap_vs_step(trains: Sequence[TrainRecord], path: str | Path) -> Path:
+    """Each gap of claims (c) and (d) on validation NLL against the training step, one line per seed and model."""
+    rows = validation_gaps(trains)
+    fig, axes = plt.subplots(1, len(GAP_PAIRS), figsize=(11, 4), sharey=True)
+    for ax, (label, _, _) in zip(axes, GAP_PAIRS):
+        lines: dict = {}
+        for pair, model, seed, step, gap in rows:
+            if pair == label:
+                lines.setdefault((model, seed), []).append((step, gap))
+        for (model, seed), points in sorted(lines.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
+            steps, gaps = zip(*sorted(points))
+            ax.plot(steps, gaps, marker="o", label=f"{model} seed {seed}")
+        ax.axhline(0.0, color="grey", linewidth=0.8)
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("optimizer step")
+        if lines:
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "no validation during training\n(eval.val_every = 0)", ha="center", va="center", transform=ax.transAxes)
+    axes[0].set_ylabel("validation NLL gap (nats/token; < 0: row ahead)")
+    return _save(fig, Path(path))

@@ -173,10 +173,19 @@ class TrainRecord:
     losses: tuple[float, ...]
     seed: int | None = None
     compute_dtype: str | None = None  # what forward/backward computed in ("bfloat16", "float32"; None: not recorded)
+    val_steps: tuple[int, ...] = ()  # steps validated during training (qlora.pipeline.validation)
+    val_nll: tuple[float, ...] = ()  # their validation NLL per token, template tokens left out
+    chosen_step: int | None = None  # the step whose adapter is the output (lowest validation NLL); None: the last
 
     def __post_init__(self) -> None:
         _check_name("model", self.model)
         object.__setattr__(self, "quant", DataTypeLabel.parse(self.quant))
+        object.__setattr__(self, "val_steps", tuple(int(s) for s in self.val_steps))
+        object.__setattr__(self, "val_nll", tuple(float(x) for x in self.val_nll))
+        if len(self.val_steps) != len(self.val_nll):
+            raise ValueError(f"{len(self.val_steps)} val_steps for {len(self.val_nll)} val_nll values")
+        if self.chosen_step is not None and self.chosen_step not in self.val_steps:
+            raise ValueError(f"chosen_step {self.chosen_step} is not a validated step {self.val_steps}")
         object.__setattr__(self, "method", _parse(Method, self.method, "method"))
         object.__setattr__(self, "peak_kind", _parse(PeakKind, self.peak_kind, "peak_kind"))
         for name in ("bits_per_param", "weight_mb", "adapter_mb", "peak_mb", "tokens_per_s"):
@@ -189,13 +198,14 @@ class TrainRecord:
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
-        d.update(quant=self.quant.value, method=self.method.value, peak_kind=self.peak_kind.value, losses=list(self.losses))
+        d.update(quant=self.quant.value, method=self.method.value, peak_kind=self.peak_kind.value, losses=list(self.losses),
+                 val_steps=list(self.val_steps), val_nll=list(self.val_nll))
         return d
 
     @classmethod
     def from_json(cls, d: dict) -> "TrainRecord":
         names = {f.name for f in dataclasses.fields(cls)}
-        d = {"seed": None, "compute_dtype": None, **d}
+        d = {"seed": None, "compute_dtype": None, "val_steps": (), "val_nll": (), "chosen_step": None, **d}
         if set(d) != names:
             raise ValueError(f"TrainRecord keys: unknown {sorted(set(d) - names)}, missing {sorted(names - set(d))}")
         return cls(**d)

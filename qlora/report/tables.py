@@ -52,9 +52,10 @@ class StatsConfig:
     n_resamples: int = N_RESAMPLES
     seed: int = 0
 
-    def compare(self, row: Evaluation, ref: Evaluation) -> PairedComparison:
+    def compare(self, row: Evaluation, ref: Evaluation, *, strict: bool = True) -> PairedComparison:
+        """strict=False pairs the shared items only (rows whose failed runs were left out)."""
         return compare(row.items, ref.items, metric=row.record.metric, confidence=self.confidence,
-                       n_resamples=self.n_resamples, seed=self.seed)  # fmt: skip
+                       n_resamples=self.n_resamples, seed=self.seed, strict=strict)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +98,7 @@ def _pct(r: EvalRecord) -> str:
 def format_value(r: EvalRecord) -> str:
     if r.metric is Metric.PERPLEXITY:
         return f"{r.value:.2f}"
-    if r.metric is Metric.NLL:
+    if r.metric.is_nll:
         ci = f" ± {(r.ci_high - r.ci_low) / 2:.3f}" if r.ci_low is not None else ""
         return f"{r.value:.3f}{ci} (n={r.n:,})"
     return _pct(r)
@@ -110,13 +111,13 @@ def format_comparison(c: PairedComparison) -> str:
     if c.effect is Effect.RATIO:
         est, lo, hi = (100 * (v - 1) for v in (c.estimate, c.ci_low, c.ci_high))
         body = f"{est:+.2f}% [{lo:+.2f}%, {hi:+.2f}%]"
-    elif c.metric is Metric.NLL:
+    elif c.metric.is_nll:
         body = f"{c.estimate:+.3f} nats [{c.ci_low:+.3f}, {c.ci_high:+.3f}]"
     else:
         unit = "pp" if c.metric.is_accuracy else "pts"
         body = f"{100 * c.estimate:+.1f} {unit} [{100 * c.ci_low:+.1f}, {100 * c.ci_high:+.1f}]"
     body += f", n={c.n:,}" + (f", p={c.p_value:.2g}" if c.p_value is not None else "")
-    return f"≈ ({body})" if c.covers_null else body
+    return body if c.significant else f"≈ ({body})"
 
 
 def _comparison_cell(row: Evaluation | None, ref: Evaluation | None, stats: StatsConfig) -> tuple[str, PairedComparison | None]:
@@ -136,7 +137,8 @@ def _comparison_data(name: str, c: PairedComparison | None) -> dict:
     if c is None:
         return {}
     return {f"{name}_estimate": c.estimate, f"{name}_ci_low": c.ci_low, f"{name}_ci_high": c.ci_high, f"{name}_n": c.n,
-            f"{name}_p_value": c.p_value, f"{name}_mde": c.mde, f"{name}_covers_no_difference": c.covers_null}  # fmt: skip
+            f"{name}_p_value": c.p_value, f"{name}_mde": c.mde, f"{name}_covers_no_difference": c.covers_null,
+            f"{name}_significant": c.significant}  # fmt: skip
 
 
 def _record_data(r: EvalRecord) -> dict:

@@ -87,7 +87,8 @@ def test_canonical_safetensors_bytes_do_not_depend_on_metadata_order():
 
 def _tiny_data(**overrides) -> DataConfig:
     return DataConfig(**{"classification_train": 4, "classification_test": 2, "instruction_train": 12, "instruction_heldout_tasks": 1,
-                         "instruction_test": 6, "max_length": 64, "instruction_test_max_prompt_tokens": 128, **overrides})  # fmt: skip
+                         "instruction_test": 6, "max_length": 64, "instruction_test_max_prompt_tokens": 128, "instruction_val_tasks": 1,
+                         "instruction_val": 4, **overrides})  # fmt: skip
 
 
 @pytest.fixture
@@ -114,12 +115,16 @@ def test_prepare_on_fixture_assets(tmp_path, fixture_assets):
     held = test["held_out_subtasks"]
     assert held in (["capital_cities"], ["count_words"], ["colour-mixing", "colour_names"])  # a whole family
     assert {e["subtask"] for e in test["examples"]} == set(held)
-    tasks = json.loads((out / "instruct_heldout.json").read_text())["tasks"]
+    sidecar = json.loads((out / "instruct_heldout.json").read_text())
+    tasks = sidecar["tasks"]
     assert len(tasks) == len(TokenizedDataset.load(out / "instruct_heldout.safetensors")) == 6 and set(tasks) == set(held)
-    assert summary["instruct_train"] == 12 and summary["instruction_tasks"] == 4 and summary["train_tasks"] == 4 - len(held)
+    assert sidecar["template_tail"] == [2] * 6  # the tiny chat template ends a turn with "<|im_end|>" and a newline
+    val = json.loads((out / "instruct_val.json").read_text())["tasks"]
+    assert len(val) == len(TokenizedDataset.load(out / "instruct_val.safetensors")) == 4 and not set(val) & set(held)
+    train_tasks = 4 - len(held) - len(set(val))
+    assert summary["instruct_train"] == 12 and summary["instruction_tasks"] == 4 and summary["train_tasks"] == train_tasks >= 1
+    assert summary["instruct_val"] == 4 and summary["val_tasks"] == len(set(val))
     assert 0.0 <= summary["heldout_8gram_overlap"] <= 1.0
-    # the training set is drawn round-robin: every training task contributes
-    assert summary["train_tasks"] >= 2
 
 
 def test_prepare_is_byte_identical_when_repeated(tmp_path, fixture_assets):
@@ -129,7 +134,7 @@ def test_prepare_is_byte_identical_when_repeated(tmp_path, fixture_assets):
     for name in ("one", "two"):
         prepare_datasets(_tiny_data(), tok, enc, fixture_assets, tmp_path / name, verify_assets=False)
     files = sorted(p.name for p in (tmp_path / "one").iterdir())
-    assert files == sorted(p.name for p in (tmp_path / "two").iterdir()) and len(files) == 8
+    assert files == sorted(p.name for p in (tmp_path / "two").iterdir()) and len(files) == 10
     for f in files:
         assert (tmp_path / "one" / f).read_bytes() == (tmp_path / "two" / f).read_bytes(), f
 
@@ -181,3 +186,12 @@ def test_perplexity_windows_start_with_the_tokenizers_bos():
     assert plain.shape == (3, 8)  # no special tokens: whole windows of text, as before
     with pytest.raises(ValueError, match="fewer than data.perplexity_windows=9"):
         perplexity_windows(BosTokenizer(), texts, window=8, count=9)
+
+
+def test_round_robin_spreads_any_prefix_over_the_tasks():
+    from qlora.data.prepare import _round_robin
+
+    pool = [_ex("a", "a", i) for i in range(5)] + [_ex("b", "b", i) for i in range(2)] + [_ex("c", "c", 0)]
+    order = [(r.subtask, r.input) for r in _round_robin(pool, ["c", "a", "b"])]
+    assert order[:5] == [("c", "input 0"), ("a", "input 0"), ("b", "input 0"), ("a", "input 1"), ("b", "input 1")]
+    assert len(order) == 8 and order[-1] == ("a", "input 4")

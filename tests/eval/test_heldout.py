@@ -57,3 +57,39 @@ def test_errors():
     bad = {"input_ids": torch.arange(4), "labels": torch.arange(3)}
     with pytest.raises(ValueError, match="example 0: input_ids"):
         evaluate_heldout_nll(NextTokenOracle(11, 0.8), [bad], progress=False)
+
+
+class PositionOracle(torch.nn.Module):
+    """Gives the next token probability p_first for label positions < 3 of the sequence, p_rest after."""
+
+    def __init__(self, vocab: int) -> None:
+        super().__init__()
+        self.vocab, self.w = vocab, torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids, attention_mask=None, **_):
+        b, t = input_ids.shape
+        logits = torch.full((b, t, self.vocab), -1e4)
+        nxt = (input_ids + 1) % self.vocab
+        p = torch.where(torch.arange(t) < 6, torch.tensor(0.5), torch.tensor(0.9)).expand(b, t)
+        # mass p on the right token, the rest spread evenly
+        logits.scatter_(-1, nxt.unsqueeze(-1), torch.log(p).unsqueeze(-1))
+        others = torch.log((1 - p) / (self.vocab - 1))
+        logits = torch.where(logits == -1e4, others.unsqueeze(-1).expand(b, t, self.vocab), logits)
+        return type("Out", (), {"logits": logits})()
+
+
+def test_groups_and_template_tokens():
+    """Ids carry the task; the headline leaves out each example's trailing template tokens."""
+    examples = [_example(0, 9, 4), _example(3, 9, 4)]  # response label positions 4..8: predicted at 3..7
+    r = evaluate_heldout_nll(PositionOracle(11), examples, groups=["rot13", "anagrams"], template_tail=[2, 3], progress=False)
+    a, b = r.items.items
+    assert a.id.startswith("rot13/x00000-") and b.id.startswith("anagrams/x00001-") and a.cluster == "rot13"
+    # predicted from positions 3, 4, 5 (p=0.5) and 6, 7 (p=0.9); content = all but the last 2 (or 3)
+    assert a.tokens == 5 and a.nll_sum == pytest.approx(-3 * math.log(0.5) - 2 * math.log(0.9), rel=1e-5)
+    assert a.content_tokens == 3 and a.content_nll_sum == pytest.approx(-3 * math.log(0.5), rel=1e-5)
+    assert b.content_tokens == 2 and b.content_nll_sum == pytest.approx(-2 * math.log(0.5), rel=1e-5)
+    assert r.metric is Metric.CONTENT_NLL and r.value == pytest.approx(-math.log(0.5), rel=1e-5)
+    assert r.extra["nll_with_template"] == pytest.approx((a.nll_sum + b.nll_sum) / 10, rel=1e-6)
+    assert r.extra["template_token_share"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="1 groups for 2 examples"):
+        evaluate_heldout_nll(PositionOracle(11), examples, groups=["x"], progress=False)

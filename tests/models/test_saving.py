@@ -163,3 +163,24 @@ def test_classifier_adapter_round_trip(tmp_path):
     loaded = from_pretrained(base, kind=ModelKind.SEQ_CLS, adapter=tmp_path / "adapter")
     assert_same_model(loaded, model.eval())
     assert torch.equal(logits(loaded), logits(model))
+
+
+def test_stored_bits_are_counted_from_the_file(tmp_path):
+    """Codes + block absmax + second-level absmax from model.safetensors, against the shapes' own count."""
+    import math
+
+    from qlora.config import DataType, ModelKind, QuantConfig
+    from qlora.models.loading import quantize_checkpoint
+    from qlora.models.storage import stored_bits
+    from tests.tiny_text import save_tiny_model
+
+    base = save_tiny_model(tmp_path / "base")
+    shapes = [m.weight.shape for n, m in __import__("transformers").AutoModelForCausalLM.from_pretrained(base).named_modules()
+              if isinstance(m, torch.nn.Linear) and not n.endswith("lm_head")]  # fmt: skip
+    numel = [a * b for a, b in shapes]
+    plain = stored_bits(quantize_checkpoint(base, ModelKind.CAUSAL_LM, QuantConfig(DataType.NF4, False), tmp_path / "nf4"))
+    assert plain.params == sum(numel) and plain.core_bytes == sum(n // 2 + 4 * math.ceil(n / 64) for n in numel)
+    assert plain.core_bits_per_param == 4.5 and plain.total_bits_per_param > 4.5
+    dq = stored_bits(quantize_checkpoint(base, ModelKind.CAUSAL_LM, QuantConfig(DataType.NF4, True), tmp_path / "nf4_dq"))
+    assert dq.core_bytes == sum(n // 2 + math.ceil(n / 64) + 4 * math.ceil(math.ceil(n / 64) / 256) for n in numel)
+    assert 4.125 < dq.core_bits_per_param < 4.5

@@ -79,7 +79,9 @@ def test_profiles_override_the_root_ablation():
     findings = pipeline_config(composed("experiment=findings"))
     assert cpu.ablation.base_models == ("causal",) and cpu.ablation.encoder_seeds == (0,)
     assert findings.ablation.base_models == ("causal", "gemma3_270m", "qwen25_coder_05b")
-    assert findings.ablation.encoder_seeds == (0, 1, 2)
+    assert findings.ablation.encoder_seeds == (0, 1, 2, 3, 4) and findings.ablation.causal_seeds == (0, 1, 2)
+    assert cpu.ablation.causal_seeds == (0,) and cpu.ablation.untuned_quants == findings.ablation.untuned_quants == ("bf16", "fp4", "nf4_dq")
+    assert findings.eval.val_every == 8 and cpu.eval.val_every == 0 and findings.train.grad_accum * findings.train.micro_batch_size == 16
     assert findings.data.perplexity_windows > cpu.data.perplexity_windows
     assert findings.eval.heldout_examples > cpu.eval.heldout_examples and findings.eval.mmlu_questions > cpu.eval.mmlu_questions
     assert findings.train.max_steps > cpu.train.max_steps

@@ -81,7 +81,7 @@ def test_prepare_data_offline_and_repeatable(tmp_path):
         files = sorted((work / "artifacts" / "data").iterdir())
         snapshots.append({p.name: p.read_bytes() for p in files} | {"metrics": (work / "metrics" / "data.json").read_bytes()})
     assert not log.exists(), log.read_text()  # nothing tried to reach the network or pip
-    assert len(snapshots[0]) == 9 and snapshots[0] == snapshots[1]
+    assert len(snapshots[0]) == 11 and snapshots[0] == snapshots[1]
     assert b'"vader_binary"' in snapshots[0]["cls_labels.json"]
 
 

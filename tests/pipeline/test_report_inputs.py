@@ -23,7 +23,7 @@ def test_the_report_plans_exactly_the_rows_of_its_params():
         *(f"{kind}/encoder_{row}.json" for kind in ("train", "eval")
           for row in ("full_bf16", "lora_bf16", "qlora_int8", "qlora_fp4", "qlora_nf4_dq")),
     }
-    assert _names(job.optional_files) == {"eval/causal_untuned.json"}
+    assert _names(job.optional_files) == {f"eval/causal_untuned_{q}.json" for q in ("bf16", "fp4", "nf4_dq")}
     assert _names(job.main_files) == {"main/causal_main.json", "main/causal_main_eval.json"}
     findings = plan_report(pipeline_config(composed("experiment=findings")))
     assert "base/qwen25_coder_05b_nf4.json" in _names(findings.metric_files)

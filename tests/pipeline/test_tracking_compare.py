@@ -79,7 +79,7 @@ def test_the_compare_view_has_one_row_per_data_type_with_every_metric(server, tm
     assert {"prepare_model", "quantize", "evaluate_base", "train", "evaluate", "report"} <= stages
 
     # training logged its curve step by step (the live log), and every run has a real duration
-    train = next(r for r in children if r["info"]["run_name"] == "train causal qlora_nf4_dq")
+    train = next(r for r in runs if r["info"]["run_name"] == "train causal qlora_nf4_dq-s0")  # a row trained per seed (one here)
     history = _api(base, "metrics/get-history", run_id=train["info"]["run_id"], metric_key="loss")["metrics"]
     assert sorted(h["step"] for h in history) == [1, 2, 3, 4]
     assert all(int(r["info"]["end_time"]) >= int(r["info"]["start_time"]) for r in runs)

@@ -51,7 +51,8 @@ def tiny_params(causal: Path, encoder: Path):
         data = OmegaConf.to_container(compose(config_name="config", overrides=["lora=small"]), resolve=True)
     data["models"] = {"causal": {"name": "tiny-llama", "source": "PRETRAINED", "kind": "CAUSAL_LM", "path": str(causal)},
                       "encoder": {"name": "tiny-bert", "source": "PRETRAINED", "kind": "SEQ_CLS", "path": str(encoder)}}  # fmt: skip
-    data["ablation"] = {"base_models": ["causal"], "base_quants": list(DTYPES), "encoder_seeds": [0],
+    data["ablation"] = {"base_models": ["causal"], "base_quants": list(DTYPES), "encoder_seeds": [0], "causal_seeds": [0],
+                        "untuned_quants": ["bf16"],
                         "causal": {"lora_bf16": {"method": "LORA", "quant": "bf16"}, "qlora_fp4": {"method": "QLORA", "quant": "fp4"},
                                    "qlora_nf4_dq": {"method": "QLORA", "quant": "nf4_dq"}},
                         "encoder": {"lora_bf16": {"method": "LORA", "quant": "bf16"}, "qlora_fp4": {"method": "QLORA", "quant": "fp4"},
@@ -70,7 +71,9 @@ def write_tiny_data(params, data_dir: Path) -> None:
 
     from qlora.config import DataConfig
     from qlora.data.mmlu import load_mmlu
-    from qlora.data.prepared import CLS_LABELS, CLS_TEST, CLS_TRAIN, INSTRUCT_HELDOUT, INSTRUCT_TEST, INSTRUCT_TRAIN, PERPLEXITY_TEXT
+    from qlora.data.prepared import (CLS_LABELS, CLS_TEST, CLS_TRAIN, INSTRUCT_HELDOUT, INSTRUCT_HELDOUT_TASKS, INSTRUCT_TEST,
+                                     INSTRUCT_TRAIN, INSTRUCT_VAL, INSTRUCT_VAL_TASKS, PERPLEXITY_TEXT)  # fmt: skip
+    from qlora.data.tokenization import response_tail_tokens
     from qlora.data.tokenization import TokenizedDataset, encode_instruction, tokenize_classification
     from qlora.data.user import load_user_data, tokenize_user_data
     from qlora.pipeline import paths
@@ -82,8 +85,11 @@ def write_tiny_data(params, data_dir: Path) -> None:
     tokenize_user_data(causal, user, max_length=params.data.max_length).dataset.save(data_dir / INSTRUCT_TRAIN)
     test = [{"subtask": "fixture", "prompt": c.prompt, "references": [c.reference]} for c in user.conversations[:4]]
     (data_dir / INSTRUCT_TEST).write_text(json.dumps({"held_out_subtasks": ["fixture"], "examples": test}))
-    TokenizedDataset.from_examples([encode_instruction(causal, c.prompt, c.reference) for c in user.conversations[:4]]).save(
-        data_dir / INSTRUCT_HELDOUT)
+    for tokens, sidecar, convs in ((INSTRUCT_HELDOUT, INSTRUCT_HELDOUT_TASKS, user.conversations[:4]),
+                                   (INSTRUCT_VAL, INSTRUCT_VAL_TASKS, user.conversations[4:8])):  # fmt: skip
+        TokenizedDataset.from_examples([encode_instruction(causal, c.prompt, c.reference) for c in convs]).save(data_dir / tokens)
+        (data_dir / sidecar).write_text(json.dumps({"tasks": ["fixture"] * len(convs),
+                                                    "template_tail": [response_tail_tokens(causal, c.prompt, c.reference) for c in convs]}))
     colours = ("red", "green", "blue")
 
     class Example:

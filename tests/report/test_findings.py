@@ -85,10 +85,11 @@ def test_claim_details(verdicts):
     b = by[(Claim.B, "holds")].parts[0].comparison
     assert 0.995 <= b.ci_low and b.ci_high <= 1.005 and b.mde < 1.005
     c = by[(Claim.C, "holds")]
-    assert [p.label for p in c.parts] == ["rougeL: QLoRA NF4 + DQ vs LoRA BF16", "heldout_nll: QLoRA NF4 + DQ vs LoRA BF16"]
+    assert [p.label for p in c.parts] == [f"{t}: QLoRA NF4 + DQ vs LoRA BF16 (tuned rows; no untuned base of each)" for t in ("rougeL", "heldout_nll")]
+    assert all(p.needed.startswith("80% power at this margin needs ~") for p in c.parts)
     assert by[(Claim.TUNING, "holds")].verdict is Verdict.HOLDS
     assert by[(Claim.E, "holds")].verdict is Verdict.HOLDS and by[(Claim.E, "fails")].verdict is Verdict.DOES_NOT_HOLD
-    assert "4.12695 stored bits/param" in by[(Claim.E, "holds")].parts[0].detail
+    assert "4.12695 bits/param counted from the bytes" in by[(Claim.E, "holds")].parts[0].detail
     assert (Claim.E, "unclear") not in by  # no training records
 
 
@@ -148,3 +149,97 @@ def test_rows_trained_per_seed_must_also_decide_over_seeds(per_seed, expected):
     assert part.comparison.ci_high < 0  # the item-level interval alone would say "holds"
     assert part.verdict is expected
     assert "per-seed mean over 3 seeds" in part.label
+
+
+# --- fine-tuning gains over each row's own untuned base (differences in differences) ----------------------
+
+def _gains(model, qlora_share, fp4_share, n=240, tasks=8):
+    """Held-out NLL (content fields) of each untuned base and each tuned row; LoRA BF16 gains 0.5 nats/token
+    over its base, QLoRA NF4+DQ `qlora_share` of that over its own (worse) base, FP4 `fp4_share`."""
+    from qlora.eval.items import ItemResults, TokenNLL
+
+    tokens = [10 + i % 7 for i in range(n)]
+    noise = lambda seed: fx.normal(n, 0, 0.05, seed=seed)  # noqa: E731
+    base = {"bf16": fx.normal(n, 2.0, 0.3, seed=40)}
+    base["nf4_dq"], base["fp4"] = base["bf16"] + 0.25, base["bf16"] + 0.35  # quantization costs before training
+    tuned = {"bf16": base["bf16"] - 0.5 + noise(41), "nf4_dq": base["nf4_dq"] - 0.5 * qlora_share + noise(42),
+             "fp4": base["fp4"] - 0.5 * fp4_share + noise(43)}  # fmt: skip
+
+    def items(rates):
+        return ItemResults("heldout_nll", tuple(TokenNLL(f"task{i % tasks}/x{i:05d}", t + 2, float(r) * t + 1.0, t, float(r) * t)
+                                                 for i, (r, t) in enumerate(zip(rates, tokens))))  # fmt: skip
+
+    out = [ev("heldout_nll", q, Method.NONE, items(rates), model) for q, rates in base.items()]
+    out += [ev("heldout_nll", "bf16", Method.LORA, items(tuned["bf16"]), model),
+            ev("heldout_nll", "nf4_dq", Method.QLORA, items(tuned["nf4_dq"]), model),
+            ev("heldout_nll", "fp4", Method.QLORA, items(tuned["fp4"]), model)]
+    return [_content(e) for e in out]
+
+
+def _content(e):
+    import dataclasses
+
+    from qlora.eval.result import Metric
+
+    return dataclasses.replace(e, record=dataclasses.replace(e.record, score=dataclasses.replace(e.record.score, metric=Metric.CONTENT_NLL)))
+
+
+@pytest.mark.parametrize("share, fp4_share, c_verdict, d_verdict", [
+    (1.0, 0.6, Verdict.HOLDS, Verdict.HOLDS),          # NF4+DQ keeps all of LoRA's gain, FP4 trails
+    (0.5, 0.9, Verdict.DOES_NOT_HOLD, Verdict.DOES_NOT_HOLD),
+])  # fmt: skip
+def test_claims_c_and_d_compare_gains_over_own_bases(share, fp4_share, c_verdict, d_verdict):
+    found = {f.claim: f for f in assess(_gains("m", share, fp4_share), [])}
+    c, d = found[Claim.C], found[Claim.D]
+    assert c.verdict is c_verdict and d.verdict is d_verdict
+    nll = c.parts[0]
+    assert nll.comparison.estimate == pytest.approx(share, abs=0.03) and "share of LoRA BF16's gain" in nll.label
+    assert nll.comparison.clusters == 8 and "cluster bootstrap over 8 tasks" in nll.comparison.method
+    assert nll.needed.endswith("tasks (used 8)") and not c.parts[1].counts  # with template tokens: shown, not deciding
+    # (0): every tuned row beats its own untuned base
+    tuning = found[Claim.TUNING]
+    assert [p.label for p in tuning.parts] == ["LoRA BF16 vs untuned BF16", "QLoRA NF4 + DQ vs untuned NF4 + DQ",
+                                                "QLoRA FP4 (E2M1, bnb grid) vs untuned FP4 (E2M1, bnb grid)"]
+    assert tuning.verdict is Verdict.HOLDS
+    text = findings(_gains("m", share, fp4_share), [], profile="t")
+    assert "recovers " in text and "resampled whole" in text
+
+
+def test_holm_leaves_a_marginal_part_inconclusive():
+    from qlora.report.findings import Part, Test, holm
+    from qlora.report.paired import Effect, PairedComparison
+    from qlora.eval.result import Metric, Task
+
+    def part(est, half):  # superiority parts with the given interval
+        c = PairedComparison(Task.HELDOUT_NLL, Metric.NLL, Effect.DIFFERENCE, est, est - half, est + half, 100, 0.1, None, None, 0.95, "x")
+        return Part(f"p{est}", Verdict.HOLDS if est - half > 0 else Verdict.INCONCLUSIVE, c, test=Test.SUPERIORITY)
+
+    strong, marginal = part(1.0, 0.2), part(0.21, 0.2)  # z = 9.8 and 2.06: p ~ 1e-22 and 0.04
+    assert 0.03 < marginal.p_value < 0.05
+    out = holm([strong, marginal, part(0.21, 0.2)])  # three decided parts: the 0.04s need p <= 0.025, 0.05
+    assert out[0].verdict is Verdict.HOLDS and out[1].verdict is Verdict.INCONCLUSIVE and "not after Holm over 3 parts" in out[1].label
+    assert holm([strong, marginal])[1].verdict is Verdict.HOLDS  # two parts: 0.04 <= 0.05 / 1 after the first
+
+
+def test_failed_runs_are_reported_and_left_out():
+    import dataclasses
+
+    from qlora.report.failures import split_failed
+
+    from qlora.eval.items import ItemResults, LabelItem
+
+    gold = [0] * 60 + [1] * 40
+
+    def run(preds, seed):
+        items = ItemResults("classification", tuple(LabelItem(f"e{i:05d}", g, p) for i, (g, p) in enumerate(zip(gold, preds))))
+        e = ev("classification", "nf4_dq", Method.QLORA, items, "enc")
+        return dataclasses.replace(e, record=dataclasses.replace(e.record, seed=seed))
+
+    collapsed = run([0] * 100, 1)  # always the majority class: 60% = the baseline
+    learned = run([0] * 55 + [1] * 5 + [1] * 30 + [0] * 10, 2)  # 85%
+    assert collapsed.record.value == pytest.approx(0.6) and learned.record.value == pytest.approx(0.85)
+    kept, failed = split_failed([collapsed, learned])
+    assert kept == [learned] and len(failed) == 1 and failed[0].seed == 1 and failed[0].majority == pytest.approx(0.6)
+    assert "does not beat the majority class" in failed[0].describe()
+    text = findings([], [], profile="t", failed=failed)
+    assert "## Failed training runs" in text and "seed 1" in text

@@ -1,6 +1,7 @@
 """Paired statistics pinned to textbook values, on fixtures: a clear difference, an identical pair,
 a too-small sample."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -159,3 +160,44 @@ def test_ratio_margins_and_direction():
     assert _comparison(0.90, 0.95, Effect.RATIO, Metric.PERPLEXITY).direction is Direction.BETTER
     with pytest.raises(ValueError, match="margin must be > 0"):
         equivalence(c, 0.0)
+
+
+def test_clustered_heldout_nll_resamples_whole_tasks():
+    """Items of one task move together: the interval over 4 tasks is wider than the item-level one, and the
+    estimate (token-weighted) is the same; content NLL pairs the content fields."""
+    from qlora.eval.items import ItemResults, TokenNLL
+    from qlora.eval.result import Metric, Task
+    from qlora.report.paired import compare
+
+    rng = np.random.default_rng(0)
+    shift = {"a": -0.6, "b": -0.1, "c": 0.2, "d": -0.3}  # a task-level effect: what item-level resampling hides
+    rows, refs, flat_rows, flat_refs = [], [], [], []
+    for task, s in shift.items():
+        for i in range(25):
+            base = float(rng.normal(2.0, 0.2)) * 10
+            row = base + (s + float(rng.normal(0, 0.05))) * 10
+            rows.append(TokenNLL(f"{task}/x{i:05d}", 10, row, 8, row * 0.8))
+            refs.append(TokenNLL(f"{task}/x{i:05d}", 10, base, 8, base * 0.8))
+            flat_rows.append(TokenNLL(f"x{task}{i:05d}", 10, row))
+            flat_refs.append(TokenNLL(f"x{task}{i:05d}", 10, base))
+    clustered = compare(ItemResults(Task.HELDOUT_NLL, rows), ItemResults(Task.HELDOUT_NLL, refs))
+    flat = compare(ItemResults(Task.HELDOUT_NLL, flat_rows), ItemResults(Task.HELDOUT_NLL, flat_refs))
+    assert clustered.estimate == pytest.approx(flat.estimate) and clustered.n == 100
+    assert (clustered.ci_high - clustered.ci_low) > 3 * (flat.ci_high - flat.ci_low)
+    assert "cluster bootstrap over 4 tasks" in clustered.method and "cluster" not in flat.method
+    content = compare(ItemResults(Task.HELDOUT_NLL, rows), ItemResults(Task.HELDOUT_NLL, refs), metric=Metric.CONTENT_NLL)
+    assert content.estimate == pytest.approx(clustered.estimate)  # content sums are 0.8 of the sums over 8 of 10 tokens
+    with pytest.raises(ValueError, match="content_nll needs"):
+        compare(ItemResults(Task.HELDOUT_NLL, flat_rows), ItemResults(Task.HELDOUT_NLL, flat_refs), metric=Metric.CONTENT_NLL)
+
+
+def test_marks_and_verdicts_need_the_interval_and_the_test_to_agree():
+    """Newcombe's interval can exclude 0 while the exact McNemar test is not significant (e.g. 5 vs 0
+    discordant pairs: p = 0.0625): then the difference is not marked and no verdict rests on it."""
+    from qlora.eval.result import Metric, Task
+    from qlora.report.paired import Direction, Effect, PairedComparison
+
+    c = PairedComparison(Task.MMLU_ZERO_SHOT, Metric.ACCURACY, Effect.DIFFERENCE, 0.125, 0.01, 0.26, 40, 0.1, 0.0625, (5, 0), 0.95, "x")
+    assert not c.covers_null and not c.significant and c.direction is Direction.NO_DIFFERENCE
+    d = dataclasses.replace(c, p_value=0.01)
+    assert d.significant and d.direction is Direction.BETTER

@@ -56,3 +56,23 @@ def test_memory_groups_by_model_and_says_what_it_shows(figures):
     assert [ax.get_title() for ax in fig.axes] == ["bert", "llama"]
     assert [t.get_text() for t in fig.axes[1].get_xticklabels()] == ["qlora\nNF4 + DQ", "lora\nBF16"]
     assert fig._suptitle.get_text().startswith("Stored weights and adapters by data type, per model")
+
+
+def test_validation_gaps_per_seed(tmp_path):
+    from qlora.config import Method
+    from qlora.report.plots import gap_vs_step, validation_gaps, validation_gaps_csv
+    from qlora.report.records import TrainRecord
+
+    def rec(method, quant, seed, nll):
+        return TrainRecord("m", quant, method, 4.0, 1.0, 1.0, 1.0, "cpu_peak_rss", 6, 1.0, (1.0,) * 6, seed=seed,
+                           val_steps=(2, 4, 6), val_nll=nll, chosen_step=2)  # fmt: skip
+
+    trains = [rec(Method.LORA, "bf16", 0, (2.0, 1.8, 1.7)), rec(Method.QLORA, "nf4_dq", 0, (2.2, 1.9, 1.75)),
+              rec(Method.QLORA, "fp4", 0, (2.1, 1.95, 1.9)), rec(Method.LORA, "bf16", 1, (2.0, 1.8, 1.7))]  # no NF4+DQ seed 1
+    rows = validation_gaps(trains)
+    c = [(s, round(g, 6)) for pair, _, seed, s, g in rows if pair.startswith("(c)")]
+    d = [(s, round(g, 6)) for pair, _, seed, s, g in rows if pair.startswith("(d)")]
+    assert c == [(2, 0.2), (4, 0.1), (6, 0.05)] and d == [(2, 0.1), (4, -0.05), (6, -0.15)]
+    assert validation_gaps_csv(trains).splitlines()[1] == "(c) QLoRA NF4 + DQ - LoRA BF16,m,0,2,0.20000000000000018"
+    assert gap_vs_step(trains, tmp_path / "g.png").stat().st_size > 1000
+    assert gap_vs_step([], tmp_path / "empty.png").exists()  # no validation: a figure saying so

@@ -1,0 +1,104 @@
+"""The learning rate of the findings profile's causal rows, chosen on validation NLL (issue 22).
+
+Trains each listed row (seed 0) at each learning rate for the profile's batch and a few steps, validating
+every `--every` steps on the validation examples (whole task families held out apart from the test's, never
+the test items), and reports each run's best validation NLL (template tokens left out). The paper used one
+lr for every row; this says whether the rows agree on the best one, and which to set in
+conf/train/findings_cpu.yaml (`train.lr`).
+
+Run from a pipeline folder whose `prepare_data` and `quantize` stages have run (e.g. findings/):
+
+    cd findings && python ../benchmarks/lr_sweep.py --lrs 1e-4,2e-4,5e-4,1e-3 --steps 24 --every 8 \\
+        --out ../reports/lr_sweep.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from qlora.pipeline.finetune import finetune, plan_train  # noqa: E402
+from qlora.pipeline.params import load_params  # noqa: E402
+from qlora.pipeline.validation import Validation  # noqa: E402
+
+
+def _cpu() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    except OSError:
+        return platform.processor()
+    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    flags = set(fields.get("Flags", "").split())
+    keep = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return f"{fields.get('Model name', '?').strip()}, {fields.get('CPU(s)', '?').strip()} CPUs, flags {' '.join(keep) or 'none of avx2/avx512'}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", default="lora_bf16,qlora_nf4_dq", help="keys of ablation.causal")
+    ap.add_argument("--lrs", default="1e-4,2e-4,5e-4,1e-3")
+    ap.add_argument("--steps", type=int, default=24)
+    ap.add_argument("--every", type=int, default=8)
+    ap.add_argument("--val-examples", type=int, default=100)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    params = load_params(args.params)
+    lrs = [float(x) for x in args.lrs.split(",")]
+    results, started = [], time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        for row in args.rows.split(","):
+            job = plan_train(params, "causal", row).jobs[0]  # seed 0
+            val = dataclasses.replace(job.validation or Validation(Path(), Path(), 1, 1, 8), every=args.every, examples=args.val_examples)
+            if job.validation is None:
+                from qlora.data.prepared import INSTRUCT_VAL, INSTRUCT_VAL_TASKS
+                from qlora.pipeline import paths
+
+                val = dataclasses.replace(val, data=paths.data_dir() / INSTRUCT_VAL, tasks=paths.data_dir() / INSTRUCT_VAL_TASKS)
+            for lr in lrs:
+                t0 = time.time()
+                train = dataclasses.replace(job.train, lr=lr, max_steps=args.steps)
+                out = finetune(model_name=job.model_name, checkpoint=job.checkpoint, kind=job.kind, method=job.method, quant=job.quant,
+                               lora=job.lora, train_config=train, data=job.data, out_dir=Path(tmp) / f"{row}-{lr}",
+                               resume_dir=Path(tmp) / f"{row}-{lr}.resume", progress=False, validation=val)  # fmt: skip
+                r = out.record
+                results.append({"row": row, "lr": lr, "steps": list(r.val_steps), "val_nll": list(r.val_nll), "best_step": r.chosen_step,
+                                "best_val_nll": min(r.val_nll), "final_loss": r.losses[-1], "seconds": round(time.time() - t0, 1)})  # fmt: skip
+                print(json.dumps(results[-1]), flush=True)
+    best = {row: min((r for r in results if r["row"] == row), key=lambda r: r["best_val_nll"]) for row in args.rows.split(",")}
+    agree = len({b["lr"] for b in best.values()}) == 1
+    t = params.train
+    lines = [
+        "# Learning rate of the findings profile's causal rows, chosen on validation NLL",
+        "",
+        f"Command: `cd findings && python ../benchmarks/lr_sweep.py --rows {args.rows} --lrs {args.lrs} --steps {args.steps} "
+        f"--every {args.every} --val-examples {args.val_examples} --out ../{args.out.name if args.out.parent.name == 'reports' else args.out}`  ",
+        f"Machine: {_cpu()}; {time.time() - started:.0f} s in all.  ",
+        f"Training: seed 0, batch {t.micro_batch_size} x {t.grad_accum}, {t.schedule.value} schedule, warmup {t.warmup_ratio}, "
+        f"max grad norm {t.max_grad_norm}, {args.steps} steps; validation NLL per response token without the template's "
+        f"tokens, on {args.val_examples} examples of validation task families (never the test's).",
+        "",
+        "| row | lr | validation NLL at steps | best (step) | final training loss | seconds |",
+        "|---|---:|---|---|---:|---:|",
+    ]
+    for r in results:
+        curve = ", ".join(f"{s}: {v:.4f}" for s, v in zip(r["steps"], r["val_nll"]))
+        lines.append(f"| {r['row']} | {r['lr']:g} | {curve} | {r['best_val_nll']:.4f} ({r['best_step']}) | {r['final_loss']:.4f} | {r['seconds']:.0f} |")
+    lines += ["", "Best lr per row: " + ", ".join(f"{row} {b['lr']:g}" for row, b in best.items()) + ". "
+              + ("The rows agree: one lr for all rows, as the paper did." if agree else
+                 "The rows disagree: each row gets its own lr (ablation.causal.<row>.lr).")]  # fmt: skip
+    args.out.write_text("\n".join(lines) + "\n")
+    args.out.with_suffix(".json").write_text(json.dumps({"results": results, "best": best, "agree": agree}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
