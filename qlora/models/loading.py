@@ -34,7 +34,7 @@ def load_quantized_model(directory: str | Path, kind: ModelKind = ModelKind.CAUS
     Reads our folders and those transformers + bitsandbytes save for 4-bit models. The model is built
     from config.json, its other tensors loaded, and each quantized weight wrapped in a QLoRALinear;
     the layers that `lora.targets` selects get fresh adapters (the others none). Everything but the
-    adapters is frozen.
+    adapters and a classification head (trained in full, as `prepare_model` leaves it) is frozen.
 
     Raises:
         ValueError: the checkpoint does not match its config, or `lora` targets no layer (or names a
@@ -70,9 +70,12 @@ def load_quantized_model(directory: str | Path, kind: ModelKind = ModelKind.CAUS
         raise ValueError(f"{directory}: checkpoint does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
     for p in model.parameters():
         p.requires_grad = False
-    for m in model.modules():
+    for name, m in model.named_modules():
         if isinstance(m, QLoRALinear):
             for p in m.adapter_params():
+                p.requires_grad = True
+        elif name.split(".")[-1] in CLASSIFICATION_HEADS:  # trained in full, as prepare_model does (PEFT's modules_to_save)
+            for p in m.parameters():
                 p.requires_grad = True
     return model
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from qlora.checks import parse_enum
 from qlora.config import Checkpointing, LoRAConfig, ModelKind, QuantConfig, Targets
 from qlora.models.surgery import CLASSIFICATION_HEADS, _enable_checkpointing, _is_conv1d, linear_modules, select_targets
 from qlora.nn.linear import QLoRALinear
@@ -72,7 +73,8 @@ def from_pretrained(path_or_hub_id: str | Path, *, quant: QuantConfig | None = N
         adapter: a PEFT LoRA adapter folder to load (its rank, alpha and target modules set the
             adapters; `lora` must then be None). None: `path_or_hub_id/adapter` if there is one (as
             `qlora.save_pretrained` writes it beside a whole model) and `lora` is None.
-        checkpointing: gradient checkpointing of the blocks, as in `SurgeryConfig`.
+        checkpointing: gradient checkpointing of the blocks, as in `SurgeryConfig` (a `Checkpointing`, or
+            its name or value as a string, case-insensitively).
         dtype: the dtype of everything not quantized (embeddings, head, biases), as `load_base`.
         progress: a progress bar over the layers quantized while loading.
 
@@ -80,7 +82,8 @@ def from_pretrained(path_or_hub_id: str | Path, *, quant: QuantConfig | None = N
         The model in eval mode; only the adapters (and a classification head) require grad.
 
     Raises:
-        ValueError: a bad combination of arguments, or a folder whose tensors do not match its config.
+        ValueError: a bad combination of arguments, or a folder whose tensors do not match its config;
+            ConfigError (a ValueError) for a `checkpointing` that is no Checkpointing.
         FileNotFoundError: the folder or hub id is not available.
     """
     from qlora.models.loading import QUANT_FILE, read_quant_config
@@ -89,6 +92,7 @@ def from_pretrained(path_or_hub_id: str | Path, *, quant: QuantConfig | None = N
 
     if quant is not None and not isinstance(quant, QuantConfig):
         raise TypeError(f"quant must be a QuantConfig, got {type(quant).__name__}")
+    checkpointing = parse_enum("checkpointing", checkpointing, Checkpointing)  # "off" is OFF, "sometimes" a ConfigError
     if not isinstance(kind, ModelKind):
         raise TypeError(f"kind must be a ModelKind ({[k.value for k in ModelKind]}), got {kind!r}")
     if kind is ModelKind.CAUSAL_LM and num_labels is not None:

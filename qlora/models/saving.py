@@ -162,11 +162,38 @@ def save_pretrained(model: nn.Module, directory: str | Path, *, what: Save | Non
     return directory
 
 
+def _plain_save(model: nn.Module, save_directory: str | Path, **kwargs):
+    """transformers' own `save_pretrained`, then normal permissions on the files it wrote (safetensors
+    creates them owner-only, 0600); other files of the folder are left as they are."""
+    from qlora.atomic import normal_permissions
+
+    directory = Path(save_directory)
+
+    def stamps() -> dict[Path, tuple[int, int]]:
+        if not directory.is_dir():
+            return {}
+        return {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in directory.rglob("*") if p.is_file() and not p.is_symlink()}
+
+    before = stamps()
+    result = type(model).save_pretrained(model, save_directory, **kwargs)
+    for path, stamp in stamps().items():
+        if before.get(path) != stamp:
+            normal_permissions(path)
+    return result
+
+
+def attach_plain_save_pretrained(model: nn.Module) -> nn.Module:
+    """Makes `model.save_pretrained(dir, ...)` of a plain (e.g. merged) model transformers' own, with
+    output files of normal permissions."""
+    model.save_pretrained = functools.partial(_plain_save, model)
+    return model
+
+
 def _save_method(self: nn.Module, save_directory: str | Path, *, what: Save | None = None, tokenizer=None,
                  base_model: str | None = None, **kwargs) -> Path | None:  # fmt: skip
     """`model.save_pretrained(dir)` of a prepared model: `qlora.save_pretrained` (see there)."""
     if not any(isinstance(m, QLoRALinear) for m in self.modules()):  # merged back to plain layers
-        return type(self).save_pretrained(self, save_directory, **kwargs)
+        return _plain_save(self, save_directory, **kwargs)
     if kwargs:
         raise TypeError(f"save_pretrained of a prepared (quantized) model takes what=, tokenizer=, base_model=; "
                         f"not {sorted(kwargs)} (see qlora.save_pretrained)")  # fmt: skip

@@ -163,3 +163,17 @@ def test_classifier_adapter_round_trip(tmp_path):
     loaded = from_pretrained(base, kind=ModelKind.SEQ_CLS, adapter=tmp_path / "adapter")
     assert_same_model(loaded, model.eval())
     assert torch.equal(logits(loaded), logits(model))
+
+
+def test_a_reloaded_quantized_classifier_trains_its_head(tmp_path):
+    """Reloading a 4-bit classifier folder used to freeze its head: only the adapters trained."""
+    from qlora.models.loading import load_for_training
+
+    base = tiny_models.save(tiny_models.bert_base(), tmp_path / "base")
+    streamed = from_pretrained(base, quant=NF4_DQ, lora=LORA, kind=ModelKind.SEQ_CLS, num_labels=3)
+    expected = {n for n, p in streamed.named_parameters() if p.requires_grad}
+    assert {"classifier.weight", "classifier.bias"} <= expected
+    save_pretrained(from_pretrained(base, quant=NF4_DQ, kind=ModelKind.SEQ_CLS, num_labels=3), tmp_path / "q4")
+    for reloaded in (from_pretrained(tmp_path / "q4", lora=LORA, kind=ModelKind.SEQ_CLS),
+                     load_for_training(tmp_path / "q4", ModelKind.SEQ_CLS, None, LORA)):  # fmt: skip
+        assert {n for n, p in reloaded.named_parameters() if p.requires_grad} == expected
