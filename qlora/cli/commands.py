@@ -21,7 +21,8 @@ def _config(args, extra: list[str] = ()):
 
 
 def _mb(x: float) -> str:
-    return f"{x:,.1f} MB"
+    """A size in MiB (what `weight_mb` values hold: bytes / 2**20), labelled as such."""
+    return f"{x:,.1f} MiB"
 
 
 def cmd_quantize(args) -> int:

@@ -100,6 +100,14 @@ def _quantized_state(model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
     return {n: m.weight for n, m in layers.items() if m.weight.dtype.is_quantized}, others
 
 
+def stored_dtype(quant: QuantConfig) -> torch.dtype:
+    """The dtype a quantized checkpoint stores its other floating tensors in (embeddings, norms, head,
+    biases): the compute dtype, bf16 unless the config asks for fp16 or fp32 (AUTO and NATIVE compute
+    in bf16 wherever that is fast). fp32 would double their size for values the matmuls round anyway:
+    SmolLM2's fp32 embedding alone is 108 MiB of a 164 MiB "4-bit" folder."""
+    return {ComputeDtype.FP16: torch.float16, ComputeDtype.FP32: torch.float32}.get(quant.compute_dtype, torch.bfloat16)
+
+
 def _move_files(src: Path, dst: Path) -> None:
     for f in src.iterdir():
         shutil.move(str(f), dst / f.name)
@@ -107,7 +115,7 @@ def _move_files(src: Path, dst: Path) -> None:
 
 
 def save_pretrained(model: nn.Module, directory: str | Path, *, what: Save | None = None, tokenizer=None,
-                    base_model: str | None = None) -> Path:  # fmt: skip
+                    base_model: str | None = None, dtype: torch.dtype | None = None) -> Path:  # fmt: skip
     """Writes a prepared model's adapter and/or its whole 4-bit form to `directory`, atomically.
 
     Args:
@@ -117,6 +125,8 @@ def save_pretrained(model: nn.Module, directory: str | Path, *, what: Save | Non
             adapter when the model has one.
         tokenizer: saved alongside when given (anything with `save_pretrained`).
         base_model: the base's hub id or path, recorded in the adapter config for PEFT.
+        dtype: the dtype of the quantized model's other floating tensors (embeddings, norms, head,
+            biases); None: `stored_dtype` of its quantization (bf16 unless its compute dtype is fp16/fp32).
 
     Returns:
         `directory` as a Path.
@@ -137,13 +147,18 @@ def save_pretrained(model: nn.Module, directory: str | Path, *, what: Save | Non
     adapter = _adapter(model, base_model) if Save.ADAPTER in what else None
     if Save.QUANTIZED_MODEL in what and not quant.dtype.is_quantized:
         raise ValueError("a BF16 base is not a quantized model: save Save.ADAPTER, or export_merged for a 16-bit folder")
+    if dtype is not None and dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        raise TypeError(f"dtype must be torch.bfloat16, torch.float16 or torch.float32, got {dtype!r}")
+    dtype = dtype or stored_dtype(quant)
     directory = Path(directory)
     with atomic_dir(directory) as tmp:
         if Save.QUANTIZED_MODEL in what:
             quantized, others = _quantized_state(model)
+            others = {k: v.to(dtype) if v.is_floating_point() else v for k, v in others.items()}
             cd = torch.bfloat16 if quant.compute_dtype is ComputeDtype.AUTO else quant.compute_dtype.resolve("cpu")
             config = model.config.to_dict()
             config["architectures"] = [type(model).__name__]
+            config["dtype"] = str(dtype).removeprefix("torch.")  # what transformers loads the other tensors as
             _move_files(save_quantized_checkpoint(tmp / "model", config, quantized, others, compute_dtype=cd), tmp)
             if getattr(model, "generation_config", None) is not None and model.can_generate():
                 model.generation_config.save_pretrained(tmp)
@@ -190,14 +205,14 @@ def attach_plain_save_pretrained(model: nn.Module) -> nn.Module:
 
 
 def _save_method(self: nn.Module, save_directory: str | Path, *, what: Save | None = None, tokenizer=None,
-                 base_model: str | None = None, **kwargs) -> Path | None:  # fmt: skip
+                 base_model: str | None = None, dtype: torch.dtype | None = None, **kwargs) -> Path | None:  # fmt: skip
     """`model.save_pretrained(dir)` of a prepared model: `qlora.save_pretrained` (see there)."""
     if not any(isinstance(m, QLoRALinear) for m in self.modules()):  # merged back to plain layers
         return _plain_save(self, save_directory, **kwargs)
     if kwargs:
-        raise TypeError(f"save_pretrained of a prepared (quantized) model takes what=, tokenizer=, base_model=; "
+        raise TypeError(f"save_pretrained of a prepared (quantized) model takes what=, tokenizer=, base_model=, dtype=; "
                         f"not {sorted(kwargs)} (see qlora.save_pretrained)")  # fmt: skip
-    return save_pretrained(self, save_directory, what=what, tokenizer=tokenizer, base_model=base_model)
+    return save_pretrained(self, save_directory, what=what, tokenizer=tokenizer, base_model=base_model, dtype=dtype)
 
 
 def attach_save_pretrained(model: nn.Module) -> nn.Module:

@@ -84,7 +84,8 @@ class UserFinetuneJob:
             tokens.dataset.save(token_file)  # (safetensors' header order varies between processes)
         job = TrainJob(CAUSAL, "cli", self.model.name, ModelKind.CAUSAL_LM, main_method(self.quant), self.quant, self.lora, self.train,
                        checkpoint=folder, data=token_file, out_dir=self.out_dir, resume_root=self.work_dir / "resume",
-                       metrics_path=self.out_dir / RECORD_FILE, loss_path=self.out_dir / LOSS_FILE, log_row=False)  # fmt: skip
+                       metrics_path=self.out_dir / RECORD_FILE, loss_path=self.out_dir / LOSS_FILE, log_row=False,
+                       seed=self.train.seed)  # fmt: skip
         out = job.run(tracking, progress=progress)
         base = model_reference(self.model, folder)
         config_path = self.out_dir / "adapter_config.json"
