@@ -81,7 +81,10 @@ def load_quantized_model(directory: str | Path, kind: ModelKind = ModelKind.CAUS
 
 
 def adapter_weights(model: nn.Module, lora: LoRAConfig, task: TaskType, base_model: str | None = None) -> AdapterWeights:
-    """The trained adapters (and a classification head) of a prepared model, for `save_peft_adapter`."""
+    """The trained adapters (and a classification head) of a prepared model, for `save_peft_adapter`;
+    `target_modules` as PEFT writes them (name suffixes, `suffix_targets`)."""
+    from qlora.models.peft_format import suffix_targets
+
     layers = {n: m for n, m in model.named_modules() if isinstance(m, QLoRALinear) and m.lora_a is not None}
     extra, heads = {}, []
     if task is TaskType.SEQ_CLS:
@@ -93,6 +96,7 @@ def adapter_weights(model: nn.Module, lora: LoRAConfig, task: TaskType, base_mod
         lora={n: (m.lora_a.detach(), m.lora_b.detach()) for n, m in layers.items()},
         rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout, task_type=task, extra=extra,
         modules_to_save=tuple(heads), base_model=base_model,
+        target_modules=suffix_targets(list(layers), [n for n, _ in model.named_modules()]),
     )  # fmt: skip
 
 
@@ -257,7 +261,8 @@ def load_for_inference(checkpoint_dir: str | Path, kind: ModelKind, adapter_dir:
     (rank, alpha and target modules from adapter_config.json; the number of classes from its head).
 
     Raises:
-        ValueError: the adapter does not fit the checkpoint (names the module or tensor).
+        ValueError: the adapter does not fit the checkpoint: one line naming both bases, before loading
+            (an adapter of the same shapes but trained on other weights loads with a UserWarning).
     """
     from qlora.models.peft_format import load_peft_adapter
 
@@ -266,7 +271,16 @@ def load_for_inference(checkpoint_dir: str | Path, kind: ModelKind, adapter_dir:
     num_labels = adapter_num_labels(adapter) if adapter is not None else None
     if kind is ModelKind.SEQ_CLS and num_labels is None:
         raise ValueError(f"{adapter_dir}: a sequence-classification adapter needs its classification head (none found)")
+    if adapter is not None:  # a wrong base is refused from its config, before any weight is read or quantized
+        from qlora.models.base_record import check_adapter_fits
+        from qlora.models.pretrained import meta_skeleton
+
+        config = _read_json(Path(checkpoint_dir) / "config.json")
+        check_adapter_fits(adapter_dir, adapter.lora, checkpoint_dir, config, meta_skeleton(config, kind, num_labels))
     model = load_for_training(checkpoint_dir, kind, quant, lora, num_labels=num_labels)
     if adapter is not None:
+        from qlora.models.base_record import warn_if_other_base
+
         load_adapter_into(model, adapter)
+        warn_if_other_base(adapter_dir, model, checkpoint_dir)
     return model.eval()

@@ -4,7 +4,8 @@ transformers' own `save_pretrained` cannot save a prepared model: the quantized 
 (packed codes, absmax, shared codebooks) are not a layout any loader reads, and the codebooks shared
 between layers make it fail ("shared tensors"). What users of transformers and PEFT expect instead:
 - `Save.ADAPTER`: the adapters in PEFT's format (`adapter_config.json` + `adapter_model.safetensors`,
-  `qlora.models.peft_format`) and the quantization they were trained on (`qlora_quant.json`),
+  `qlora.models.peft_format`), the quantization they were trained on (`qlora_quant.json`) and the base
+  (`qlora_base.json`: name, dimensions, a fingerprint of its weights; `qlora.models.base_record`),
   so `qlora.from_pretrained(base, adapter=dir)` rebuilds the same model, and
   `peft.PeftModel.from_pretrained` loads the adapter onto a transformers base;
 - `Save.QUANTIZED_MODEL`: the whole 4-bit model in the transformers + bitsandbytes layout
@@ -124,7 +125,8 @@ def save_pretrained(model: nn.Module, directory: str | Path, *, what: Save | Non
         what: `Save.ADAPTER`, `Save.QUANTIZED_MODEL` or both; None: the quantized model, plus the
             adapter when the model has one.
         tokenizer: saved alongside when given (anything with `save_pretrained`).
-        base_model: the base's hub id or path, recorded in the adapter config for PEFT.
+        base_model: the base as it can be named again (a conf/model option, hub id or path), recorded
+            in the adapter config for PEFT and in `qlora_base.json`.
         dtype: the dtype of the quantized model's other floating tensors (embeddings, norms, head,
             biases); None: `stored_dtype` of its quantization (bf16 unless its compute dtype is fp16/fp32).
 
@@ -135,6 +137,7 @@ def save_pretrained(model: nn.Module, directory: str | Path, *, what: Save | Non
         ValueError: not a prepared model; Save.ADAPTER on a model without adapters; a BF16 base
             (16-bit LoRA) asked to be saved as a quantized model.
     """
+    from qlora.models.base_record import base_record, write_base_record
     from qlora.models.bnb_checkpoint import save_quantized_checkpoint
     from qlora.models.loading import QUANT_FILE, quant_config_json
     from qlora.models.peft_format import save_peft_adapter
@@ -172,6 +175,7 @@ def save_pretrained(model: nn.Module, directory: str | Path, *, what: Save | Non
             adapter_dir.mkdir(exist_ok=True)
             _move_files(tmp / "_adapter", adapter_dir)
             (adapter_dir / QUANT_FILE).write_text(record)
+            write_base_record(adapter_dir, base_record(model, base_model))  # checked when it loads onto a base
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
     return directory

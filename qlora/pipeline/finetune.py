@@ -63,6 +63,7 @@ def finetune(
     progress: bool = True,
     on_step=None,
     seed: int | None = None,
+    base_reference: str | None = None,
 ) -> FinetuneResult:
     """Trains and writes `out_dir` atomically (a PEFT adapter folder, or for FULL a transformers folder).
 
@@ -72,9 +73,12 @@ def finetune(
         resume_dir: where resumable training checkpoints live (a killed run resumes from here).
         on_step: called with each step's `StepMetrics` (live logging).
         seed: recorded in the TrainRecord of a row trained once per seed (the training seed is `train_config.seed`).
+        base_reference: how the adapter names its base (PEFT's `base_model_name_or_path` and `qlora_base.json`:
+            a conf/model option, hub id or the path the user gave); None: `model_name`.
     """
     from qlora.atomic import atomic_dir, write_json
     from qlora.data.tokenization import TokenizedDataset
+    from qlora.models.base_record import base_record, write_base_record
     from qlora.models.loading import QUANT_FILE, adapter_weights, load_base, load_for_training, quant_config_json
     from qlora.models.peft_format import TaskType, save_peft_adapter
     from qlora.models.surgery import model_report
@@ -118,8 +122,10 @@ def finetune(
                 else:
                     task = TaskType.SEQ_CLS if kind is ModelKind.SEQ_CLS else TaskType.CAUSAL_LM
                     shutil.rmtree(tmp)
-                    save_peft_adapter(tmp, adapter_weights(model, lora, task, base_model=model_name))
+                    base = base_reference or model_name
+                    save_peft_adapter(tmp, adapter_weights(model, lora, task, base_model=base))
                     write_json(tmp / QUANT_FILE, quant_config_json(quant))
+                    write_base_record(tmp, base_record(model, base))  # checked when the adapter loads onto a base
         trainable = [p for p in model.parameters() if p.requires_grad]
         adapter_mb = sum(p.numel() * p.element_size() for p in trainable) / 2**20
     last = result.history[-1].memory if result.history else None
@@ -181,6 +187,7 @@ class TrainJob:
     labels_path: Path | None = None  # classification labels (encoder rows)
     seed: int | None = None  # recorded for rows trained once per seed
     log_row: bool = True  # copy the headline numbers onto the row's parent run (False: the caller aggregates seeds)
+    base_reference: str | None = None  # how the adapter names its base (None: model_name)
 
     def resume_key(self) -> str:
         """Settings + the bytes of the base checkpoint and the data: a killed run resumes only into itself.
@@ -229,7 +236,8 @@ class TrainJob:
         if world is not None and not world.is_main:  # rank 0 writes and logs
             return finetune(model_name=self.model_name, checkpoint=self.checkpoint, kind=self.kind, method=self.method,
                             quant=self.quant, lora=self.lora, train_config=self.train, data=self.data, out_dir=self.out_dir,
-                            resume_dir=resume, num_labels=num_labels, progress=progress, seed=self.seed)  # fmt: skip
+                            resume_dir=resume, num_labels=num_labels, progress=progress, seed=self.seed,
+                            base_reference=self.base_reference)  # fmt: skip
         row = stage_row(self.role, self.row, self.method, self.quant, self.model_name) if self.log_row else None
         with tracking.start(f"train {self.role} {self.row}", row=row, config=self,
                             params={"model": self.model_name, "method": self.method.value, **quant_params(self.quant),
@@ -238,7 +246,8 @@ class TrainJob:
             # the finished run's checkpoint is kept: asked for more steps, the row continues from it
             out = finetune(model_name=self.model_name, checkpoint=self.checkpoint, kind=self.kind, method=self.method, quant=self.quant,
                            lora=self.lora, train_config=self.train, data=self.data, out_dir=self.out_dir,
-                           resume_dir=resume, num_labels=num_labels, progress=progress, seed=self.seed, on_step=live.on_step)  # fmt: skip
+                           resume_dir=resume, num_labels=num_labels, progress=progress, seed=self.seed, on_step=live.on_step,
+                           base_reference=self.base_reference)  # fmt: skip
             record = out.record
             if self.metrics_path is not None:
                 write_json(self.metrics_path, dump_records([record]))
@@ -316,6 +325,7 @@ def plan_train(params: PipelineConfig, role: str, run: str) -> TrainJob | SeedsJ
     """
     from qlora.checks import ConfigError
     from qlora.data.prepared import CLS_LABELS, CLS_TRAIN, INSTRUCT_TRAIN
+    from qlora.pipeline.user_model import model_reference
 
     if role not in (CAUSAL, ENCODER):
         raise ConfigError("role", role, f"{CAUSAL} or {ENCODER}")
@@ -335,12 +345,13 @@ def plan_train(params: PipelineConfig, role: str, run: str) -> TrainJob | SeedsJ
     if role == CAUSAL:
         return TrainJob(role, run, model.name, model.kind, spec.method, quant, lora, base, checkpoint, paths.data_dir() / INSTRUCT_TRAIN,
                         out_dir=paths.adapter_dir(role, run), resume_root=paths.resume_root(role, run),
-                        metrics_path=paths.train_metrics(role, run), loss_path=paths.loss_curve(role, run))  # fmt: skip
+                        metrics_path=paths.train_metrics(role, run), loss_path=paths.loss_curve(role, run),
+                        base_reference=model_reference(model))  # fmt: skip
     jobs = tuple(
         TrainJob(role, f"{run}-s{seed}", model.name, model.kind, spec.method, quant, lora, dataclasses.replace(base, seed=seed),
                  checkpoint, paths.data_dir() / CLS_TRAIN, out_dir=paths.seed_dir(paths.adapter_dir(role, run), seed),
                  resume_root=paths.seed_dir(paths.resume_root(role, run), seed), metrics_path=None, loss_path=None,
-                 labels_path=paths.data_dir() / CLS_LABELS, seed=seed, log_row=False)
+                 labels_path=paths.data_dir() / CLS_LABELS, seed=seed, log_row=False, base_reference=model_reference(model))
         for seed in params.ablation.encoder_seeds
     )  # fmt: skip
     return SeedsJob(jobs, paths.train_metrics(role, run), paths.loss_curve(role, run))

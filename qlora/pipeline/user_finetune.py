@@ -61,11 +61,9 @@ class UserFinetuneJob:
         """
         from transformers import AutoTokenizer
 
-        from qlora.atomic import write_json
         from qlora.data.user import load_user_data, tokenize_user_data
         from qlora.pipeline.finetune import TrainJob
         from qlora.pipeline.user_model import model_folder, model_reference
-        from qlora.readers import read_json
 
         if self.model.kind is not ModelKind.CAUSAL_LM:
             from qlora.checks import ConfigError
@@ -82,15 +80,12 @@ class UserFinetuneJob:
         token_file = self.work_dir / "train.safetensors"
         if not _same_tokens(token_file, tokens.dataset):  # kept on a re-run: its bytes key the resumable state
             tokens.dataset.save(token_file)  # (safetensors' header order varies between processes)
+        base = model_reference(self.model)  # what the adapter names as its base (PEFT's base_model_name_or_path)
         job = TrainJob(CAUSAL, "cli", self.model.name, ModelKind.CAUSAL_LM, main_method(self.quant), self.quant, self.lora, self.train,
                        checkpoint=folder, data=token_file, out_dir=self.out_dir, resume_root=self.work_dir / "resume",
                        metrics_path=self.out_dir / RECORD_FILE, loss_path=self.out_dir / LOSS_FILE, log_row=False,
-                       seed=self.train.seed)  # fmt: skip
+                       seed=self.train.seed, base_reference=base)  # fmt: skip
         out = job.run(tracking, progress=progress)
-        base = model_reference(self.model, folder)
-        config_path = self.out_dir / "adapter_config.json"
-        config = read_json(config_path, "adapter config")
-        write_json(config_path, {**config, "base_model_name_or_path": base})  # what PEFT loads the base from
         shutil.rmtree(self.work_dir, ignore_errors=True)
         result = out.result
         return UserFinetuneResult(self.out_dir, base, tokens.records, tokens.used, tokens.too_long, result.steps, result.resumed_from,

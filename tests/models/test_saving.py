@@ -40,7 +40,7 @@ def test_adapter_round_trip_rebuilds_the_model(base, tmp_path):
     quant = QuantConfig(DataType.FP4, False, 128, ComputeDtype.FP32)  # not the default: the folder must say it
     model = trained(base, quant)
     out = save_pretrained(model, tmp_path / "adapter", what=Save.ADAPTER, base_model=str(base))
-    assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors", "qlora_quant.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors", "qlora_base.json", "qlora_quant.json"]
     assert json.loads((out / "qlora_quant.json").read_text()) == {"block_size": 128, "compute_dtype": "fp32", "double_quant": False, "dtype": "fp4"}
     loaded = from_pretrained(base, adapter=out)
     assert_same_model(loaded, model)
@@ -69,7 +69,8 @@ def test_both_in_one_folder_and_model_save_pretrained(base, tmp_path):
     model.save_pretrained(tmp_path / "both")  # transformers' habit; default: 4-bit model + adapter
     names = {p.name for p in (tmp_path / "both").iterdir()}
     assert {"config.json", "model.safetensors", "qlora_quant.json", "adapter"} <= names and "adapter_config.json" not in names
-    assert {p.name for p in (tmp_path / "both" / "adapter").iterdir()} == {"adapter_config.json", "adapter_model.safetensors", "qlora_quant.json"}
+    assert {p.name for p in (tmp_path / "both" / "adapter").iterdir()} == {"adapter_config.json", "adapter_model.safetensors", "qlora_base.json",
+                                                                          "qlora_quant.json"}  # fmt: skip
     loaded = from_pretrained(tmp_path / "both")
     assert_same_model(loaded, model)
     assert torch.equal(logits(loaded), logits(model))
