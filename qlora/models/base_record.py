@@ -26,6 +26,7 @@ import dataclasses
 import hashlib
 import json
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -136,7 +137,7 @@ def _layer_shape(module: nn.Module) -> tuple[int, int] | None:
 
 
 def check_adapter_fits(adapter_dir: str | Path, lora: dict[str, tuple[torch.Tensor, torch.Tensor]], base: str | Path, config: dict,
-                       skeleton: nn.Module) -> None:  # fmt: skip
+                       skeleton: Callable[[], nn.Module]) -> None:  # fmt: skip
     """Refuses, in one line naming both bases, an adapter whose layers the base does not have or whose
     shapes differ — from the base's config alone, before any weight is read or quantized.
 
@@ -145,7 +146,9 @@ def check_adapter_fits(adapter_dir: str | Path, lora: dict[str, tuple[torch.Tens
         lora: the adapter's module name -> (A (r, in), B (out, r)).
         base: the base as the caller named it (for the message).
         config: the base's config.json.
-        skeleton: the base model built from `config` (parameters on the meta device are fine).
+        skeleton: builds the base model from `config` (parameters on the meta device are fine); called
+            only when the recorded dimensions agree or there is no record (building it first imports
+            the model's transformers code: seconds in a fresh process).
 
     Raises:
         ValueError: the adapter does not fit the base.
@@ -156,7 +159,7 @@ def check_adapter_fits(adapter_dir: str | Path, lora: dict[str, tuple[torch.Tens
     trained_on = f"was trained on {record.describe()}" if record is not None else "does not fit it"
     if record is not None and (record.hidden_size, record.num_layers) != (hidden, layers) and None not in (record.hidden_size, hidden):
         raise ValueError(f"{adapter_dir}: the adapter {trained_on}, not on {base_text}: load it onto its own base")
-    modules = dict(skeleton.named_modules())
+    modules = dict(skeleton().named_modules())
     missing, misfit = [], []
     for name, (a, b) in sorted(lora.items()):
         shape = _layer_shape(modules[name]) if name in modules else None
