@@ -325,8 +325,6 @@ def plan_train(params: PipelineConfig, role: str, run: str) -> TrainJob | SeedsJ
     """
     from qlora.checks import ConfigError
     from qlora.data.prepared import CLS_LABELS, CLS_TRAIN, INSTRUCT_TRAIN
-    from qlora.pipeline.user_model import model_reference
-
     if role not in (CAUSAL, ENCODER):
         raise ConfigError("role", role, f"{CAUSAL} or {ENCODER}")
     model = lookup(params.models, role, "models")
@@ -346,12 +344,12 @@ def plan_train(params: PipelineConfig, role: str, run: str) -> TrainJob | SeedsJ
         return TrainJob(role, run, model.name, model.kind, spec.method, quant, lora, base, checkpoint, paths.data_dir() / INSTRUCT_TRAIN,
                         out_dir=paths.adapter_dir(role, run), resume_root=paths.resume_root(role, run),
                         metrics_path=paths.train_metrics(role, run), loss_path=paths.loss_curve(role, run),
-                        base_reference=model_reference(model))  # fmt: skip
+                        base_reference=model.reference)  # fmt: skip
     jobs = tuple(
         TrainJob(role, f"{run}-s{seed}", model.name, model.kind, spec.method, quant, lora, dataclasses.replace(base, seed=seed),
                  checkpoint, paths.data_dir() / CLS_TRAIN, out_dir=paths.seed_dir(paths.adapter_dir(role, run), seed),
                  resume_root=paths.seed_dir(paths.resume_root(role, run), seed), metrics_path=None, loss_path=None,
-                 labels_path=paths.data_dir() / CLS_LABELS, seed=seed, log_row=False, base_reference=model_reference(model))
+                 labels_path=paths.data_dir() / CLS_LABELS, seed=seed, log_row=False, base_reference=model.reference)
         for seed in params.ablation.encoder_seeds
     )  # fmt: skip
     return SeedsJob(jobs, paths.train_metrics(role, run), paths.loss_curve(role, run))

@@ -53,15 +53,13 @@ def plan_sweep(job: PipelineConfig, prepared: PipelineConfig, out: Path) -> Swee
                               "prepared from params.yaml; change models or data with `dvc exp run -S ...` instead")  # fmt: skip
     if not (paths.data_dir() / INSTRUCT_TRAIN).exists():
         raise ConfigError("data", str(paths.data_dir()), "prepared token files: run `dvc repro prepare_data` first")
-    from qlora.pipeline.user_model import model_reference
-
     model = job.models[CAUSAL]
     quant = job.quant
     method = main_method(quant)
     checkpoint = out / "quantized"
     train = TrainJob(CAUSAL, paths.MAIN, model.name, model.kind, method, quant, job.lora, job.train, checkpoint,
                      paths.data_dir() / INSTRUCT_TRAIN, out_dir=out / "adapter", resume_root=out / "resume",
-                     metrics_path=out / "train.json", loss_path=out / "loss.csv", base_reference=model_reference(model))  # fmt: skip
+                     metrics_path=out / "train.json", loss_path=out / "loss.csv", base_reference=model.reference)  # fmt: skip
     evaluate = CausalEvalJob(paths.MAIN, model.name, method, quant, job.eval, checkpoint, out / "adapter", out / "metrics.json",
                              out / "items")  # fmt: skip
     return SweepJob(QuantizeJob(CAUSAL, model, paths.MAIN, quant), train, evaluate, out)

@@ -63,7 +63,7 @@ class UserFinetuneJob:
 
         from qlora.data.user import load_user_data, tokenize_user_data
         from qlora.pipeline.finetune import TrainJob
-        from qlora.pipeline.user_model import model_folder, model_reference
+        from qlora.pipeline.user_model import model_folder
 
         if self.model.kind is not ModelKind.CAUSAL_LM:
             from qlora.checks import ConfigError
@@ -83,7 +83,7 @@ class UserFinetuneJob:
             token_file = self.work_dir / "train.safetensors"
             if not _same_tokens(token_file, tokens.dataset):  # kept on a re-run: its bytes key the resumable state
                 tokens.dataset.save(token_file)  # (safetensors' header order varies between processes)
-            base = model_reference(self.model)  # what the adapter names as its base (PEFT's base_model_name_or_path)
+            base = self.model.reference  # what the adapter names as its base (PEFT's base_model_name_or_path)
             job = TrainJob(CAUSAL, "cli", self.model.name, ModelKind.CAUSAL_LM, main_method(self.quant), self.quant, self.lora,
                            self.train, checkpoint=folder, data=token_file, out_dir=self.out_dir, resume_root=self.work_dir / "resume",
                            metrics_path=self.out_dir / RECORD_FILE, loss_path=self.out_dir / LOSS_FILE, log_row=False,

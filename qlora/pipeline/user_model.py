@@ -36,10 +36,3 @@ def model_folder(model: ModelConfig, cache_dir: str | Path) -> Path:
     from qlora.data.sources import materialise
 
     return materialise(model, folder, gguf_cache_dir=Path(cache_dir) / "gguf")
-
-
-def model_reference(model: ModelConfig) -> str:
-    """What to record as the base of an adapter (PEFT's `base_model_name_or_path`, `qlora_base.json`): the
-    hub id or folder the user gave, or an embedded model's conf/model option (`smollm2`) — never the cache
-    folder it was materialised in, which another machine or user does not have."""
-    return model.path if model.source is ModelSource.PRETRAINED else model.source.value
