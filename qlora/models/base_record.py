@@ -72,13 +72,18 @@ def fingerprint(model: nn.Module) -> str:
     """sha256 over bf16-rounded samples of the weights that are never quantized (see the module doc).
 
     Args:
-        model: a transformers model, prepared or plain, on any device (the samples are copied to the CPU).
+        model: a transformers model, prepared or plain, on any device (the samples are copied to the CPU);
+            a sharded one inside `qlora.distributed.gathered`.
+
+    Raises:
+        ValueError: a parameter is still sharded (a DTensor).
     """
     digest = hashlib.sha256()
 
-    def whole(tensor: torch.Tensor) -> torch.Tensor:  # a sharded (FSDP2 DTensor) parameter: all of it
-        tensor = tensor.detach()
-        return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+    def whole(tensor: torch.Tensor) -> torch.Tensor:
+        if hasattr(tensor, "full_tensor"):  # gathering is a collective: every rank must take part, not the one saving
+            raise ValueError("fingerprint of a sharded (FSDP2) model: call it inside qlora.distributed.gathered(model)")
+        return tensor.detach()
 
     def add(tensor: torch.Tensor) -> None:
         t = whole(tensor).to("cpu", torch.bfloat16).contiguous()
@@ -88,7 +93,7 @@ def fingerprint(model: nn.Module) -> str:
     embedding = whole(model.get_input_embeddings().weight)
     rows = torch.linspace(0, embedding.shape[0] - 1, min(_SAMPLE_ROWS, embedding.shape[0])).round().long()
     add(embedding[rows.to(embedding.device)])
-    for module in model.modules():  # normalisation layers, in module order (a head's own are skipped: new)
+    for module in model.modules():  # normalisation layers, in module order
         if "norm" in type(module).__name__.lower():
             for _, p in sorted(module.named_parameters(recurse=False)):
                 add(p)

@@ -106,10 +106,13 @@ def describe(path: str | Path) -> dict:
 
 
 def _targets(modules) -> str | None:
-    """`14 modules: down_proj, gate_proj, ...` (the distinct layer names) rather than every full name."""
+    """`down_proj, gate_proj, ...` as PEFT's name suffixes say it; full names as `14 modules: down_proj, ...`
+    (the distinct layer names) rather than every one of them."""
     if not isinstance(modules, list):
         return modules
     names = sorted({str(m).rsplit(".", 1)[-1] for m in modules})
+    if all("." not in str(m) for m in modules):
+        return ", ".join(names)
     return f"{len(modules)} modules: {', '.join(names)}"
 
 
