@@ -142,7 +142,7 @@ def _layer_shape(module: nn.Module) -> tuple[int, int] | None:
 
 
 def check_adapter_fits(adapter_dir: str | Path, lora: dict[str, tuple[torch.Tensor, torch.Tensor]], base: str | Path, config: dict,
-                       skeleton: Callable[[], nn.Module]) -> None:  # fmt: skip
+                       skeleton: Callable[[], nn.Module], *, target_modules: tuple[str, ...] = ()) -> None:  # fmt: skip
     """Refuses, in one line naming both bases, an adapter whose layers the base does not have or whose
     shapes differ — from the base's config alone, before any weight is read or quantized.
 
@@ -154,17 +154,21 @@ def check_adapter_fits(adapter_dir: str | Path, lora: dict[str, tuple[torch.Tens
         skeleton: builds the base model from `config` (parameters on the meta device are fine); called
             only when the recorded dimensions agree or there is no record (building it first imports
             the model's transformers code: seconds in a fresh process).
+        target_modules: adapter_config.json's list; PEFT's name suffixes (["q_proj", ...]) name layers of
+            the base, each of which must have weights in the adapter (full names are checked in the file).
 
     Raises:
-        ValueError: the adapter does not fit the base.
+        ValueError: the adapter does not fit the base, or lacks weights for layers its suffixes name.
     """
     record = read_base_record(adapter_dir)
     model_type, hidden, layers = config_dims(config)
     base_text = f"{str(base)!r} ({_dims_text(model_type, hidden, layers)})"
-    trained_on = f"was trained on {record.describe()}" if record is not None else "does not fit it"
+    mismatch = (f"the adapter was trained on {record.describe()}, not on {base_text}" if record is not None
+                else f"the adapter does not fit {base_text}")  # fmt: skip
     if record is not None and (record.hidden_size, record.num_layers) != (hidden, layers) and None not in (record.hidden_size, hidden):
-        raise ValueError(f"{adapter_dir}: the adapter {trained_on}, not on {base_text}: load it onto its own base")
-    modules = dict(skeleton().named_modules())
+        raise ValueError(f"{adapter_dir}: {mismatch}: load it onto its own base")
+    model = skeleton()
+    modules = dict(model.named_modules())
     missing, misfit = [], []
     for name, (a, b) in sorted(lora.items()):
         shape = _layer_shape(modules[name]) if name in modules else None
@@ -174,8 +178,15 @@ def check_adapter_fits(adapter_dir: str | Path, lora: dict[str, tuple[torch.Tens
             misfit.append(f"{name}: adapter {a.shape[1]}->{b.shape[0]}, base {shape[0]}->{shape[1]}")
     if missing or misfit:
         example = f"e.g. {missing[0]} is not a linear layer of the base" if missing else f"e.g. {misfit[0]}"
-        raise ValueError(f"{adapter_dir}: the adapter {trained_on}, not on {base_text}: {len(missing) + len(misfit)} of its "
-                         f"{len(lora)} layers do not fit ({example}); load it onto its own base")  # fmt: skip
+        raise ValueError(f"{adapter_dir}: {mismatch}: {len(missing) + len(misfit)} of its {len(lora)} layers do not fit "
+                         f"({example}); load it onto its own base")  # fmt: skip
+    if target_modules and all("." not in t for t in target_modules):
+        from qlora.models.surgery import linear_modules
+
+        lacking = [n for n in linear_modules(model) if n.rsplit(".", 1)[-1] in target_modules and n not in lora]
+        if lacking:
+            raise ValueError(f"{adapter_dir}: target_modules {list(target_modules)} name {len(lacking)} layers of {base_text} "
+                             f"that the adapter has no weights for (e.g. {lacking[0]})")  # fmt: skip
 
 
 def warn_if_other_base(adapter_dir: str | Path, model: nn.Module, base: str | Path) -> bool:

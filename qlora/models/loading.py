@@ -276,7 +276,8 @@ def load_for_inference(checkpoint_dir: str | Path, kind: ModelKind, adapter_dir:
         from qlora.models.pretrained import meta_skeleton
 
         config = _read_json(Path(checkpoint_dir) / "config.json")
-        check_adapter_fits(adapter_dir, adapter.lora, checkpoint_dir, config, lambda: meta_skeleton(config, kind, num_labels))
+        check_adapter_fits(adapter_dir, adapter.lora, checkpoint_dir, config, lambda: meta_skeleton(config, kind, num_labels),
+                           target_modules=adapter.target_modules)  # fmt: skip
     model = load_for_training(checkpoint_dir, kind, quant, lora, num_labels=num_labels)
     if adapter is not None:
         from qlora.models.base_record import warn_if_other_base

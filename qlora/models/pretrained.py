@@ -127,7 +127,8 @@ def from_pretrained(path_or_hub_id: str | Path, *, quant: QuantConfig | None = N
     if weights is not None:  # a wrong base is refused from its config, before any weight is read
         from qlora.models.base_record import check_adapter_fits
 
-        check_adapter_fits(adapter, weights.lora, path_or_hub_id, config, lambda: meta_skeleton(config, kind, num_labels))
+        check_adapter_fits(adapter, weights.lora, path_or_hub_id, config, lambda: meta_skeleton(config, kind, num_labels),
+                           target_modules=weights.target_modules)  # fmt: skip
     if "quantization_config" in config:
         model = _load_quantized(directory, kind, quant, lora, dtype)
     else:

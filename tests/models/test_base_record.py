@@ -98,7 +98,7 @@ def test_an_adapter_without_a_record_is_checked_layer_by_layer(adapter, tmp_path
     _, out, _ = adapter
     (out / "qlora_base.json").unlink()
     other = tiny_models.save(other_llama(32, 2), tmp_path / "other")
-    with pytest.raises(ValueError, match=rf"^{out}: the adapter does not fit it, not on '.*' \(llama, hidden size 32, 2 layers\): "
+    with pytest.raises(ValueError, match=rf"^{out}: the adapter does not fit '.*' \(llama, hidden size 32, 2 layers\): "
                                          r"14 of its 14 layers do not fit \(e.g. model.layers.0.mlp.down_proj: adapter 128->64, "
                                          r"base 64->32\); load it onto its own base$"):  # fmt: skip
         from_pretrained(other, adapter=out)
@@ -127,3 +127,17 @@ def test_its_own_base_loads_silently_in_every_form(adapter, tmp_path):
         load_for_inference(forms[1], ModelKind.CAUSAL_LM, out)
         from_pretrained(base, adapter=out, dtype=torch.bfloat16)
     assert fingerprint(from_pretrained(forms[2], quant=QuantConfig())) == read_base_record(out).fingerprint
+
+
+def test_a_layer_its_target_suffixes_name_must_have_weights(adapter, tmp_path):
+    """With PEFT's suffixes the file cannot say which layers it should hold; the base can."""
+    from safetensors.torch import load_file, save_file
+
+    base, out, _ = adapter
+    state = load_file(out / "adapter_model.safetensors")
+    for x in "AB":
+        del state[f"base_model.model.model.layers.1.mlp.up_proj.lora_{x}.weight"]
+    save_file(state, out / "adapter_model.safetensors")
+    with pytest.raises(ValueError, match=rf"^{out}: target_modules \['down_proj', .*\] name 1 layers of '.*' \(llama, hidden size 64, "
+                                         r"2 layers\) that the adapter has no weights for \(e.g. model.layers.1.mlp.up_proj\)$"):  # fmt: skip
+        from_pretrained(base, adapter=out)
