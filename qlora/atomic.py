@@ -73,6 +73,25 @@ def _remove(p: Path) -> None:
         p.unlink(missing_ok=True)
 
 
+def normal_permissions(path: str | Path) -> None:
+    """Gives `path` the permissions an ordinary `open()` / `mkdir()` would: 0o666 (files) or 0o777
+    (folders) minus the umask, execute bits kept where the owner had one. For files that writers such as
+    safetensors create owner-only (0600)."""
+    path = Path(path)
+    mode = path.stat().st_mode
+    if path.is_dir():
+        wanted = 0o777
+    else:
+        wanted = 0o666 | (0o111 if mode & 0o100 else 0)
+    os.chmod(path, wanted & ~_umask())
+
+
+def _normal_tree(root: Path) -> None:
+    for p in root.rglob("*"):
+        if not p.is_symlink():
+            normal_permissions(p)
+
+
 def fsync_dir(path: str | Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -109,6 +128,7 @@ def atomic_dir(path: str | Path, *, overwrite: bool = True) -> Iterator[Path]:
     tmp.mkdir(mode=0o777 & ~_umask())
     try:
         yield tmp
+        _normal_tree(tmp)  # safetensors writes 0600; an output is as readable as the user's other files
         _fsync_tree(tmp)
         if path.exists() or path.is_symlink():
             old = _temp_name(path, _OLD)

@@ -169,6 +169,13 @@ class ModelConfig:
         if (self.source is ModelSource.PRETRAINED) != bool(self.path):
             raise ConfigError("path", self.path, f"a hub id or folder exactly when source is PRETRAINED (source is {self.source.name})")
 
+    @property
+    def reference(self) -> str:
+        """How to name this model again, e.g. as an adapter's base: the hub id or folder given for
+        PRETRAINED, else the embedded source's name (`smollm2`, also its conf/model option) — never
+        the cache folder it was materialised in, which another machine or user does not have."""
+        return self.path if self.source is ModelSource.PRETRAINED else self.source.value
+
 
 class DataSource(enum.Enum):
     """Where the instruction-tuning records come from."""

@@ -55,6 +55,25 @@ def test_permissions_are_normal_not_owner_only(tmp_path):
     assert stat.S_IMODE((tmp_path / "f.txt").stat().st_mode) == 0o644
 
 
+def test_files_written_owner_only_inside_atomic_dir_get_normal_permissions(tmp_path):
+    """safetensors creates its files 0600: an output folder's files must not stay unreadable to others."""
+    import torch
+    from safetensors.torch import save_file
+
+    old = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "d") as tmp:
+            save_file({"a": torch.zeros(2)}, str(tmp / "model.safetensors"))
+            assert stat.S_IMODE((tmp / "model.safetensors").stat().st_mode) == 0o600  # what safetensors does
+            (tmp / "sub").mkdir(mode=0o700)
+            (tmp / "sub" / "run.sh").write_text("#!/bin/sh\n")
+            os.chmod(tmp / "sub" / "run.sh", 0o700)
+    finally:
+        os.umask(old)
+    modes = {p.relative_to(tmp_path / "d").as_posix(): stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "d").rglob("*")}
+    assert modes == {"model.safetensors": 0o644, "sub": 0o755, "sub/run.sh": 0o755}
+
+
 def test_atomic_file_failure_keeps_old_content(tmp_path):
     target = tmp_path / "m.json"
     write_json(target, {"b": 1, "a": 2})

@@ -21,7 +21,8 @@ def _config(args, extra: list[str] = ()):
 
 
 def _mb(x: float) -> str:
-    return f"{x:,.1f} MB"
+    """A size in MiB (what `weight_mb` values hold: bytes / 2**20), labelled as such."""
+    return f"{x:,.1f} MiB"
 
 
 def cmd_quantize(args) -> int:
@@ -80,7 +81,6 @@ def cmd_eval(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    from qlora.config import ModelConfig, ModelSource
     from qlora.pipeline.user_checkpoints import MergeJob, adapter_base
 
     params, overrides = _config(args)
@@ -90,7 +90,7 @@ def cmd_merge(args) -> int:
         recorded = adapter_base(args.adapter)
         if recorded is None:
             raise UsageError(f"model: expected the adapter's base (model=<folder or hub id>): {args.adapter}/adapter_config.json names none")
-        base = ModelConfig(recorded.rstrip("/").split("/")[-1], ModelSource.PRETRAINED, path=recorded)
+        base = _config(args, [f"model={recorded}"])[0].models["causal"]  # a conf/model option (smollm2), folder or hub id
     out = MergeJob(base, args.adapter, args.out).run(_env_tracking(args.no_mlflow), cache_dir(), progress=not args.quiet)
     print(f"{args.out}: {base.name} + {args.adapter} merged in bf16, {_mb(out['weight_mb'])}, {out['seconds']:.1f} s")
     return 0

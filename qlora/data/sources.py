@@ -27,9 +27,11 @@ def materialise(config: ModelConfig, out_dir: str | Path, *, gguf_cache_dir: str
 
     Raises:
         ValueError: a source this function cannot materialise (TINY_LLAMA has no tokenizer).
-        FileNotFoundError: the source's package is not installed (the message names it).
+        FileNotFoundError: the source's package is not installed (the message names it); a PRETRAINED
+            path that is no folder here and no hub id available (one line, before any work).
     """
     out_dir = Path(out_dir)
+    check_model_path(config)
     if config.source is ModelSource.SMOLLM2:
         from qlora.data.gguf_model import materialise_smollm2
 
@@ -51,6 +53,30 @@ def materialise(config: ModelConfig, out_dir: str | Path, *, gguf_cache_dir: str
             from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
             auto = AutoModelForCausalLM if config.kind is ModelKind.CAUSAL_LM else AutoModelForSequenceClassification
-            auto.from_pretrained(config.path).save_pretrained(tmp)
-            AutoTokenizer.from_pretrained(config.path).save_pretrained(tmp)
+            try:
+                auto.from_pretrained(config.path).save_pretrained(tmp)
+                AutoTokenizer.from_pretrained(config.path).save_pretrained(tmp)
+            except OSError as e:  # transformers' hub miss: a page of text; the user needs one line
+                first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+                raise FileNotFoundError(f"{config.path}: neither a model folder here nor a hub id available ({first.strip()[:200]})") from None
     return out_dir
+
+
+def looks_like_a_path(text: str) -> bool:
+    """Whether a model reference is meant as a local folder rather than a hub id ("org/name"): absolute,
+    starting with "." or "~", more than one "/", a backslash, or a first component that is a local folder."""
+    if text.startswith(("/", ".", "~")) or "\\" in text or text.count("/") > 1:
+        return True
+    head = text.split("/", 1)[0]
+    return "/" in text and Path(head).is_dir()
+
+
+def check_model_path(config: ModelConfig) -> None:
+    """Refuses, before any work, a PRETRAINED `path` that names a local folder which does not exist.
+
+    Raises:
+        FileNotFoundError: `path` looks like a folder (`looks_like_a_path`) and is not one (one line).
+    """
+    if config.source is ModelSource.PRETRAINED and not Path(config.path).expanduser().is_dir() and looks_like_a_path(config.path):
+        where = Path(config.path).expanduser().resolve()
+        raise FileNotFoundError(f"{config.path}: no such model folder ({where} does not exist)")

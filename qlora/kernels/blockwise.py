@@ -234,10 +234,12 @@ def dequantize_blockwise(
         out_dtype: float32, float16 or bfloat16.
         nested_codes: (n_blocks,) uint8. nested_absmax: (ceil(n_blocks / nested_block_size),) float32.
         nested_offset: one float32 value. nested_code: (256,) float32.
-        out: optional preallocated output of `numel` elements of `out_dtype`.
+        out: optional preallocated output of `numel` elements of `out_dtype`, any strides (a
+            non-contiguous one is filled from a contiguous staging buffer).
 
     Returns:
-        (numel,) tensor of `out_dtype` (`out` flattened when given).
+        (numel,) tensor of `out_dtype`; when `out` is given: `out` flattened if it is contiguous, else
+        `out` itself (its shape and strides).
     """
     nested = (nested_codes, nested_absmax, nested_offset, nested_code)
     double_quant = nested_codes is not None
@@ -277,7 +279,8 @@ def dequantize_blockwise(
     )
     if target.dtype != out_dtype:
         target = target.to(out_dtype)
-    if out is not None and target.data_ptr() != out.data_ptr():
-        out.view(-1).copy_(target)
-        return out.view(-1)
-    return target
+    if out is None:
+        return target
+    if target.data_ptr() != out.data_ptr():  # a staging buffer: out is strided, or bf16 under the interpreter
+        out.copy_(target.view(out.shape))  # element by element in out's logical order, whatever its strides
+    return out.view(-1) if out.is_contiguous() else out

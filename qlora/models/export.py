@@ -26,7 +26,7 @@ def export_merged(model: nn.Module, out_dir: str | Path, *, dtype: torch.dtype =
         tokenizer_dir: a folder whose tokenizer files are copied alongside.
     """
     out_dir = Path(out_dir)
-    merged = merge_and_unload(model, dtype).to(dtype)
+    merged = merge_and_unload(model, dtype)  # one dtype throughout
     with atomic_dir(out_dir) as tmp:
         merged.save_pretrained(tmp)
         if tokenizer_dir is not None:

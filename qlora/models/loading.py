@@ -34,7 +34,7 @@ def load_quantized_model(directory: str | Path, kind: ModelKind = ModelKind.CAUS
     Reads our folders and those transformers + bitsandbytes save for 4-bit models. The model is built
     from config.json, its other tensors loaded, and each quantized weight wrapped in a QLoRALinear;
     the layers that `lora.targets` selects get fresh adapters (the others none). Everything but the
-    adapters is frozen.
+    adapters and a classification head (trained in full, as `prepare_model` leaves it) is frozen.
 
     Raises:
         ValueError: the checkpoint does not match its config, or `lora` targets no layer (or names a
@@ -70,15 +70,21 @@ def load_quantized_model(directory: str | Path, kind: ModelKind = ModelKind.CAUS
         raise ValueError(f"{directory}: checkpoint does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
     for p in model.parameters():
         p.requires_grad = False
-    for m in model.modules():
+    for name, m in model.named_modules():
         if isinstance(m, QLoRALinear):
             for p in m.adapter_params():
+                p.requires_grad = True
+        elif name.split(".")[-1] in CLASSIFICATION_HEADS:  # trained in full, as prepare_model does (PEFT's modules_to_save)
+            for p in m.parameters():
                 p.requires_grad = True
     return model
 
 
 def adapter_weights(model: nn.Module, lora: LoRAConfig, task: TaskType, base_model: str | None = None) -> AdapterWeights:
-    """The trained adapters (and a classification head) of a prepared model, for `save_peft_adapter`."""
+    """The trained adapters (and a classification head) of a prepared model, for `save_peft_adapter`;
+    `target_modules` as PEFT writes them (name suffixes, `suffix_targets`)."""
+    from qlora.models.peft_format import suffix_targets
+
     layers = {n: m for n, m in model.named_modules() if isinstance(m, QLoRALinear) and m.lora_a is not None}
     extra, heads = {}, []
     if task is TaskType.SEQ_CLS:
@@ -90,6 +96,7 @@ def adapter_weights(model: nn.Module, lora: LoRAConfig, task: TaskType, base_mod
         lora={n: (m.lora_a.detach(), m.lora_b.detach()) for n, m in layers.items()},
         rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout, task_type=task, extra=extra,
         modules_to_save=tuple(heads), base_model=base_model,
+        target_modules=suffix_targets(list(layers), [n for n, _ in model.named_modules()]),
     )  # fmt: skip
 
 
@@ -194,6 +201,11 @@ def quantize_checkpoint(base_dir: str | Path, kind: ModelKind, quant: QuantConfi
             tied = getattr(model.config, "tie_word_embeddings", False)
             others = {k: v for k, v in state.items()
                       if (k.rsplit(".", 1)[0] not in quantized or k.endswith(".bias")) and not (tied and k == "lm_head.weight")}  # fmt: skip
+            # embeddings, norms, head and biases in the compute dtype (bf16 unless asked), as `save_pretrained` stores them:
+            # the same tensors as the BF16 row's, so that the data types differ only in their quantized layers
+            from qlora.models.saving import stored_dtype
+
+            others = {k: v.to(stored_dtype(quant)) if v.is_floating_point() else v for k, v in others.items()}
             shutil.rmtree(tmp)
             save_quantized_checkpoint(tmp, model.config.to_dict(), quantized, others)
         write_json(tmp / QUANT_FILE, quant_config_json(quant))
@@ -254,7 +266,8 @@ def load_for_inference(checkpoint_dir: str | Path, kind: ModelKind, adapter_dir:
     (rank, alpha and target modules from adapter_config.json; the number of classes from its head).
 
     Raises:
-        ValueError: the adapter does not fit the checkpoint (names the module or tensor).
+        ValueError: the adapter does not fit the checkpoint: one line naming both bases, before loading
+            (an adapter of the same shapes but trained on other weights loads with a UserWarning).
     """
     from qlora.models.peft_format import load_peft_adapter
 
@@ -263,7 +276,17 @@ def load_for_inference(checkpoint_dir: str | Path, kind: ModelKind, adapter_dir:
     num_labels = adapter_num_labels(adapter) if adapter is not None else None
     if kind is ModelKind.SEQ_CLS and num_labels is None:
         raise ValueError(f"{adapter_dir}: a sequence-classification adapter needs its classification head (none found)")
+    if adapter is not None:  # a wrong base is refused from its config, before any weight is read or quantized
+        from qlora.models.base_record import check_adapter_fits
+        from qlora.models.pretrained import meta_skeleton
+
+        config = _read_json(Path(checkpoint_dir) / "config.json")
+        check_adapter_fits(adapter_dir, adapter.lora, checkpoint_dir, config, lambda: meta_skeleton(config, kind, num_labels),
+                           target_modules=adapter.target_modules)  # fmt: skip
     model = load_for_training(checkpoint_dir, kind, quant, lora, num_labels=num_labels)
     if adapter is not None:
+        from qlora.models.base_record import warn_if_other_base
+
         load_adapter_into(model, adapter)
+        warn_if_other_base(adapter_dir, model, checkpoint_dir)
     return model.eval()

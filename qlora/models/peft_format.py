@@ -39,6 +39,9 @@ class AdapterWeights:
     modules_to_save: module names whose full weights are in `extra` (PEFT's modules_to_save).
     fan_in_fan_out: True when the targets are GPT-2 Conv1D layers (weight stored in x out).
     base_model: the base model's name or path, for PEFT's config.
+    target_modules: what `adapter_config.json` lists as `target_modules`: module-name suffixes as PEFT
+        writes them (["q_proj", "v_proj"], see `suffix_targets`), or full names; each adapted module
+        must match one. Empty: the sorted full names of `lora`.
     """
 
     lora: dict[str, tuple[torch.Tensor, torch.Tensor]]
@@ -50,6 +53,7 @@ class AdapterWeights:
     modules_to_save: tuple[str, ...] = ()
     fan_in_fan_out: bool = False
     base_model: str | None = None
+    target_modules: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name, (a, b) in self.lora.items():
@@ -58,6 +62,22 @@ class AdapterWeights:
                     f"{name}: expected lora_A (r={self.rank}, in) and lora_B (out, r={self.rank}), "
                     f"got {tuple(a.shape)} and {tuple(b.shape)}"
                 )
+        object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        unmatched = [n for n in self.lora if self.target_modules and not _matches(n, list(self.target_modules))]
+        if unmatched:
+            raise ValueError(f"target_modules {list(self.target_modules)} match no entry for the adapted module {unmatched[0]!r}")
+
+
+def suffix_targets(adapted: list[str], modules: list[str]) -> tuple[str, ...]:
+    """PEFT's `target_modules` for the adapted layers among all of a model's module names: the distinct
+    last name components (["down_proj", "q_proj", ...]) when exactly the adapted modules end in them —
+    what `peft.LoraConfig(target_modules=[...])` writes, and matches on load — else the full names (so
+    PEFT adds no adapter where none was trained).
+    """
+    suffixes = sorted({n.rsplit(".", 1)[-1] for n in adapted})
+    if {n for n in modules if n.rsplit(".", 1)[-1] in suffixes} == set(adapted):
+        return tuple(suffixes)
+    return tuple(sorted(adapted))
 
 
 def save_peft_adapter(out_dir: str | Path, adapter: AdapterWeights) -> Path:
@@ -76,7 +96,7 @@ def save_peft_adapter(out_dir: str | Path, adapter: AdapterWeights) -> Path:
         "r": adapter.rank,
         "lora_alpha": adapter.alpha,
         "lora_dropout": adapter.dropout,
-        "target_modules": sorted(adapter.lora),
+        "target_modules": list(adapter.target_modules) or sorted(adapter.lora),
         "modules_to_save": list(adapter.modules_to_save) or None,
         "fan_in_fan_out": adapter.fan_in_fan_out,
         "bias": "none",
@@ -210,4 +230,5 @@ def load_peft_adapter(directory: str | Path) -> AdapterWeights:
         modules_to_save=cfg["modules_to_save"],
         fan_in_fan_out=cfg["fan_in_fan_out"],
         base_model=cfg["base_model"],
+        target_modules=tuple(cfg["targets"]) if isinstance(cfg["targets"], list) else (),
     )

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from qlora.checks import parse_enum
 from qlora.config import Checkpointing, LoRAConfig, ModelKind, QuantConfig, Targets
 from qlora.models.surgery import CLASSIFICATION_HEADS, _enable_checkpointing, _is_conv1d, linear_modules, select_targets
 from qlora.nn.linear import QLoRALinear
@@ -70,9 +71,12 @@ def from_pretrained(path_or_hub_id: str | Path, *, quant: QuantConfig | None = N
         num_labels: for `ModelKind.SEQ_CLS`; None: from the adapter's head, else config.json's labels
             (as transformers: a config saved without labels says 2).
         adapter: a PEFT LoRA adapter folder to load (its rank, alpha and target modules set the
-            adapters; `lora` must then be None). None: `path_or_hub_id/adapter` if there is one (as
+            adapters; `lora` must then be None). One trained on another base is refused before
+            anything loads; one from a base of the same shapes but other weights (its `qlora_base.json`
+            fingerprint) loads with a UserWarning. None: `path_or_hub_id/adapter` if there is one (as
             `qlora.save_pretrained` writes it beside a whole model) and `lora` is None.
-        checkpointing: gradient checkpointing of the blocks, as in `SurgeryConfig`.
+        checkpointing: gradient checkpointing of the blocks, as in `SurgeryConfig` (a `Checkpointing`, or
+            its name or value as a string, case-insensitively).
         dtype: the dtype of everything not quantized (embeddings, head, biases), as `load_base`.
         progress: a progress bar over the layers quantized while loading.
 
@@ -80,7 +84,9 @@ def from_pretrained(path_or_hub_id: str | Path, *, quant: QuantConfig | None = N
         The model in eval mode; only the adapters (and a classification head) require grad.
 
     Raises:
-        ValueError: a bad combination of arguments, or a folder whose tensors do not match its config.
+        ValueError: a bad combination of arguments, an adapter for another base (one line naming both,
+            before any quantizing), or a folder whose tensors do not match its config;
+            ConfigError (a ValueError) for a `checkpointing` that is no Checkpointing.
         FileNotFoundError: the folder or hub id is not available.
     """
     from qlora.models.loading import QUANT_FILE, read_quant_config
@@ -89,6 +95,7 @@ def from_pretrained(path_or_hub_id: str | Path, *, quant: QuantConfig | None = N
 
     if quant is not None and not isinstance(quant, QuantConfig):
         raise TypeError(f"quant must be a QuantConfig, got {type(quant).__name__}")
+    checkpointing = parse_enum("checkpointing", checkpointing, Checkpointing)  # "off" is OFF, "sometimes" a ConfigError
     if not isinstance(kind, ModelKind):
         raise TypeError(f"kind must be a ModelKind ({[k.value for k in ModelKind]}), got {kind!r}")
     if kind is ModelKind.CAUSAL_LM and num_labels is not None:
@@ -117,14 +124,21 @@ def from_pretrained(path_or_hub_id: str | Path, *, quant: QuantConfig | None = N
         num_labels = (adapter_num_labels(weights) if weights is not None else None) or len(config.get("id2label") or {}) or None
         if num_labels is None:
             raise ValueError(f"{directory} has no classification labels (no id2label in config.json): pass num_labels")
+    if weights is not None:  # a wrong base is refused from its config, before any weight is read
+        from qlora.models.base_record import check_adapter_fits
+
+        check_adapter_fits(adapter, weights.lora, path_or_hub_id, config, lambda: meta_skeleton(config, kind, num_labels),
+                           target_modules=weights.target_modules)  # fmt: skip
     if "quantization_config" in config:
         model = _load_quantized(directory, kind, quant, lora, dtype)
     else:
         model = _load_streaming(directory, kind, quant, lora or LoRAConfig(rank=0), num_labels, dtype, progress)
     if weights is not None:
+        from qlora.models.base_record import warn_if_other_base
         from qlora.models.loading import load_adapter_into
 
         load_adapter_into(model, weights)
+        warn_if_other_base(adapter, model, path_or_hub_id)
     if checkpointing is not Checkpointing.OFF:
         _enable_checkpointing(model, reentrant=checkpointing is Checkpointing.REENTRANT)
     attach_save_pretrained(model)
@@ -210,6 +224,20 @@ def _skeleton(directory: Path, kind: ModelKind, num_labels: int | None, dtype: t
     auto = AutoModelForCausalLM if kind is ModelKind.CAUSAL_LM else AutoModelForSequenceClassification
     with init_empty_weights(include_buffers=False):
         return auto.from_config(config, dtype=dtype)
+
+
+def meta_skeleton(config: dict, kind: ModelKind, num_labels: int | None = None) -> nn.Module:
+    """The model a config.json dict describes, every parameter on the meta device (no memory, ~0.1 s for
+    SmolLM2): its module names and layer shapes, to check an adapter against before loading anything."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    settings = {k: v for k, v in config.items() if k != "quantization_config"}
+    if kind is ModelKind.SEQ_CLS and num_labels is not None:
+        settings = {k: v for k, v in settings.items() if k not in ("id2label", "label2id")} | {"num_labels": num_labels}
+    auto = AutoModelForCausalLM if kind is ModelKind.CAUSAL_LM else AutoModelForSequenceClassification
+    with init_empty_weights(include_buffers=True):
+        return auto.from_config(AutoConfig.for_model(**settings))
 
 
 def _set_tensor(model: nn.Module, key: str, value: torch.Tensor) -> None:

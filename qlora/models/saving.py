@@ -4,7 +4,8 @@ transformers' own `save_pretrained` cannot save a prepared model: the quantized 
 (packed codes, absmax, shared codebooks) are not a layout any loader reads, and the codebooks shared
 between layers make it fail ("shared tensors"). What users of transformers and PEFT expect instead:
 - `Save.ADAPTER`: the adapters in PEFT's format (`adapter_config.json` + `adapter_model.safetensors`,
-  `qlora.models.peft_format`) and the quantization they were trained on (`qlora_quant.json`),
+  `qlora.models.peft_format`), the quantization they were trained on (`qlora_quant.json`) and the base
+  (`qlora_base.json`: name, dimensions, a fingerprint of its weights; `qlora.models.base_record`),
   so `qlora.from_pretrained(base, adapter=dir)` rebuilds the same model, and
   `peft.PeftModel.from_pretrained` loads the adapter onto a transformers base;
 - `Save.QUANTIZED_MODEL`: the whole 4-bit model in the transformers + bitsandbytes layout
@@ -100,6 +101,14 @@ def _quantized_state(model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
     return {n: m.weight for n, m in layers.items() if m.weight.dtype.is_quantized}, others
 
 
+def stored_dtype(quant: QuantConfig) -> torch.dtype:
+    """The dtype a quantized checkpoint stores its other floating tensors in (embeddings, norms, head,
+    biases): the compute dtype, bf16 unless the config asks for fp16 or fp32 (AUTO and NATIVE compute
+    in bf16 wherever that is fast). fp32 would double their size for values the matmuls round anyway:
+    SmolLM2's fp32 embedding alone is 108 MiB of a 164 MiB "4-bit" folder."""
+    return {ComputeDtype.FP16: torch.float16, ComputeDtype.FP32: torch.float32}.get(quant.compute_dtype, torch.bfloat16)
+
+
 def _move_files(src: Path, dst: Path) -> None:
     for f in src.iterdir():
         shutil.move(str(f), dst / f.name)
@@ -107,7 +116,7 @@ def _move_files(src: Path, dst: Path) -> None:
 
 
 def save_pretrained(model: nn.Module, directory: str | Path, *, what: Save | None = None, tokenizer=None,
-                    base_model: str | None = None) -> Path:  # fmt: skip
+                    base_model: str | None = None, dtype: torch.dtype | None = None) -> Path:  # fmt: skip
     """Writes a prepared model's adapter and/or its whole 4-bit form to `directory`, atomically.
 
     Args:
@@ -116,7 +125,10 @@ def save_pretrained(model: nn.Module, directory: str | Path, *, what: Save | Non
         what: `Save.ADAPTER`, `Save.QUANTIZED_MODEL` or both; None: the quantized model, plus the
             adapter when the model has one.
         tokenizer: saved alongside when given (anything with `save_pretrained`).
-        base_model: the base's hub id or path, recorded in the adapter config for PEFT.
+        base_model: the base as it can be named again (a conf/model option, hub id or path), recorded
+            in the adapter config for PEFT and in `qlora_base.json`.
+        dtype: the dtype of the quantized model's other floating tensors (embeddings, norms, head,
+            biases); None: `stored_dtype` of its quantization (bf16 unless its compute dtype is fp16/fp32).
 
     Returns:
         `directory` as a Path.
@@ -125,6 +137,7 @@ def save_pretrained(model: nn.Module, directory: str | Path, *, what: Save | Non
         ValueError: not a prepared model; Save.ADAPTER on a model without adapters; a BF16 base
             (16-bit LoRA) asked to be saved as a quantized model.
     """
+    from qlora.models.base_record import base_record, write_base_record
     from qlora.models.bnb_checkpoint import save_quantized_checkpoint
     from qlora.models.loading import QUANT_FILE, quant_config_json
     from qlora.models.peft_format import save_peft_adapter
@@ -137,13 +150,18 @@ def save_pretrained(model: nn.Module, directory: str | Path, *, what: Save | Non
     adapter = _adapter(model, base_model) if Save.ADAPTER in what else None
     if Save.QUANTIZED_MODEL in what and not quant.dtype.is_quantized:
         raise ValueError("a BF16 base is not a quantized model: save Save.ADAPTER, or export_merged for a 16-bit folder")
+    if dtype is not None and dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        raise TypeError(f"dtype must be torch.bfloat16, torch.float16 or torch.float32, got {dtype!r}")
+    dtype = dtype or stored_dtype(quant)
     directory = Path(directory)
     with atomic_dir(directory) as tmp:
         if Save.QUANTIZED_MODEL in what:
             quantized, others = _quantized_state(model)
+            others = {k: v.to(dtype) if v.is_floating_point() else v for k, v in others.items()}
             cd = torch.bfloat16 if quant.compute_dtype is ComputeDtype.AUTO else quant.compute_dtype.resolve("cpu")
             config = model.config.to_dict()
             config["architectures"] = [type(model).__name__]
+            config["dtype"] = str(dtype).removeprefix("torch.")  # what transformers loads the other tensors as
             _move_files(save_quantized_checkpoint(tmp / "model", config, quantized, others, compute_dtype=cd), tmp)
             if getattr(model, "generation_config", None) is not None and model.can_generate():
                 model.generation_config.save_pretrained(tmp)
@@ -157,20 +175,48 @@ def save_pretrained(model: nn.Module, directory: str | Path, *, what: Save | Non
             adapter_dir.mkdir(exist_ok=True)
             _move_files(tmp / "_adapter", adapter_dir)
             (adapter_dir / QUANT_FILE).write_text(record)
+            write_base_record(adapter_dir, base_record(model, base_model))  # checked when it loads onto a base
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
     return directory
 
 
+def _plain_save(model: nn.Module, save_directory: str | Path, **kwargs):
+    """transformers' own `save_pretrained`, then normal permissions on the files it wrote (safetensors
+    creates them owner-only, 0600); other files of the folder are left as they are."""
+    from qlora.atomic import normal_permissions
+
+    directory = Path(save_directory)
+
+    def stamps() -> dict[Path, tuple[int, int]]:
+        if not directory.is_dir():
+            return {}
+        return {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in directory.rglob("*") if p.is_file() and not p.is_symlink()}
+
+    before = stamps()
+    result = type(model).save_pretrained(model, save_directory, **kwargs)
+    for path, stamp in stamps().items():
+        if before.get(path) != stamp:
+            normal_permissions(path)
+    return result
+
+
+def attach_plain_save_pretrained(model: nn.Module) -> nn.Module:
+    """Makes `model.save_pretrained(dir, ...)` of a plain (e.g. merged) model transformers' own, with
+    output files of normal permissions."""
+    model.save_pretrained = functools.partial(_plain_save, model)
+    return model
+
+
 def _save_method(self: nn.Module, save_directory: str | Path, *, what: Save | None = None, tokenizer=None,
-                 base_model: str | None = None, **kwargs) -> Path | None:  # fmt: skip
+                 base_model: str | None = None, dtype: torch.dtype | None = None, **kwargs) -> Path | None:  # fmt: skip
     """`model.save_pretrained(dir)` of a prepared model: `qlora.save_pretrained` (see there)."""
     if not any(isinstance(m, QLoRALinear) for m in self.modules()):  # merged back to plain layers
-        return type(self).save_pretrained(self, save_directory, **kwargs)
+        return _plain_save(self, save_directory, **kwargs)
     if kwargs:
-        raise TypeError(f"save_pretrained of a prepared (quantized) model takes what=, tokenizer=, base_model=; "
+        raise TypeError(f"save_pretrained of a prepared (quantized) model takes what=, tokenizer=, base_model=, dtype=; "
                         f"not {sorted(kwargs)} (see qlora.save_pretrained)")  # fmt: skip
-    return save_pretrained(self, save_directory, what=what, tokenizer=tokenizer, base_model=base_model)
+    return save_pretrained(self, save_directory, what=what, tokenizer=tokenizer, base_model=base_model, dtype=dtype)
 
 
 def attach_save_pretrained(model: nn.Module) -> nn.Module:

@@ -239,17 +239,23 @@ def merge_and_unload(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> n
     """A NEW model in which every QLoRALinear is a plain layer holding deq(W) + s·B·A (PEFT's
     `merge_and_unload`, which however works in place); `model` and its adapters stay unchanged.
 
-    Everything else is deep-copied (its dtype kept; `.to(dtype)` the result for a uniform one). The
-    quantized layers are not copied: their merged replacements are built from the originals and put
-    in place of the copies, so the copy never holds a second set of quantized buffers.
+    Everything else is deep-copied and cast to `dtype` too, so the copy is one dtype throughout: it runs
+    as it is (a bf16 linear after fp32 norms fails a matmul's dtype check) and `save_pretrained` writes
+    `dtype` weights, as `qlora merge` does. The quantized layers are not copied: their merged replacements
+    are built from the originals and put in place of the copies, so the copy never holds a second set of
+    quantized buffers. `merged.save_pretrained(dir)` is transformers' own, with files of normal permissions.
 
     Args:
         model: a prepared model (a model without QLoRALinear layers is simply copied).
-        dtype: the merged weights' dtype (computed in fp32, rounded once).
+        dtype: the dtype of every floating tensor of the copy (merged weights computed in fp32, rounded once).
     """
     import copy
 
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch.dtype (e.g. torch.bfloat16), got {dtype!r}")
     memo = {id(m): _merged_module(m, dtype) for m in model.modules() if isinstance(m, QLoRALinear)}
-    merged = copy.deepcopy(model, memo)
-    merged.__dict__.pop("save_pretrained", None)  # qlora.save_pretrained's hook: a plain model saves as usual
-    return merged
+    merged = copy.deepcopy(model, memo).to(dtype)
+    from qlora.models.saving import attach_plain_save_pretrained  # late import: saving imports this module
+
+    merged.__dict__.pop("save_pretrained", None)  # qlora.save_pretrained's hook: a plain model saves as usual,
+    return attach_plain_save_pretrained(merged)  # with normal file permissions

@@ -251,6 +251,12 @@ class PagedAdamW(torch.optim.Optimizer):
         """Bytes held by the optimizer state (moments, codes, absmax, step counters)."""
         return sum(t.numel() * t.element_size() for s in self.state.values() for t in s.values() if isinstance(t, torch.Tensor))
 
+    def paged_state_bytes(self) -> int:
+        """Bytes of the state in CUDA managed memory (`paged=True` on CUDA), which torch's allocator and
+        so `torch.cuda.max_memory_allocated` never count; 0 on CPU."""
+        return sum(t.numel() * t.element_size() for p, s in self.state.items() if self._paged(p)
+                   for k, t in s.items() if k != "step" and isinstance(t, torch.Tensor))  # fmt: skip
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restores `state_dict()` output: groups' hyperparameters and each parameter's state, copied
         into freshly allocated (paged where configured) buffers on the parameter's device.

@@ -1,5 +1,7 @@
 """`qlora info`: what a checkpoint or adapter folder holds — data type, bits per parameter, sizes.
 
+Sizes are in MiB (2**20 bytes), and their keys say so (`files_mib`, `weight_mib`, ...).
+
 Reads only what is on disk: the JSON configs and the safetensors headers (shapes and dtypes), plus the
 quantization state of a 4-bit folder (read through `qlora.models.bnb_checkpoint`, so a folder that
 lies gives the same named error as when loading it).
@@ -38,7 +40,7 @@ def _tensors(folder: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
     return out
 
 
-def _files_mb(folder: Path) -> float:
+def _files_mib(folder: Path) -> float:
     return sum(f.stat().st_size for f in folder.iterdir() if f.is_file()) / 2**20
 
 
@@ -56,7 +58,7 @@ def describe(path: str | Path) -> dict:
     folder = Path(path)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such folder")
-    info: dict = {"path": str(folder), "files_mb": round(_files_mb(folder), 3)}
+    info: dict = {"path": str(folder), "files_mib": round(_files_mib(folder), 3)}
     if (folder / "adapter_config.json").is_file():
         config = read_json(folder / "adapter_config.json", "adapter config")
         tensors = _tensors(folder)
@@ -64,7 +66,7 @@ def describe(path: str | Path) -> dict:
         info.update(kind="adapter", peft_type=config.get("peft_type"), task_type=config.get("task_type"),
                     base_model=config.get("base_model_name_or_path"), rank=config.get("r"), alpha=config.get("lora_alpha"),
                     dropout=config.get("lora_dropout"), target_modules=_targets(config.get("target_modules")),
-                    adapter_params=params, adapter_mb=round(sum(math.prod(s) * _DTYPE_BYTES.get(d, 4) for d, s in tensors.values()) / 2**20, 3))  # fmt: skip
+                    adapter_params=params, adapter_mib=round(sum(math.prod(s) * _DTYPE_BYTES.get(d, 4) for d, s in tensors.values()) / 2**20, 3))  # fmt: skip
         quant = read_quant_config(folder) if (folder / QUANT_FILE).is_file() else None
         if quant is not None:
             info.update(_quant_info(quant, bits_per_param))
@@ -82,7 +84,7 @@ def describe(path: str | Path) -> dict:
         for d, s in tensors.values():
             counts[d] += math.prod(s)
         info.update(kind="model", params=sum(counts.values()), tensor_dtypes={d.lower(): n for d, n in sorted(counts.items())},
-                    weight_mb=round(sum(n * _DTYPE_BYTES.get(d, 4) for d, n in counts.items()) / 2**20, 3),
+                    weight_mib=round(sum(n * _DTYPE_BYTES.get(d, 4) for d, n in counts.items()) / 2**20, 3),
                     bits_per_param=round(8 * sum(n * _DTYPE_BYTES.get(d, 4) for d, n in counts.items()) / max(1, sum(counts.values())), 3))  # fmt: skip
         if (folder / "adapter" / "adapter_config.json").is_file():
             info["adapter"] = describe(folder / "adapter")
@@ -96,18 +98,21 @@ def describe(path: str | Path) -> dict:
     other = list(checkpoint.tensors.values())
     info.update(quantized_layers=len(checkpoint.quantized), quantized_params=q_params,
                 stored_bits_per_param=round(8 * q_bytes / q_params, 4) if q_params else 0.0,
-                quantized_mb=round(q_bytes / 2**20, 3), other_params=sum(t.numel() for t in other),
-                other_mb=round(sum(t.numel() * t.element_size() for t in other) / 2**20, 3))  # fmt: skip
+                quantized_mib=round(q_bytes / 2**20, 3), other_params=sum(t.numel() for t in other),
+                other_mib=round(sum(t.numel() * t.element_size() for t in other) / 2**20, 3))  # fmt: skip
     if (folder / "adapter" / "adapter_config.json").is_file():
         info["adapter"] = describe(folder / "adapter")
     return info
 
 
 def _targets(modules) -> str | None:
-    """`14 modules: down_proj, gate_proj, ...` (the distinct layer names) rather than every full name."""
+    """`down_proj, gate_proj, ...` as PEFT's name suffixes say it; full names as `14 modules: down_proj, ...`
+    (the distinct layer names) rather than every one of them."""
     if not isinstance(modules, list):
         return modules
     names = sorted({str(m).rsplit(".", 1)[-1] for m in modules})
+    if all("." not in str(m) for m in modules):
+        return ", ".join(names)
     return f"{len(modules)} modules: {', '.join(names)}"
 
 

@@ -64,6 +64,7 @@ def finetune(
     on_step=None,
     seed: int | None = None,
     validation: "Validation | None" = None,  # noqa: F821
+    base_reference: str | None = None,
 ) -> FinetuneResult:
     """Trains and writes `out_dir` atomically (a PEFT adapter folder, or for FULL a transformers folder).
 
@@ -75,9 +76,12 @@ def finetune(
         seed: recorded in the TrainRecord of a row trained once per seed (the training seed is `train_config.seed`).
         validation: validate while training (`qlora.pipeline.validation`); the output is then the adapter of
             the best validated step, and the record holds the validation curve.
+        base_reference: how the adapter names its base (PEFT's `base_model_name_or_path` and `qlora_base.json`:
+            a conf/model option, hub id or the path the user gave); None: `model_name`.
     """
     from qlora.atomic import atomic_dir, write_json
     from qlora.data.tokenization import TokenizedDataset
+    from qlora.models.base_record import BASE_FILE, base_record, write_base_record
     from qlora.models.loading import QUANT_FILE, adapter_weights, load_base, load_for_training, quant_config_json
     from qlora.models.peft_format import TaskType, save_peft_adapter
     from qlora.models.surgery import model_report
@@ -129,7 +133,7 @@ def finetune(
         def save_snapshot(path: Path) -> None:
             with atomic_dir(path) as tmp:
                 shutil.rmtree(tmp)
-                save_peft_adapter(tmp, adapter_weights(model, lora, task, base_model=model_name))
+                save_peft_adapter(tmp, adapter_weights(model, lora, task, base_model=base_reference or model_name))
 
         validator = Validator(validation, model, pad_token_id, train_config.max_steps, Path(resume_dir) / "validation",
                               save_snapshot, quant.compute_dtype.resolve(device))  # fmt: skip
@@ -151,8 +155,10 @@ def finetune(
                     model.save_pretrained(tmp)
                 else:
                     shutil.rmtree(tmp)
-                    save_peft_adapter(tmp, adapter_weights(model, lora, task, base_model=model_name))
+                    base = base_reference or model_name
+                    save_peft_adapter(tmp, adapter_weights(model, lora, task, base_model=base))
                     write_json(tmp / QUANT_FILE, quant_config_json(quant))
+                    write_base_record(tmp, base_record(model, base))  # checked when the adapter loads onto a base
         trainable = [p for p in model.parameters() if p.requires_grad]
         adapter_mb = sum(p.numel() * p.element_size() for p in trainable) / 2**20
     curve = None
@@ -163,7 +169,7 @@ def finetune(
         if not (folder / f"step{result.steps:05d}.json").exists():  # a finished run resumed: nothing was evaluated here
             validator.evaluate(result.steps)
         curve = read_curve(folder, result.steps)
-        install_best(folder, curve, Path(out_dir), keep=(QUANT_FILE,))
+        install_best(folder, curve, Path(out_dir), keep=(QUANT_FILE, BASE_FILE))
     last = result.history[-1].memory if result.history else None
     seconds = sum(m.tokens / m.tokens_per_s for m in result.history)
     tokens_per_s = sum(m.tokens for m in result.history) / seconds if result.history and seconds > 0 else 0.0
@@ -227,6 +233,7 @@ class TrainJob:
     seed: int | None = None  # recorded for rows trained once per seed
     log_row: bool = True  # copy the headline numbers onto the row's parent run (False: the caller aggregates seeds)
     validation: "Validation | None" = None  # noqa: F821 — validate while training; output = the best step's adapter
+    base_reference: str | None = None  # how the adapter names its base (None: model_name)
 
     def resume_key(self) -> str:
         """Settings + the bytes of the base checkpoint and the data: a killed run resumes only into itself.
@@ -276,7 +283,7 @@ class TrainJob:
             return finetune(model_name=self.model_name, checkpoint=self.checkpoint, kind=self.kind, method=self.method,
                             quant=self.quant, lora=self.lora, train_config=self.train, data=self.data, out_dir=self.out_dir,
                             resume_dir=resume, num_labels=num_labels, progress=progress, seed=self.seed,
-                            validation=self.validation)  # fmt: skip
+                            validation=self.validation, base_reference=self.base_reference)  # fmt: skip
         row = stage_row(self.role, self.row, self.method, self.quant, self.model_name) if self.log_row else None
         with tracking.start(f"train {self.role} {self.row}", row=row, config=self,
                             params={"model": self.model_name, "method": self.method.value, **quant_params(self.quant),
@@ -286,7 +293,7 @@ class TrainJob:
             out = finetune(model_name=self.model_name, checkpoint=self.checkpoint, kind=self.kind, method=self.method, quant=self.quant,
                            lora=self.lora, train_config=self.train, data=self.data, out_dir=self.out_dir,
                            resume_dir=resume, num_labels=num_labels, progress=progress, seed=self.seed, on_step=live.on_step,
-                           validation=self.validation)  # fmt: skip
+                           validation=self.validation, base_reference=self.base_reference)  # fmt: skip
             record = out.record
             if self.metrics_path is not None:
                 write_json(self.metrics_path, dump_records([record]))
@@ -368,6 +375,7 @@ def plan_train(params: PipelineConfig, role: str, run: str) -> TrainJob | SeedsJ
     from qlora.pipeline.params import pick
     from qlora.pipeline.validation import Validation
 
+
     if role not in (CAUSAL, ENCODER):
         raise ConfigError("role", role, f"{CAUSAL} or {ENCODER}")
     model = lookup(params.models, role, "models")
@@ -386,7 +394,8 @@ def plan_train(params: PipelineConfig, role: str, run: str) -> TrainJob | SeedsJ
     if role == CAUSAL and run == paths.MAIN:
         return TrainJob(role, run, model.name, model.kind, spec.method, quant, lora, base, checkpoint, paths.data_dir() / INSTRUCT_TRAIN,
                         out_dir=paths.adapter_dir(role, run), resume_root=paths.resume_root(role, run),
-                        metrics_path=paths.train_metrics(role, run), loss_path=paths.loss_curve(role, run))  # fmt: skip
+                        metrics_path=paths.train_metrics(role, run), loss_path=paths.loss_curve(role, run),
+                        base_reference=model.reference)  # fmt: skip
     # every row of the ablation: once per seed, adapters in <row>/s<seed>/
     seeds = params.ablation.causal_seeds if role == CAUSAL else params.ablation.encoder_seeds
     data = paths.data_dir() / (INSTRUCT_TRAIN if role == CAUSAL else CLS_TRAIN)
@@ -401,7 +410,7 @@ def plan_train(params: PipelineConfig, role: str, run: str) -> TrainJob | SeedsJ
         TrainJob(role, f"{run}-s{seed}", model.name, model.kind, spec.method, quant, lora, dataclasses.replace(base, seed=seed),
                  checkpoint, data, out_dir=paths.seed_dir(paths.adapter_dir(role, run), seed),
                  resume_root=paths.seed_dir(paths.resume_root(role, run), seed), metrics_path=None, loss_path=None,
-                 labels_path=labels, seed=seed, log_row=False, validation=validation)
+                 labels_path=labels, seed=seed, log_row=False, validation=validation, base_reference=model.reference)
         for seed in seeds
     )  # fmt: skip
     return SeedsJob(jobs, paths.train_metrics(role, run), paths.loss_curve(role, run))

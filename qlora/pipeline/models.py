@@ -22,8 +22,14 @@ class PrepareModelJob:
     def run(self, tracking: Tracking) -> Path:
         import time
 
-        from qlora.data.sources import materialise
+        from qlora.checks import ConfigError
+        from qlora.data.sources import check_model_path, materialise
 
+        try:
+            check_model_path(self.model)
+        except FileNotFoundError:
+            missing = Path(self.model.path).expanduser().resolve()
+            raise ConfigError(f"models.{self.key}.path", self.model.path, f"an existing model folder or a hub id: no such folder {missing}") from None
         started = time.time()
         out = materialise(self.model, paths.model_dir(self.key))
         size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())

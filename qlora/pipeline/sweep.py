@@ -59,7 +59,7 @@ def plan_sweep(job: PipelineConfig, prepared: PipelineConfig, out: Path) -> Swee
     checkpoint = out / "quantized"
     train = TrainJob(CAUSAL, paths.MAIN, model.name, model.kind, method, quant, job.lora, job.train, checkpoint,
                      paths.data_dir() / INSTRUCT_TRAIN, out_dir=out / "adapter", resume_root=out / "resume",
-                     metrics_path=out / "train.json", loss_path=out / "loss.csv")  # fmt: skip
+                     metrics_path=out / "train.json", loss_path=out / "loss.csv", base_reference=model.reference)  # fmt: skip
     evaluate = CausalEvalJob(paths.MAIN, model.name, method, quant, job.eval, checkpoint, out / "adapter", out / "metrics.json",
                              out / "items")  # fmt: skip
     return SweepJob(QuantizeJob(CAUSAL, model, paths.MAIN, quant), train, evaluate, out)

@@ -61,11 +61,9 @@ class UserFinetuneJob:
         """
         from transformers import AutoTokenizer
 
-        from qlora.atomic import write_json
         from qlora.data.user import load_user_data, tokenize_user_data
         from qlora.pipeline.finetune import TrainJob
-        from qlora.pipeline.user_model import model_folder, model_reference
-        from qlora.readers import read_json
+        from qlora.pipeline.user_model import model_folder
 
         if self.model.kind is not ModelKind.CAUSAL_LM:
             from qlora.checks import ConfigError
@@ -73,27 +71,49 @@ class UserFinetuneJob:
             raise ConfigError("model.kind", self.model.kind.name, "CAUSAL_LM: `qlora finetune` instruction-tunes causal LMs")
         user = load_user_data(self.data)  # a bad record fails before the model loads
         folder = model_folder(self.model, cache_dir)
+        _check_targets(folder, self.lora)  # lora targets that match no layer fail before anything is written
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(folder))
         except (OSError, ValueError) as e:
             raise ValueError(f"{folder}: no tokenizer to encode the data with ({' '.join(str(e).split())[:200]})") from None
         tokens = tokenize_user_data(tokenizer, user, max_length=self.data.max_length, limit=self.data.instruction_train, seed=self.data.seed)
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        token_file = self.work_dir / "train.safetensors"
-        if not _same_tokens(token_file, tokens.dataset):  # kept on a re-run: its bytes key the resumable state
-            tokens.dataset.save(token_file)  # (safetensors' header order varies between processes)
-        job = TrainJob(CAUSAL, "cli", self.model.name, ModelKind.CAUSAL_LM, main_method(self.quant), self.quant, self.lora, self.train,
-                       checkpoint=folder, data=token_file, out_dir=self.out_dir, resume_root=self.work_dir / "resume",
-                       metrics_path=self.out_dir / RECORD_FILE, loss_path=self.out_dir / LOSS_FILE, log_row=False)  # fmt: skip
-        out = job.run(tracking, progress=progress)
-        base = model_reference(self.model, folder)
-        config_path = self.out_dir / "adapter_config.json"
-        config = read_json(config_path, "adapter config")
-        write_json(config_path, {**config, "base_model_name_or_path": base})  # what PEFT loads the base from
+        created = not self.work_dir.exists()
+        try:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            token_file = self.work_dir / "train.safetensors"
+            if not _same_tokens(token_file, tokens.dataset):  # kept on a re-run: its bytes key the resumable state
+                tokens.dataset.save(token_file)  # (safetensors' header order varies between processes)
+            base = self.model.reference  # what the adapter names as its base (PEFT's base_model_name_or_path)
+            job = TrainJob(CAUSAL, "cli", self.model.name, ModelKind.CAUSAL_LM, main_method(self.quant), self.quant, self.lora,
+                           self.train, checkpoint=folder, data=token_file, out_dir=self.out_dir, resume_root=self.work_dir / "resume",
+                           metrics_path=self.out_dir / RECORD_FILE, loss_path=self.out_dir / LOSS_FILE, log_row=False,
+                           seed=self.train.seed, base_reference=base)  # fmt: skip
+            out = job.run(tracking, progress=progress)
+        except BaseException:
+            # a run refused or failed before its first checkpoint leaves nothing to resume: no `.work/` behind
+            if created and not any(p.is_file() for p in (self.work_dir / "resume").rglob("*")):
+                shutil.rmtree(self.work_dir, ignore_errors=True)
+            raise
         shutil.rmtree(self.work_dir, ignore_errors=True)
         result = out.result
         return UserFinetuneResult(self.out_dir, base, tokens.records, tokens.used, tokens.too_long, result.steps, result.resumed_from,
                                   result.losses[-1] if result.losses else float("nan"), result.seconds)  # fmt: skip
+
+
+def _check_targets(folder: Path, lora: LoRAConfig) -> None:
+    """Refuses `lora.targets` that select no linear layer of the model in `folder`, from its config.json
+    alone (the rule `load_for_training` applies once the model is loaded).
+
+    Raises:
+        ValueError: naming the targets and the layer names the model has.
+    """
+    if not lora.rank:
+        return
+    from qlora.models.pretrained import meta_skeleton
+    from qlora.models.surgery import linear_modules, select_targets
+    from qlora.readers import read_json
+
+    select_targets(linear_modules(meta_skeleton(read_json(folder / "config.json", "model config"), ModelKind.CAUSAL_LM)), lora)
 
 
 def _same_tokens(path: Path, dataset) -> bool:

@@ -36,9 +36,3 @@ def model_folder(model: ModelConfig, cache_dir: str | Path) -> Path:
     from qlora.data.sources import materialise
 
     return materialise(model, folder, gguf_cache_dir=Path(cache_dir) / "gguf")
-
-
-def model_reference(model: ModelConfig, folder: Path) -> str:
-    """What to record as the base of an adapter (PEFT's `base_model_name_or_path`): the hub id or folder
-    the user gave, or the materialised folder of an embedded model."""
-    return model.path if model.source is ModelSource.PRETRAINED else str(folder.resolve())

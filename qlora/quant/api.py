@@ -15,6 +15,7 @@ import math
 
 import torch
 
+from qlora.checks import check_bool
 from qlora.quant import cpu, reference
 from qlora.quant.dtypes import DEFAULT_BLOCK_SIZE, NESTED_BLOCK_SIZE, DataType, codebook, nearest_code_search, validate_block_size
 from qlora.quant.state import NestedAbsmax, QuantizedTensor
@@ -116,8 +117,10 @@ def quantize(
     Raises:
         TypeError: non-floating input. ValueError: empty input, NaN/Inf, a magnitude the float32
         computation overflows on (`# Note: magnitude limit`), bad block size or data type.
+        ConfigError (ValueError): `double_quant` is not a bool (e.g. the string "no").
     """
     dtype = DataType.parse(dtype)
+    check_bool("double_quant", double_quant)  # a string such as "no" is truthy: refuse it, as QuantConfig does
     peak = _check_input(tensor)
     shape, orig_dtype = tensor.shape, tensor.dtype
     if dtype is DataType.BF16:
@@ -171,7 +174,8 @@ def dequantize(
     Args:
         qt: a QuantizedTensor.
         out_dtype: float32, float16 or bfloat16 (float64 too, via the reference: for gradcheck).
-        out: optional preallocated output of shape `qt.shape` and dtype `out_dtype`.
+        out: optional preallocated output of shape `qt.shape` and dtype `out_dtype`, any strides and
+            storage offset; filled in place and returned.
         backend: which implementation runs.
 
     Raises:
@@ -205,7 +209,7 @@ def dequantize(
             **({} if n is None else dict(nested_codes=n.codes, nested_absmax=n.absmax, nested_offset=n.offset,
                                          nested_code=n.code, nested_block_size=n.block_size)),
         )  # fmt: skip
-        return result.view(qt.shape)
+        return result.view(qt.shape) if out is None else out
     absmax = block_absmax(qt)
     if backend is Backend.CPU and qt.dtype.is_4bit:
         result = cpu.dequantize_4bit(qt.data, absmax, codebook(qt.dtype), qt.block_size, qt.numel, out_dtype, out=out)

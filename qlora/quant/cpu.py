@@ -203,9 +203,10 @@ def dequantize_4bit(
 
     Args:
         out: optional tensor of `n` elements of `out_dtype`, written in place; returned flattened when
-            contiguous (else filled with a copy and returned as is).
+            contiguous (else, or for bf16 at an odd storage offset, filled with a copy and returned as is).
     """
-    if out is not None and not out.is_contiguous():
+    # bf16 pairs are written as int32: a bf16 `out` starting at an odd element offset cannot be viewed so
+    if out is not None and (not out.is_contiguous() or (out_dtype == torch.bfloat16 and out.storage_offset() % 2)):
         return out.copy_(dequantize_4bit(packed, absmax, code, block_size, n, out_dtype).view(out.shape))
     dst = empty_output(n, out_dtype) if out is None else out.view(-1)
     n_full = n // block_size * block_size

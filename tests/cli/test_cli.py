@@ -88,6 +88,9 @@ def test_finetune_on_your_own_jsonl_gives_a_peft_adapter(capsys, tmp_path, tiny_
     assert config["base_model_name_or_path"] == str(tiny_model_dir) and config["r"] == 8
     record = json.loads((out / "train_record.json").read_text())[0]
     assert record["quant"] == "nf4_dq" and record["steps"] == 3 and len(record["losses"]) == 3
+    from qlora.config import ComputeDtype  # conf/quant says NATIVE: the record says what it resolved to here
+
+    assert record["seed"] == 0 and record["compute_dtype"] == str(ComputeDtype.NATIVE.resolve("cpu")).removeprefix("torch.")
 
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     model = peft.PeftModel.from_pretrained(base, str(out))

@@ -77,6 +77,25 @@ def test_dequantize_writes_every_element_of_a_poisoned_out():
     assert torch.equal(out, qlora.dequantize(q, torch.float32, backend=Backend.REFERENCE))
 
 
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("layout", ["transposed", "sliced"])
+def test_dequantize_into_a_non_contiguous_out(out_dtype, layout):
+    """`out.view(-1)` used to raise on a strided `out`; it is filled in its logical order instead."""
+    q = qlora.quantize(torch.randn(33, 65, device=DEVICE), DataType.NF4, 64, True)
+    if layout == "transposed":
+        storage = torch.full((65, 33), 7.0, dtype=out_dtype, device=DEVICE)
+        out = storage.t()
+    else:
+        storage = torch.full((33, 80), 7.0, dtype=out_dtype, device=DEVICE)
+        out = storage[:, 5:70]
+    assert not out.is_contiguous()
+    result = qlora.dequantize(q, out_dtype, out=out, backend=Backend.TRITON)
+    assert result is out
+    assert torch.equal(out, qlora.dequantize(q, torch.float32, backend=Backend.REFERENCE).to(out_dtype))
+    if layout == "sliced":  # the columns outside the slice are untouched
+        assert storage[:, :5].eq(7).all() and storage[:, 70:].eq(7).all()
+
+
 def test_quantize_kernel_handles_zero_blocks_and_edges():
     w = torch.zeros(4, 64, device=DEVICE)
     w[1] = 1.0

@@ -289,6 +289,12 @@ def adapter_tensors(fn):
     return lambda d: edit_tensors(d / A, fn)
 
 
+def full_name_targets(d):
+    """target_modules as every adapted module's full name (the file's keys) instead of PEFT's suffixes."""
+    names = sorted({k.removeprefix("base_model.model.").rsplit(".lora_", 1)[0] for k in load_file(d / A)})
+    edit_json(d / C, lambda c: c.__setitem__("target_modules", names))
+
+
 ADAPTER_CASES = [
     ("config-missing", lambda d: (d / C).unlink(), FileNotFoundError, [C, "not found"]),
     ("weights-missing", lambda d: (d / A).unlink(), FileNotFoundError, [A, "not found"]),
@@ -319,8 +325,9 @@ ADAPTER_CASES = [
      [A, f"{ADAPTER_KEY}.lora_B.weight", "not finite"]),
     ("lora-b-missing", adapter_tensors(delitem(f"{ADAPTER_KEY}.lora_B.weight")), ValueError,
      [A, f"{ADAPTER_KEY}.lora_B.weight: missing"]),
-    ("module-missing", adapter_tensors(lambda s: [s.pop(f"{ADAPTER_KEY}.lora_{x}.weight") for x in "AB"]), ValueError,
-     [A, f"{ADAPTER_KEY}.lora_A.weight: missing", "target_modules"]),
+    # target_modules as full names (older adapters, hand-made ones): a module they name must have its weights
+    ("module-missing", lambda d: (full_name_targets(d), adapter_tensors(lambda s: [s.pop(f"{ADAPTER_KEY}.lora_{x}.weight") for x in "AB"])(d)),
+     ValueError, [A, f"{ADAPTER_KEY}.lora_A.weight: missing", "target_modules"]),
     ("lora-a-transposed", adapter_tensors(lambda s: s.__setitem__(f"{ADAPTER_KEY}.lora_A.weight", s[f"{ADAPTER_KEY}.lora_A.weight"].t().contiguous())),
      ValueError, [A, f"{ADAPTER_KEY}.lora_A.weight", "shape (64, 4)", "r=4"]),
     ("lora-a-int", adapter_tensors(lambda s: s.__setitem__(f"{ADAPTER_KEY}.lora_A.weight", s[f"{ADAPTER_KEY}.lora_A.weight"].to(torch.int32))),
@@ -331,8 +338,10 @@ ADAPTER_CASES = [
      [A, "base_model.model.foo.weight", "neither a lora_A/lora_B weight nor in modules_to_save"]),
     ("key-without-prefix", adapter_tensors(setitem("foo.weight", torch.zeros(2))), ValueError,
      [A, "foo.weight", "expected the prefix 'base_model.model.'"]),
-    ("module-not-a-target", adapter_json(lambda c: c["target_modules"].remove("model.layers.0.mlp.up_proj")), ValueError,
+    ("module-not-a-target", adapter_json(lambda c: c["target_modules"].remove("up_proj")), ValueError,  # PEFT's suffixes, as saved
      [A, "model.layers.0.mlp.up_proj is not among target_modules"]),
+    ("module-not-a-full-name-target", lambda d: (full_name_targets(d), adapter_json(lambda c: c["target_modules"].remove("model.layers.0.mlp.up_proj"))(d)),
+     ValueError, [A, "model.layers.0.mlp.up_proj is not among target_modules"]),
 ]  # fmt: skip
 
 

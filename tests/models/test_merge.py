@@ -55,3 +55,29 @@ def test_export_merged_leaves_the_model_prepared(tmp_path):
     assert sum(isinstance(m, QLoRALinear) for m in model.modules()) == 14
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_merge_and_unload_with_its_default_dtype_runs_and_saves_what_the_cli_writes(tmp_path):
+    """The default (bf16) merge used to mix bf16 layers with fp32 norms and embeddings: its forward failed."""
+    import json
+    import os
+
+    from safetensors.torch import load_file
+
+    model = prepared(tiny_models.llama)
+    ids = torch.randint(1, 96, (2, 10))
+    merged = merge_and_unload(model)
+    assert {t.dtype for t in merged.state_dict().values()} == {torch.bfloat16}
+    with torch.no_grad():
+        ours, theirs = model(ids).logits, merged(ids).logits.float()
+    assert (theirs - ours).norm() / ours.norm() < 2e-2  # every weight rounded to bf16 once
+    merged.save_pretrained(tmp_path / "library")
+    export_merged(model, tmp_path / "cli")  # what `qlora merge` writes
+    assert json.loads((tmp_path / "library" / "config.json").read_text())["dtype"] == "bfloat16"
+    library, cli = load_file(tmp_path / "library" / "model.safetensors"), load_file(tmp_path / "cli" / "model.safetensors")
+    assert sorted(library) == sorted(cli) and all(library[k].dtype == torch.bfloat16 and torch.equal(library[k], cli[k]) for k in cli)
+    umask = os.umask(0)
+    os.umask(umask)
+    for folder in ("library", "cli"):  # safetensors creates files 0600; outputs get the umask's permissions
+        assert {f.name: f.stat().st_mode & 0o777 for f in (tmp_path / folder).iterdir()} == dict.fromkeys(
+            ["config.json", "generation_config.json", "model.safetensors"], 0o666 & ~umask)

@@ -8,6 +8,7 @@ import textwrap
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from transformers import LlamaForCausalLM
 
 from qlora import DataType
 from qlora.config import Checkpointing, ComputeDtype, LoRAConfig, ModelKind, QuantConfig, Targets
@@ -91,6 +92,19 @@ def test_quantized_folder_is_read_as_it_is(tmp_path):
     assert_same_model(loaded, streamed)
     with pytest.raises(ValueError, match="holds nf4 double_quant=True block_size=64; quant asks for fp4"):
         from_pretrained(qdir, quant=QuantConfig(DataType.FP4, True))
+
+
+def test_checkpointing_strings_are_parsed_or_refused_as_in_quant_config(tmp_path):
+    from qlora.checks import ConfigError
+
+    path = tiny_models.save(tiny_models.llama(), tmp_path / "model")
+    flag = "is_activation_checkpointing" if hasattr(LlamaForCausalLM, "is_activation_checkpointing") else "is_gradient_checkpointing"
+    assert not getattr(from_pretrained(path, quant=NF4_DQ, checkpointing="off"), flag)  # before: any string turned it on
+    assert getattr(from_pretrained(path, quant=NF4_DQ, lora=LORA, checkpointing="NON_REENTRANT"), flag)
+    for bad in ("sometimes", "no", True, 1):
+        with pytest.raises(ConfigError, match=rf"^checkpointing={bad!r}: expected one of OFF, REENTRANT, NON_REENTRANT "
+                                              r"\(Checkpointing, case-insensitive\)$"):  # fmt: skip
+            from_pretrained(path, quant=NF4_DQ, checkpointing=bad)
 
 
 def test_checkpointing_and_bad_arguments(tmp_path):

@@ -40,7 +40,7 @@ def test_adapter_round_trip_rebuilds_the_model(base, tmp_path):
     quant = QuantConfig(DataType.FP4, False, 128, ComputeDtype.FP32)  # not the default: the folder must say it
     model = trained(base, quant)
     out = save_pretrained(model, tmp_path / "adapter", what=Save.ADAPTER, base_model=str(base))
-    assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors", "qlora_quant.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors", "qlora_base.json", "qlora_quant.json"]
     assert json.loads((out / "qlora_quant.json").read_text()) == {"block_size": 128, "compute_dtype": "fp32", "double_quant": False, "dtype": "fp4"}
     loaded = from_pretrained(base, adapter=out)
     assert_same_model(loaded, model)
@@ -69,7 +69,8 @@ def test_both_in_one_folder_and_model_save_pretrained(base, tmp_path):
     model.save_pretrained(tmp_path / "both")  # transformers' habit; default: 4-bit model + adapter
     names = {p.name for p in (tmp_path / "both").iterdir()}
     assert {"config.json", "model.safetensors", "qlora_quant.json", "adapter"} <= names and "adapter_config.json" not in names
-    assert {p.name for p in (tmp_path / "both" / "adapter").iterdir()} == {"adapter_config.json", "adapter_model.safetensors", "qlora_quant.json"}
+    assert {p.name for p in (tmp_path / "both" / "adapter").iterdir()} == {"adapter_config.json", "adapter_model.safetensors", "qlora_base.json",
+                                                                          "qlora_quant.json"}  # fmt: skip
     loaded = from_pretrained(tmp_path / "both")
     assert_same_model(loaded, model)
     assert torch.equal(logits(loaded), logits(model))
@@ -184,3 +185,63 @@ def test_stored_bits_are_counted_from_the_file(tmp_path):
     dq = stored_bits(quantize_checkpoint(base, ModelKind.CAUSAL_LM, QuantConfig(DataType.NF4, True), tmp_path / "nf4_dq"))
     assert dq.core_bytes == sum(n // 2 + math.ceil(n / 64) + 4 * math.ceil(math.ceil(n / 64) / 256) for n in numel)
     assert 4.125 < dq.core_bits_per_param < 4.5
+
+
+def test_a_reloaded_quantized_classifier_trains_its_head(tmp_path):
+    """Reloading a 4-bit classifier folder used to freeze its head: only the adapters trained."""
+    from qlora.models.loading import load_for_training
+
+    base = tiny_models.save(tiny_models.bert_base(), tmp_path / "base")
+    streamed = from_pretrained(base, quant=NF4_DQ, lora=LORA, kind=ModelKind.SEQ_CLS, num_labels=3)
+    expected = {n for n, p in streamed.named_parameters() if p.requires_grad}
+    assert {"classifier.weight", "classifier.bias"} <= expected
+    save_pretrained(from_pretrained(base, quant=NF4_DQ, kind=ModelKind.SEQ_CLS, num_labels=3), tmp_path / "q4")
+    for reloaded in (from_pretrained(tmp_path / "q4", lora=LORA, kind=ModelKind.SEQ_CLS),
+                     load_for_training(tmp_path / "q4", ModelKind.SEQ_CLS, None, LORA)):  # fmt: skip
+        assert {n for n, p in reloaded.named_parameters() if p.requires_grad} == expected
+
+
+def test_a_quantized_checkpoint_stores_its_other_tensors_in_the_compute_dtype(tmp_path):
+    """Embeddings, norms and head in bf16 unless asked (they were fp32: 108 of SmolLM2's 164 MiB)."""
+    from safetensors import safe_open
+
+    base = tiny_models.save(tiny_models.qwen2(), tmp_path / "base")  # untied head, biases
+    model = from_pretrained(base)  # the default QuantConfig: NF4+DQ, compute dtype AUTO
+    dtypes = {}
+    for name, asked in (("q4", None), ("q4_fp32", torch.float32)):
+        out = save_pretrained(model, tmp_path / name, dtype=asked)
+        with safe_open(str(out / "model.safetensors"), "pt") as fh:
+            packed = {k for k in fh.keys() if ".weight." in k or (k.endswith(".weight") and isinstance(model.get_submodule(k[:-7]), QLoRALinear))}
+            dtypes[name] = {k: fh.get_slice(k).get_dtype() for k in fh.keys() if k not in packed}  # the tensors not quantized
+        assert json.loads((out / "config.json").read_text())["dtype"] == ("float32" if asked else "bfloat16")
+    assert {"model.embed_tokens.weight", "lm_head.weight", "model.norm.weight", "model.layers.0.input_layernorm.weight",
+            "model.layers.0.self_attn.q_proj.bias"} <= set(dtypes["q4"])  # fmt: skip
+    assert set(dtypes["q4"].values()) == {"BF16"} and set(dtypes["q4_fp32"].values()) == {"F32"}
+    def data_bytes(name):  # the file less its 8-byte length and JSON header
+        raw = (tmp_path / name / "model.safetensors").read_bytes()
+        return len(raw) - 8 - int.from_bytes(raw[:8], "little")
+
+    other_fp32 = sum(model.state_dict()[k].numel() * 4 for k in dtypes["q4"])
+    assert data_bytes("q4_fp32") - data_bytes("q4") == other_fp32 // 2  # half their bytes
+
+    loaded, exact = from_pretrained(tmp_path / "q4"), from_pretrained(tmp_path / "q4_fp32")
+    assert torch.equal(logits(exact), logits(model))
+    ours = logits(model)
+    assert 0 < float((logits(loaded) - ours).norm() / ours.norm()) < 1e-2  # bf16-rounded embeddings and norms
+    for name, m in model.named_modules():  # the 4-bit layers are the same bytes either way
+        if isinstance(m, QLoRALinear):
+            assert torch.equal(loaded.get_submodule(name).qweight, m.qweight) and torch.equal(loaded.get_submodule(name).nested_codes, m.nested_codes)
+
+
+def test_a_bf16_checkpoint_loads_in_transformers_with_bitsandbytes(tmp_path):
+    peer("bitsandbytes")
+    from transformers import AutoModelForCausalLM
+
+    base = tiny_models.save(tiny_models.llama(), tmp_path / "base")
+    q4 = from_pretrained(base)
+    save_pretrained(q4, tmp_path / "q4")
+    bnb_model = AutoModelForCausalLM.from_pretrained(tmp_path / "q4", device_map="cpu").eval()
+    assert type(bnb_model.model.layers[0].mlp.up_proj).__name__ == "Linear4bit"
+    assert bnb_model.model.embed_tokens.weight.dtype == torch.bfloat16
+    ours = logits(q4)
+    assert (logits(bnb_model).float() - ours).norm() / ours.norm() < 3e-2  # bitsandbytes and the model compute in bf16

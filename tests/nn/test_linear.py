@@ -9,6 +9,7 @@ import qlora
 from qlora import DataType
 from qlora.config import ComputeDtype, LoRAConfig, QuantConfig
 from qlora.nn import QLoRALinear, QuantizedLoRAFunction
+from tests.conftest import TOLERANCES
 
 ALL_TYPES = list(DataType)
 
@@ -86,16 +87,35 @@ def test_fresh_adapter_leaves_output_unchanged_and_init_is_kaiming():
 
 
 def test_dropout_only_on_the_lora_path():
+    """In training, y = x deq(W)ᵀ + b + s · dropout(x) Aᵀ Bᵀ: the frozen path sees x itself.
+
+    Checked two ways, each failing when dropout also reaches the base path (a mutation that feeds
+    dropout(x) to the quantized matmul was run and made both fail): with B = 0 the training output is
+    exactly the base's, and with a trained B it equals the formula with the mask drawn from the same seed.
+    """
     m = layer(rank=4, dropout=0.5)
-    m.eval()
     x = torch.randn(8, 70)
+    base = torch.nn.functional.linear(x, qlora.dequantize(m.weight, torch.float32), m.bias)
+    m.train()
+    saved_b = m.lora_b.detach().clone()
+    with torch.no_grad():
+        m.lora_b.zero_()
+    torch.manual_seed(1)
+    torch.testing.assert_close(m(x), base, rtol=0, atol=0)  # dropout on the base path would zero half its inputs
+    with torch.no_grad():
+        m.lora_b.copy_(saved_b)
+    m.eval()
     eval_out = m(x)
+    torch.testing.assert_close(eval_out, base + m.scaling * (x @ m.lora_a.t() @ m.lora_b.t()), **TOLERANCES[torch.float32])
     m.train()
     torch.manual_seed(1)
     train_out = m(x)
-    base = torch.nn.functional.linear(x, qlora.dequantize(m.weight, torch.float32), m.bias)
-    assert not torch.allclose(train_out, eval_out)
-    assert (train_out - base).abs().sum() > 0
+    torch.manual_seed(1)
+    dropped = torch.nn.functional.dropout(x, 0.5, training=True)  # the mask the layer drew
+    assert 0.3 < float((dropped == 0).float().mean()) < 0.7
+    expected = base + m.scaling * (dropped @ m.lora_a.t() @ m.lora_b.t())
+    torch.testing.assert_close(train_out, expected, **TOLERANCES[torch.float32])
+    assert not torch.allclose(train_out, eval_out)  # the adapter path did get dropout
 
 
 def test_merge_unmerge_and_requantized_merge():

@@ -69,6 +69,21 @@ def test_out_argument(out_dtype, contiguous):
     _assert_bits_equal(out.contiguous(), dequantize(qt, out_dtype, backend=Backend.REFERENCE))
 
 
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("offset", [1, 3])
+def test_out_argument_at_an_odd_storage_offset(out_dtype, offset):
+    """bf16 pairs are stored as int32: an `out` starting at an odd element used to raise in view(torch.int32)."""
+    x = torch.randn(40, 64)
+    qt = quantize(x, DataType.NF4, 64, double_quant=True, backend=Backend.REFERENCE)
+    storage = torch.full((offset + 40 * 64 + 2,), 7.0, dtype=out_dtype)
+    out = storage[offset : offset + 40 * 64].view(40, 64)
+    assert out.is_contiguous() and out.storage_offset() == offset
+    result = dequantize(qt, out_dtype, out=out, backend=Backend.CPU)
+    assert result.data_ptr() == out.data_ptr()
+    _assert_bits_equal(out, dequantize(qt, out_dtype, backend=Backend.REFERENCE))
+    assert storage[:offset].eq(7).all() and storage[offset + 40 * 64 :].eq(7).all()  # nothing written outside `out`
+
+
 def test_rounding_ties_tiny_and_huge_values():
     """Exact midpoints (ties go to the lower code), all-zero blocks, subnormal and near-max products."""
     x = torch.tensor([0.5, -0.5, 0.25, 1.0, -1.0, 0.0] * 16 + [0.0] * 64 + [1e-38, -3e-39, 2e-39, 1e-40] * 16)

@@ -222,6 +222,17 @@ def test_unknown_dtype_lists_the_allowed_ones():
         qlora.quantize(torch.randn(64), "nf5")
 
 
+@pytest.mark.parametrize("bad", ["no", "yes", 0, 1, None])
+def test_double_quant_must_be_a_bool_as_in_quant_config(bad):
+    from qlora.checks import ConfigError
+
+    expected = rf"double_quant={bad!r}: expected true or false \(a boolean, not a string or number\)"
+    with pytest.raises(ConfigError, match=expected):
+        qlora.QuantConfig(double_quant=bad)
+    with pytest.raises(ConfigError, match=expected):  # the same refusal (before: "no" quantized WITH double quantization)
+        qlora.quantize(torch.randn(64), DataType.NF4, double_quant=bad)
+
+
 def test_dequantize_checks_its_output_and_input():
     q = qlora.quantize(torch.randn(8, 64), DataType.NF4)
     with pytest.raises(ValueError, match=r"out must have shape \(8, 64\).*got shape \(64, 8\)"):
