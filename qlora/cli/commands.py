@@ -24,12 +24,31 @@ def _mb(x: float) -> str:
     return f"{x:,.1f} MB"
 
 
+def _inputs(params=None, *, model: bool = True, data: bool = True, adapter: str | None = None):
+    """The local paths a command reads (never written over): the model folder, the data file, the adapter."""
+    from qlora.config import DataSource
+    from qlora.pipeline.outputs import Inputs
+    from qlora.pipeline.user_model import model_inputs
+
+    inputs = Inputs()
+    if params is not None and model:
+        for what, path in model_inputs(params.models["causal"], cache_dir()):
+            inputs.add(what, path)
+    if params is not None and data and params.data.source is not DataSource.EMBEDDED:
+        inputs.add("data (data.path)", params.data.path)
+    inputs.add("adapter", adapter)
+    return inputs
+
+
 def cmd_quantize(args) -> int:
     from qlora.pipeline.user_checkpoints import QuantizeModelJob
 
+    from qlora.pipeline.outputs import OutputKind, check_folder_output
+
     params, _ = _config(args, [f"model={args.model}"])
     model = params.models["causal"]
-    out = QuantizeModelJob(model, params.quant, args.out).run(_env_tracking(args.no_mlflow), cache_dir(), progress=not args.quiet)
+    target = check_folder_output(args.out, OutputKind.QUANTIZED, _inputs(params, data=False), overwrite=args.overwrite)
+    out = QuantizeModelJob(model, params.quant, target).run(_env_tracking(args.no_mlflow), cache_dir(), progress=not args.quiet)
     print(f"{args.out}: {model.name} as {params.quant.label} (block {params.quant.block_size}), {out['bits_per_param']:.3f} bits/param, "
           f"{out['layers']} quantized layers, {_mb(out['weight_mb'])}, {out['seconds']:.1f} s")  # fmt: skip
     return 0
@@ -43,7 +62,12 @@ def cmd_finetune(args) -> int:
     if params.data.source is DataSource.EMBEDDED:
         raise UsageError("data.path: expected your data, a JSONL file or a datasets dataset (e.g. data.path=my.jsonl); "
                          "the embedded instruction tasks are the pipeline's: qlora pipeline repro")  # fmt: skip
-    job = UserFinetuneJob(params.models["causal"], params.quant, params.lora, params.train, params.data, args.out)
+    from qlora.pipeline.outputs import OutputKind, check_folder_output
+
+    inputs = _inputs(params)
+    target = check_folder_output(args.out, OutputKind.ADAPTER, inputs, overwrite=args.overwrite)
+    job = UserFinetuneJob(params.models["causal"], params.quant, params.lora, params.train, params.data, target)
+    check_folder_output(job.work_dir, OutputKind.FINETUNE_WORK, inputs, overwrite=args.overwrite, option="--out (its resumable state)")
     if job.work_dir.exists():
         print(f"resuming from {job.work_dir}", file=sys.stderr)
     r = job.run(_env_tracking(args.no_mlflow), cache_dir(), progress=not args.quiet)
@@ -69,21 +93,32 @@ def cmd_eval(args) -> int:
         if bad or not tasks:
             raise UsageError(f"argument --tasks: invalid choice: {(bad or [''])[0]!r} (choose from {', '.join(TASKS)})")
     quant = params.quant if "quant" in overrides.given else None
+    if args.json is not None:
+        from qlora.pipeline.outputs import check_file_output
+        from qlora.pipeline.user_eval import is_results_file
+
+        check_file_output(args.json, "results file", is_results_file, _inputs(params, adapter=args.adapter), overwrite=args.overwrite,
+                          option="--json")  # fmt: skip
     job = UserEvalJob(params.models["causal"], args.adapter, quant, tuple(EvalTask(t) for t in tasks), params.eval, params.data)
     results = job.run(_env_tracking(args.no_mlflow), cache_dir(), progress=not args.quiet)
     for task, r in results.items():
         interval = f"  95% CI [{r.ci_low:.4f}, {r.ci_high:.4f}]" if r.ci_low is not None else ""
         print(f"{task:<11} {r.value:.4f}{interval}  n={r.n}")
     if args.json is not None:
-        write_json(args.json, {t: {"value": r.value, "n": r.n, "ci_low": r.ci_low, "ci_high": r.ci_high} for t, r in results.items()})
+        from qlora.pipeline.user_eval import results_json
+
+        write_json(args.json, results_json(results))
     return 0
 
 
 def cmd_merge(args) -> int:
     from qlora.config import ModelConfig, ModelSource
+    from qlora.pipeline.outputs import OutputKind, check_folder_output
     from qlora.pipeline.user_checkpoints import MergeJob, adapter_base
 
     params, overrides = _config(args)
+    if not Path(args.adapter).is_dir():
+        raise FileNotFoundError(f"{args.adapter}: no such adapter folder")
     if "model" in overrides.given:
         base = params.models["causal"]
     else:
@@ -91,7 +126,11 @@ def cmd_merge(args) -> int:
         if recorded is None:
             raise UsageError(f"model: expected the adapter's base (model=<folder or hub id>): {args.adapter}/adapter_config.json names none")
         base = ModelConfig(recorded.rstrip("/").split("/")[-1], ModelSource.PRETRAINED, path=recorded)
-    out = MergeJob(base, args.adapter, args.out).run(_env_tracking(args.no_mlflow), cache_dir(), progress=not args.quiet)
+    inputs = _inputs(params if "model" in overrides.given else None, adapter=args.adapter)
+    if "model" not in overrides.given:
+        inputs.add("base model", base.path)
+    target = check_folder_output(args.out, OutputKind.MERGED, inputs, overwrite=args.overwrite)
+    out = MergeJob(base, args.adapter, target).run(_env_tracking(args.no_mlflow), cache_dir(), progress=not args.quiet)
     print(f"{args.out}: {base.name} + {args.adapter} merged in bf16, {_mb(out['weight_mb'])}, {out['seconds']:.1f} s")
     return 0
 

@@ -22,6 +22,8 @@ from qlora.cli.compose import UsageError, find_config_dir, group_options
 
 PROG = "qlora"
 TASKS = ("mmlu", "perplexity", "rouge")
+OVERWRITE_HELP = ("replace --out even if it holds files this command did not write (never allowed: --out equal to, inside or "
+                  "holding an input)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -62,14 +64,16 @@ def build_parser(conf: Path | None = None) -> argparse.ArgumentParser:
                 "Quantizes every linear layer but the head while loading (peak RAM near the quantized size) and writes the\n"
                 "transformers + bitsandbytes 4-bit layout (NF4/FP4 load in transformers too). Any data type: quant=<option>.")  # fmt: skip
     p.add_argument("model", metavar="MODEL", help="a conf/model option (smollm2, ...), a model folder or a hub id")
-    p.add_argument("--out", required=True, type=Path, help="the checkpoint folder to write")
+    p.add_argument("--out", required=True, help="the checkpoint folder to write (new, empty, or an earlier `qlora quantize` output)")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("overrides", nargs="*", metavar="OVERRIDE", help="e.g. quant=fp4 quant.block_size=128")
 
     p = command("finetune", "a model + your data -> a PEFT adapter (re-run to resume)",
                 "Instruction-tunes LoRA adapters on a quantized base (QLoRA; LoRA for quant=bf16) with your JSONL or datasets\n"
                 "records (Alpaca instruction/input/output or chat messages), loss on the responses only. The adapter loads with\n"
                 "peft.PeftModel.from_pretrained. A killed run resumes when the same command is run again.")  # fmt: skip
-    p.add_argument("--out", required=True, type=Path, help="the adapter folder to write")
+    p.add_argument("--out", required=True, help="the adapter folder to write (new, empty, or an earlier `qlora finetune` output)")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("overrides", nargs="*", metavar="OVERRIDE",
                    help="e.g. model=smollm2 data.path=my.jsonl train.max_steps=20 quant=fp4")  # fmt: skip
 
@@ -79,14 +83,16 @@ def build_parser(conf: Path | None = None) -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL", help="a conf/model option, a model or checkpoint folder, or a hub id")
     p.add_argument("--adapter", type=Path, default=None, help="a PEFT adapter folder (from `qlora finetune`)")
     p.add_argument("--tasks", default=None, help=f"comma-separated, of {', '.join(TASKS)} (default: mmlu,perplexity; +rouge with data.path)")
-    p.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
+    p.add_argument("--json", default=None, help="also write the results to this JSON file (new, or an earlier results file)")
+    p.add_argument("--overwrite", action="store_true", help="replace --json even if it is not an earlier results file")
     p.add_argument("overrides", nargs="*", metavar="OVERRIDE", help="e.g. eval.mmlu_questions=200 eval.mmlu_shots=0 data.path=test.jsonl")
 
     p = command("merge", "adapter + base -> a merged bf16 model folder",
                 "Folds the adapter into its base (dequantized exactly as it was trained on) and writes a plain transformers\n"
                 "folder in bf16 with the base's tokenizer. The base defaults to the one the adapter names.")  # fmt: skip
     p.add_argument("adapter", metavar="ADAPTER", type=Path, help="the adapter folder")
-    p.add_argument("--out", required=True, type=Path, help="the folder to write")
+    p.add_argument("--out", required=True, help="the folder to write (new, empty, or an earlier `qlora merge` output)")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("overrides", nargs="*", metavar="OVERRIDE", help="model=<base> when the adapter's recorded base is not available")
 
     p = sub.add_parser("info", help="what a checkpoint or adapter folder holds", formatter_class=fmt,

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from qlora.config import ModelConfig, ModelKind, QuantConfig
+from qlora.pipeline.outputs import OutputKind, mark_output
 from qlora.pipeline.tracking import Tracking, quant_params
 
 
@@ -61,6 +62,7 @@ class QuantizeModelJob:
             except (OSError, ValueError):
                 tokenizer = None  # a model folder without a tokenizer: the checkpoint has none either
             save_pretrained(model, self.out_dir, what=Save.QUANTIZED_MODEL, tokenizer=tokenizer)
+        mark_output(self.out_dir, OutputKind.QUANTIZED)
         q = self.quant
         out = {"bits_per_param": bits_per_param(q.dtype, q.block_size, q.double_quant) if q.dtype.is_quantized else 16.0,
                "weight_mb": _folder_mb(self.out_dir), "layers": layers, "seconds": time.time() - started}  # fmt: skip
@@ -87,6 +89,7 @@ class MergeJob:
         model = from_pretrained(folder, adapter=self.adapter, progress=progress)
         quant = model_quant_config(model)
         export_merged(model, self.out_dir, tokenizer_dir=folder)
+        mark_output(self.out_dir, OutputKind.MERGED)
         out = {"weight_mb": _folder_mb(self.out_dir), "seconds": time.time() - started}
         tracking.log(f"merge {self.base.name}", params={"model": self.base.name, **quant_params(quant), "adapter": str(self.adapter)},
                      metrics=out, tags={"stage": "cli_merge"}, config=self, started=started)  # fmt: skip

@@ -92,3 +92,24 @@ class UserEvalJob:
                      metrics={k: r.value for k, r in results.items()} | {f"{k}_n": r.n for k, r in results.items()},
                      tags={"stage": "cli_eval"}, config=self, started=started)  # fmt: skip
         return results
+
+
+_RESULT_FIELDS = {"value", "n", "ci_low", "ci_high"}
+_RESULT_NAMES = {"mmlu", "perplexity", "rougeL"}
+
+
+def results_json(results: dict) -> dict:
+    """`qlora eval --json`'s content: {task: {value, n, ci_low, ci_high}}."""
+    return {t: {"value": r.value, "n": r.n, "ci_low": r.ci_low, "ci_high": r.ci_high} for t, r in results.items()}
+
+
+def is_results_file(path: str | Path) -> bool:
+    """Whether `path` holds a previous `results_json` (so `--json` may replace it): by its whole shape."""
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    return (isinstance(data, dict) and bool(data) and set(data) <= _RESULT_NAMES
+            and all(isinstance(v, dict) and set(v) == _RESULT_FIELDS for v in data.values()))  # fmt: skip

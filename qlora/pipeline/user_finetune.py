@@ -15,6 +15,7 @@ from pathlib import Path
 
 from qlora.config import DataConfig, LoRAConfig, ModelConfig, ModelKind, QuantConfig
 from qlora.pipeline.config import CAUSAL, main_method
+from qlora.pipeline.outputs import OutputKind, mark_output
 from qlora.pipeline.tracking import Tracking
 from qlora.train.config import TrainConfig
 
@@ -79,6 +80,7 @@ class UserFinetuneJob:
             raise ValueError(f"{folder}: no tokenizer to encode the data with ({' '.join(str(e).split())[:200]})") from None
         tokens = tokenize_user_data(tokenizer, user, max_length=self.data.max_length, limit=self.data.instruction_train, seed=self.data.seed)
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        mark_output(self.work_dir, OutputKind.FINETUNE_WORK)
         token_file = self.work_dir / "train.safetensors"
         if not _same_tokens(token_file, tokens.dataset):  # kept on a re-run: its bytes key the resumable state
             tokens.dataset.save(token_file)  # (safetensors' header order varies between processes)
@@ -90,6 +92,7 @@ class UserFinetuneJob:
         config_path = self.out_dir / "adapter_config.json"
         config = read_json(config_path, "adapter config")
         write_json(config_path, {**config, "base_model_name_or_path": base})  # what PEFT loads the base from
+        mark_output(self.out_dir, OutputKind.ADAPTER)
         shutil.rmtree(self.work_dir, ignore_errors=True)
         result = out.result
         return UserFinetuneResult(self.out_dir, base, tokens.records, tokens.used, tokens.too_long, result.steps, result.resumed_from,

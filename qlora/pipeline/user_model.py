@@ -42,3 +42,11 @@ def model_reference(model: ModelConfig, folder: Path) -> str:
     """What to record as the base of an adapter (PEFT's `base_model_name_or_path`): the hub id or folder
     the user gave, or the materialised folder of an embedded model."""
     return model.path if model.source is ModelSource.PRETRAINED else str(folder.resolve())
+
+
+def model_inputs(model: ModelConfig, cache_dir: str | Path) -> list[tuple[str, Path]]:
+    """The local folders a command reads for `model` (a folder the user named, or an embedded model's
+    materialised folder), for `qlora.pipeline.outputs`; hub ids are not local."""
+    if model.source is ModelSource.PRETRAINED:
+        return [("model folder", Path(model.path))]
+    return [("embedded model's folder", Path(cache_dir) / "models" / model.source.value)]
