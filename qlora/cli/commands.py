@@ -149,6 +149,8 @@ def _dvc() -> list[str]:
 
 
 def cmd_pipeline(args) -> int:
+    if args.action == "mlflow":
+        return _mlflow_ui(args)
     if not Path("dvc.yaml").is_file():
         raise UsageError(f"no dvc.yaml in {Path.cwd()}: run `qlora pipeline` in the repository")
     dvc = _dvc()
@@ -164,12 +166,8 @@ def cmd_pipeline(args) -> int:
                     [*dvc, "exp", "show", "--only-changed"]]  # fmt: skip
     elif args.action == "show":
         commands = [[*dvc, "exp", "show", "--only-changed", *args.args]]
-    elif args.action == "plots":
-        commands = [[*dvc, "plots", "show", *args.args]]
     else:
-        tracking = _env_tracking(False)
-        mlflow = shutil.which("mlflow") or "mlflow"
-        commands = [[mlflow, "ui", "--backend-store-uri", tracking.uri, "--port", os.environ.get("MLFLOW_PORT", "5000"), *args.args]]
+        commands = [[*dvc, "plots", "show", *args.args]]
     for c in commands:
         print("+ " + shlex.join(c), file=sys.stderr)
         if not args.dry_run:
@@ -177,3 +175,22 @@ def cmd_pipeline(args) -> int:
             if code:
                 return code
     return 0
+
+
+def _mlflow_ui(args) -> int:
+    """Replaces this process with `mlflow ui` on the tracking store (os.execve: the PID printed is the
+    server's, so SIGTERM to it stops the server and its workers; no wrapper is left behind)."""
+    if not 0 < args.port < 65536:
+        raise UsageError(f"--port {args.port}: expected a port number in [1, 65535]")
+    tracking = _env_tracking(False)
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking.uri, "--host", args.host, "--port", str(args.port), "--workers", "1",
+               *args.args]  # fmt: skip
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}  # no job-runner processes (MLflow's GenAI jobs)
+    print("+ " + shlex.join(command), file=sys.stderr)
+    if args.dry_run:
+        return 0
+    print(f"MLflow UI at http://{args.host}:{args.port} on {tracking.uri}, pid {os.getpid()} (stop it with Ctrl-C or "
+          f"`kill {os.getpid()}`; ready in ~10 s)", flush=True)  # fmt: skip
+    sys.stderr.flush()
+    os.execve(command[0], command, env)
+    return 0  # not reached

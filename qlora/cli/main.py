@@ -108,10 +108,14 @@ def build_parser(conf: Path | None = None) -> argparse.ArgumentParser:
                                    "                           qlora pipeline sweep quant=nf4,fp4,int8\n"
                                    "  show                     dvc exp show --only-changed: compare experiments\n"
                                    "  plots                    dvc plots show\n"
-                                   "  mlflow                   mlflow ui on the pipeline's tracking store")  # fmt: skip
+                                   "  mlflow [--host H] [--port P]\n"
+                                   "                           the MLflow UI on the tracking store (this process becomes the\n"
+                                   "                           server: `kill PID` stops all of it; loopback unless --host)")  # fmt: skip
     p.add_argument("action", choices=("repro", "status", "sweep", "show", "plots", "mlflow"))
     p.add_argument("args", nargs="*", metavar="ARG")
     p.add_argument("--jobs", "-j", type=int, default=1, help="sweep: experiments run at once")
+    p.add_argument("--host", default="127.0.0.1", help="mlflow: the address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=5000, help="mlflow: the port (default 5000)")
     p.add_argument("--dry-run", action="store_true", help="print the commands instead of running them")
     return parser
 
