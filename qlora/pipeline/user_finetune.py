@@ -65,7 +65,7 @@ class UserFinetuneJob:
         from qlora.atomic import write_json
         from qlora.data.user import load_user_data, tokenize_user_data
         from qlora.pipeline.finetune import TrainJob
-        from qlora.pipeline.user_model import model_folder, model_reference
+        from qlora.pipeline.user_model import model_folder, model_params, model_reference
         from qlora.readers import read_json
 
         if self.model.kind is not ModelKind.CAUSAL_LM:
@@ -84,9 +84,13 @@ class UserFinetuneJob:
         token_file = self.work_dir / "train.safetensors"
         if not _same_tokens(token_file, tokens.dataset):  # kept on a re-run: its bytes key the resumable state
             tokens.dataset.save(token_file)  # (safetensors' header order varies between processes)
+        run_params = {**model_params(self.model), "data.source": self.data.source.name, "data.path": user.origin,
+                      "data.format": user.format.name, "data.records": str(tokens.records), "data.examples": str(tokens.used),
+                      "data.max_length": str(self.data.max_length), "out": str(self.out_dir)}  # fmt: skip
         job = TrainJob(CAUSAL, "cli", self.model.name, ModelKind.CAUSAL_LM, main_method(self.quant), self.quant, self.lora, self.train,
                        checkpoint=folder, data=token_file, out_dir=self.out_dir, resume_root=self.work_dir / "resume",
-                       metrics_path=self.out_dir / RECORD_FILE, loss_path=self.out_dir / LOSS_FILE, log_row=False)  # fmt: skip
+                       metrics_path=self.out_dir / RECORD_FILE, loss_path=self.out_dir / LOSS_FILE, log_row=False,
+                       run_name=f"finetune {self.out_dir}", run_params=run_params)  # fmt: skip
         out = job.run(tracking, progress=progress)
         base = model_reference(self.model, folder)
         config_path = self.out_dir / "adapter_config.json"

@@ -50,3 +50,8 @@ def model_inputs(model: ModelConfig, cache_dir: str | Path) -> list[tuple[str, P
     if model.source is ModelSource.PRETRAINED:
         return [("model folder", Path(model.path))]
     return [("embedded model's folder", Path(cache_dir) / "models" / model.source.value)]
+
+
+def model_params(model: ModelConfig) -> dict[str, str]:
+    """The model's MLflow params: its name, and where it came from (a folder or hub id, or the embedded source)."""
+    return {"model": model.name, "model.source": model.source.name, "model.path": model.path or model.source.value}
