@@ -36,6 +36,9 @@ def test_help_lists_the_subcommands_and_each_has_help(capsys):
         assert code == 0 and out.startswith(f"usage: qlora {command}"), command
     code, out, _ = run(capsys, "finetune", "--help")
     assert "quant={bf16,fp4,fp4_e3m0,int4,int8,nf4,nf4_dq}" in out and "data.path" in out
+    assert "model={gemma3_270m,llama2_7b,minilm,qwen25_coder_05b,smollm2}" in out  # tiny_llama is not offered: it could not run
+    assert "~5 s per step" in out  # what it costs, before one waits
+    assert "5-shot MMLU ~4-10 s per question" in run(capsys, "eval", "--help")[1]
 
 
 def test_the_entry_point_runs_as_a_module():
