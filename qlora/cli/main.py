@@ -160,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
             setattr(args, name, [*getattr(args, name), *extra])
     from qlora.cli import commands
 
+    if getattr(args, "quiet", False):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # transformers' own bars (loading weights) too
     try:
         return getattr(commands, f"cmd_{args.command}")(args)
     except UsageError as e:
