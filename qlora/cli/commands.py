@@ -189,8 +189,29 @@ def _mlflow_ui(args) -> int:
     print("+ " + shlex.join(command), file=sys.stderr)
     if args.dry_run:
         return 0
-    print(f"MLflow UI at http://{args.host}:{args.port} on {tracking.uri}, pid {os.getpid()} (stop it with Ctrl-C or "
-          f"`kill {os.getpid()}`; ready in ~10 s)", flush=True)  # fmt: skip
+    base = f"http://{args.host}:{args.port}"
+    print(f"MLflow UI at {base} on {tracking.uri}, pid {os.getpid()} (stop it with Ctrl-C or `kill {os.getpid()}`; ready in ~10 s)")
+    links = _experiment_links(tracking.uri, base)
+    for name, url in links:
+        print(f"  {name}: {url}")
+    print(f"  MLflow opens in its GenAI view: {'these links show' if links else base + '/#/experiments?' + ML_VIEW + ' shows'} the runs, "
+          "as does 'Model training' at the top left", flush=True)  # fmt: skip
     sys.stderr.flush()
     os.execve(command[0], command, env)
     return 0  # not reached
+
+
+ML_VIEW = "workflowType=machine_learning"  # MLflow 3's UI: the runs view instead of GenAI traces
+
+
+def _experiment_links(uri: str, base: str) -> list[tuple[str, str]]:
+    """(experiment, its runs page) for the experiments the pipeline and the command line log to, if the
+    store already holds them (a sqlite file that exists; nothing is created here)."""
+    if not uri.startswith("sqlite:///") or not Path(uri.removeprefix("sqlite:///")).is_file():
+        return []
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    names = dict.fromkeys(filter(None, (os.environ.get("MLFLOW_EXPERIMENT_NAME"), "qlora-pipeline", "qlora-cli")))
+    found = [(n, client.get_experiment_by_name(n)) for n in names]
+    return [(n, f"{base}/#/experiments/{e.experiment_id}?{ML_VIEW}") for n, e in found if e is not None]

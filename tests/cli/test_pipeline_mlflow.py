@@ -1,5 +1,6 @@
 """`qlora pipeline mlflow` becomes the MLflow server (exec): the PID it prints is the server's, SIGTERM to
-it stops the whole server (no worker left, the port free), and it listens on loopback unless told."""
+it stops the whole server (no worker left, the port free), it listens on loopback unless told, and it
+prints links that open the experiments on their runs (MLflow 3 starts in its GenAI view)."""
 
 from __future__ import annotations
 
@@ -67,6 +68,10 @@ def test_sigterm_to_the_reported_pid_stops_the_whole_server(tmp_path):
     env = {**os.environ, "QLORA_CACHE": str(tmp_path / "cache"), "MLFLOW_DISABLE_TELEMETRY": "true"}
     env.pop("MLFLOW_TRACKING_URI", None)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])  # this checkout's qlora
+    from qlora.pipeline.tracking import Tracking
+
+    (tmp_path / "cache").mkdir()
+    Tracking(f"sqlite:///{tmp_path / 'cache' / 'mlflow.db'}", "qlora-cli").log("finetune my-adapter")  # a store with runs to link to
     log = tmp_path / "out.log"
     with open(log, "wb") as out:
         process = subprocess.Popen([sys.executable, "-m", "qlora", "pipeline", "mlflow", "--port", str(port)], cwd=tmp_path, env=env,
@@ -83,7 +88,8 @@ def test_sigterm_to_the_reported_pid_stops_the_whole_server(tmp_path):
                 time.sleep(0.5)
         text = log.read_text()
         assert f"pid {process.pid} " in text and f"http://127.0.0.1:{port}" in text, text
-        assert f"--host 127.0.0.1 --port {port} --workers 1" in text and (tmp_path / "cache" / "mlflow.db").is_file()
+        assert f"--host 127.0.0.1 --port {port} --workers 1" in text
+        assert f"  qlora-cli: http://127.0.0.1:{port}/#/experiments/1?workflowType=machine_learning\n" in text  # the runs view
         listening = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout
         assert {line.split()[3] for line in listening.splitlines()} == {f"127.0.0.1:{port}"}, listening  # loopback only
         children |= _descendants(process.pid)
