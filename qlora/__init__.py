@@ -26,9 +26,10 @@ _LAZY = {
     "Targets": "qlora.config",
     "bits_per_param": "qlora.quant.dtypes",
     "dequantize": "qlora.quant.api",
-    "from_pretrained": "qlora.models.pretrained",
+    "from_pretrained": "qlora.data.embedded",  # qlora.models.pretrained's, + embedded models by name
     "merge_and_unload": "qlora.models.surgery",
     "merge_model": "qlora.models.surgery",
+    "model_dir": "qlora.data.embedded",
     "model_report": "qlora.models.surgery",
     "prepare_model": "qlora.models.surgery",
     "quantize": "qlora.quant.api",

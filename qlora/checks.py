@@ -52,10 +52,7 @@ def check_int(key: str, value: Any, *, minimum: int | None = None, maximum: int 
 def check_float(key: str, value: Any, *, minimum: float | None = None, maximum: float | None = None,
                 exclusive_minimum: bool = False, exclusive_maximum: bool = False) -> float:  # fmt: skip
     """A finite real number (int or float, never a bool or a string) within the bounds."""
-    low = "(" if exclusive_minimum else "["
-    high = ")" if exclusive_maximum else "]"
-    bounds = f"{low}{'-inf' if minimum is None else minimum}, {'inf' if maximum is None else maximum}{high}"
-    expected = f"a finite number in {bounds}"
+    expected = f"a finite number{_bounds_text(minimum, maximum, exclusive_minimum, exclusive_maximum)}"
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ConfigError(key, value, expected)
     if minimum is not None and (value < minimum or (exclusive_minimum and value == minimum)):
@@ -63,6 +60,17 @@ def check_float(key: str, value: Any, *, minimum: float | None = None, maximum: 
     if maximum is not None and (value > maximum or (exclusive_maximum and value == maximum)):
         raise ConfigError(key, value, expected)
     return float(value)
+
+
+def _bounds_text(minimum, maximum, exclusive_minimum: bool, exclusive_maximum: bool) -> str:
+    """" > 0", " in [0, 1)", " <= 5" or "" (no bounds): what a user reads, never "[-inf, inf]"."""
+    if minimum is not None and maximum is not None:
+        return f" in {'(' if exclusive_minimum else '['}{minimum}, {maximum}{')' if exclusive_maximum else ']'}"
+    if minimum is not None:
+        return f" {'>' if exclusive_minimum else '>='} {minimum}"
+    if maximum is not None:
+        return f" {'<' if exclusive_maximum else '<='} {maximum}"
+    return ""
 
 
 def check_str(key: str, value: Any, *, nonempty: bool = True) -> str:

@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
-HUB_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the model the README's Python names: a tiny one runs in its place
+EMBEDDED = '"smollm2"'  # the model the README's Python names (an embedded one, offline): a tiny one's folder runs in its place
 
 
 TORCHRUN = "started with: python -m torch.distributed.run"  # the first line of a block that runs as ranks
@@ -48,11 +48,18 @@ def tiny_model(tmp_path_factory) -> Path:
     return save_tiny_model(tmp_path_factory.mktemp("readme") / "tiny-llama")
 
 
-def test_the_readme_has_python_blocks_that_name_only_the_substituted_model():
+def test_the_readme_names_only_models_that_run_offline():
+    """No hub id in the Python blocks or the command lines: the embedded models by name (they need no hub)."""
+    from qlora.data.embedded import EMBEDDED_MODELS
+
     code = blocks("python")
     assert len(code) >= 3
     hub_ids = {m for b in code for m in re.findall(r"[\"']([\w.-]+/[\w.-]+)[\"']", b) if not m.endswith((".json", ".jsonl"))}
-    assert hub_ids == {HUB_MODEL}, hub_ids
+    assert hub_ids == set(), hub_ids
+    assert all(f"qlora.model_dir({EMBEDDED})" in b for b in code if "from_pretrained(" in b)
+    models = [a.split("=", 1)[1] for argv in command_lines("qlora") for a in argv if a.startswith("model=")]
+    models += [argv[1] for argv in command_lines("qlora") if argv[0] in ("quantize", "eval")]
+    assert models and set(models) <= set(EMBEDDED_MODELS), models
 
 
 @pytest.mark.slow
@@ -66,7 +73,7 @@ def test_every_python_block_runs(tiny_model, tmp_path, monkeypatch):
     namespaces = []
     for i, code in enumerate(in_process_blocks()):
         namespace: dict = {"__name__": f"readme_block_{i}"}
-        exec(compile(code.replace(HUB_MODEL, str(tiny_model)), f"README.md python block {i}", "exec"), namespace)
+        exec(compile(code.replace(EMBEDDED, repr(str(tiny_model))), f"README.md python block {i}", "exec"), namespace)
         namespaces.append(namespace)
     quantized, trained, loaded = namespaces[:3]
     assert quantized["q"].storage_bits_per_param() == pytest.approx(4.127, abs=1e-3)
@@ -87,7 +94,7 @@ def test_the_torchrun_block_trains_on_two_ranks(tiny_model, tmp_path):
 
     (code,) = [b for b in blocks("python") if TORCHRUN in b.splitlines()[0]]
     assert "max_steps=1875" in code and "grad_accum=8" in code
-    code = code.replace(HUB_MODEL, str(tiny_model)).replace("max_steps=1875", "max_steps=2").replace("grad_accum=8", "grad_accum=1")
+    code = code.replace(EMBEDDED, repr(str(tiny_model))).replace("max_steps=1875", "max_steps=2").replace("grad_accum=8", "grad_accum=1")
     (tmp_path / "finetune.py").write_text(code)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "finetune.py"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}

@@ -25,12 +25,31 @@ def _mb(x: float) -> str:
     return f"{x:,.1f} MiB"
 
 
+def _inputs(params=None, *, model: bool = True, data: bool = True, adapter: str | None = None):
+    """The local paths a command reads (never written over): the model folder, the data file, the adapter."""
+    from qlora.config import DataSource
+    from qlora.pipeline.outputs import Inputs
+    from qlora.pipeline.user_model import model_inputs
+
+    inputs = Inputs()
+    if params is not None and model:
+        for what, path in model_inputs(params.models["causal"], cache_dir()):
+            inputs.add(what, path)
+    if params is not None and data and params.data.source is not DataSource.EMBEDDED:
+        inputs.add("data (data.path)", params.data.path)
+    inputs.add("adapter", adapter)
+    return inputs
+
+
 def cmd_quantize(args) -> int:
     from qlora.pipeline.user_checkpoints import QuantizeModelJob
 
+    from qlora.pipeline.outputs import OutputKind, check_folder_output
+
     params, _ = _config(args, [f"model={args.model}"])
     model = params.models["causal"]
-    out = QuantizeModelJob(model, params.quant, args.out).run(_env_tracking(args.no_mlflow), cache_dir(), progress=not args.quiet)
+    target = check_folder_output(args.out, OutputKind.QUANTIZED, _inputs(params, data=False), overwrite=args.overwrite)
+    out = QuantizeModelJob(model, params.quant, target).run(_env_tracking(args.no_mlflow), cache_dir(), progress=not args.quiet)
     print(f"{args.out}: {model.name} as {params.quant.label} (block {params.quant.block_size}), {out['bits_per_param']:.3f} bits/param, "
           f"{out['layers']} quantized layers, {_mb(out['weight_mb'])}, {out['seconds']:.1f} s")  # fmt: skip
     return 0
@@ -44,7 +63,12 @@ def cmd_finetune(args) -> int:
     if params.data.source is DataSource.EMBEDDED:
         raise UsageError("data.path: expected your data, a JSONL file or a datasets dataset (e.g. data.path=my.jsonl); "
                          "the embedded instruction tasks are the pipeline's: qlora pipeline repro")  # fmt: skip
-    job = UserFinetuneJob(params.models["causal"], params.quant, params.lora, params.train, params.data, args.out)
+    from qlora.pipeline.outputs import OutputKind, check_folder_output
+
+    inputs = _inputs(params)
+    target = check_folder_output(args.out, OutputKind.ADAPTER, inputs, overwrite=args.overwrite)
+    job = UserFinetuneJob(params.models["causal"], params.quant, params.lora, params.train, params.data, target)
+    check_folder_output(job.work_dir, OutputKind.FINETUNE_WORK, inputs, overwrite=args.overwrite, option="--out (its resumable state)")
     if job.work_dir.exists():
         print(f"resuming from {job.work_dir}", file=sys.stderr)
     r = job.run(_env_tracking(args.no_mlflow), cache_dir(), progress=not args.quiet)
@@ -70,28 +94,42 @@ def cmd_eval(args) -> int:
         if bad or not tasks:
             raise UsageError(f"argument --tasks: invalid choice: {(bad or [''])[0]!r} (choose from {', '.join(TASKS)})")
     quant = params.quant if "quant" in overrides.given else None
+    if args.json is not None:
+        from qlora.pipeline.outputs import check_file_output
+        from qlora.pipeline.user_eval import is_results_file
+
+        check_file_output(args.json, "results file", is_results_file, _inputs(params, adapter=args.adapter), overwrite=args.overwrite,
+                          option="--json")  # fmt: skip
     job = UserEvalJob(params.models["causal"], args.adapter, quant, tuple(EvalTask(t) for t in tasks), params.eval, params.data)
     results = job.run(_env_tracking(args.no_mlflow), cache_dir(), progress=not args.quiet)
     for task, r in results.items():
         interval = f"  95% CI [{r.ci_low:.4f}, {r.ci_high:.4f}]" if r.ci_low is not None else ""
         print(f"{task:<11} {r.value:.4f}{interval}  n={r.n}")
     if args.json is not None:
-        write_json(args.json, {t: {"value": r.value, "n": r.n, "ci_low": r.ci_low, "ci_high": r.ci_high} for t, r in results.items()})
+        from qlora.pipeline.user_eval import results_json
+
+        write_json(args.json, results_json(results))
     return 0
 
 
 def cmd_merge(args) -> int:
+    from qlora.pipeline.outputs import OutputKind, check_folder_output
     from qlora.pipeline.user_checkpoints import MergeJob, adapter_base
 
     params, overrides = _config(args)
+    if not Path(args.adapter).is_dir():
+        raise FileNotFoundError(f"{args.adapter}: no such adapter folder")
     if "model" in overrides.given:
         base = params.models["causal"]
     else:
         recorded = adapter_base(args.adapter)
         if recorded is None:
             raise UsageError(f"model: expected the adapter's base (model=<folder or hub id>): {args.adapter}/adapter_config.json names none")
-        base = _config(args, [f"model={recorded}"])[0].models["causal"]  # a conf/model option (smollm2), folder or hub id
-    out = MergeJob(base, args.adapter, args.out).run(_env_tracking(args.no_mlflow), cache_dir(), progress=not args.quiet)
+        params = _config(args, [f"model={recorded}"])[0]  # a conf/model option (smollm2), folder or hub id
+        base = params.models["causal"]
+    inputs = _inputs(params, data=False, adapter=args.adapter)  # the base's folder and the adapter are never written over
+    target = check_folder_output(args.out, OutputKind.MERGED, inputs, overwrite=args.overwrite)
+    out = MergeJob(base, args.adapter, target).run(_env_tracking(args.no_mlflow), cache_dir(), progress=not args.quiet)
     print(f"{args.out}: {base.name} + {args.adapter} merged in bf16, {_mb(out['weight_mb'])}, {out['seconds']:.1f} s")
     return 0
 
@@ -110,6 +148,8 @@ def _dvc() -> list[str]:
 
 
 def cmd_pipeline(args) -> int:
+    if args.action == "mlflow":
+        return _mlflow_ui(args)
     if not Path("dvc.yaml").is_file():
         raise UsageError(f"no dvc.yaml in {Path.cwd()}: run `qlora pipeline` in the repository")
     dvc = _dvc()
@@ -125,12 +165,8 @@ def cmd_pipeline(args) -> int:
                     [*dvc, "exp", "show", "--only-changed"]]  # fmt: skip
     elif args.action == "show":
         commands = [[*dvc, "exp", "show", "--only-changed", *args.args]]
-    elif args.action == "plots":
-        commands = [[*dvc, "plots", "show", *args.args]]
     else:
-        tracking = _env_tracking(False)
-        mlflow = shutil.which("mlflow") or "mlflow"
-        commands = [[mlflow, "ui", "--backend-store-uri", tracking.uri, "--port", os.environ.get("MLFLOW_PORT", "5000"), *args.args]]
+        commands = [[*dvc, "plots", "show", *args.args]]
     for c in commands:
         print("+ " + shlex.join(c), file=sys.stderr)
         if not args.dry_run:
@@ -138,3 +174,43 @@ def cmd_pipeline(args) -> int:
             if code:
                 return code
     return 0
+
+
+def _mlflow_ui(args) -> int:
+    """Replaces this process with `mlflow ui` on the tracking store (os.execve: the PID printed is the
+    server's, so SIGTERM to it stops the server and its workers; no wrapper is left behind)."""
+    if not 0 < args.port < 65536:
+        raise UsageError(f"--port {args.port}: expected a port number in [1, 65535]")
+    tracking = _env_tracking(False)
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking.uri, "--host", args.host, "--port", str(args.port), "--workers", "1",
+               *args.args]  # fmt: skip
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}  # no job-runner processes (MLflow's GenAI jobs)
+    print("+ " + shlex.join(command), file=sys.stderr)
+    if args.dry_run:
+        return 0
+    base = f"http://{args.host}:{args.port}"
+    print(f"MLflow UI at {base} on {tracking.uri}, pid {os.getpid()} (stop it with Ctrl-C or `kill {os.getpid()}`; ready in ~10 s)")
+    links = _experiment_links(tracking.uri, base)
+    for name, url in links:
+        print(f"  {name}: {url}")
+    print(f"  MLflow opens in its GenAI view: {'these links show' if links else base + '/#/experiments?' + ML_VIEW + ' shows'} the runs, "
+          "as does 'Model training' at the top left", flush=True)  # fmt: skip
+    sys.stderr.flush()
+    os.execve(command[0], command, env)
+    return 0  # not reached
+
+
+ML_VIEW = "workflowType=machine_learning"  # MLflow 3's UI: the runs view instead of GenAI traces
+
+
+def _experiment_links(uri: str, base: str) -> list[tuple[str, str]]:
+    """(experiment, its runs page) for the experiments the pipeline and the command line log to, if the
+    store already holds them (a sqlite file that exists; nothing is created here)."""
+    if not uri.startswith("sqlite:///") or not Path(uri.removeprefix("sqlite:///")).is_file():
+        return []
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    names = dict.fromkeys(filter(None, (os.environ.get("MLFLOW_EXPERIMENT_NAME"), "qlora-pipeline", "qlora-cli")))
+    found = [(n, client.get_experiment_by_name(n)) for n in names]
+    return [(n, f"{base}/#/experiments/{e.experiment_id}?{ML_VIEW}") for n, e in found if e is not None]

@@ -64,13 +64,14 @@ def translate(args: list[str], conf: Path) -> Overrides:
         keys.append(bare)
         if group in options and "." not in group:
             if value not in options[group]:
-                if group == "model" and "@" not in bare:  # a folder or hub id
+                near = _did_you_mean(value, options[group])
+                if group == "model" and "@" not in bare and (Path(value).exists() or not near):  # a folder or hub id
                     name = value.rstrip("/").split("/")[-1] or value
                     out += [f"{CAUSAL_PREFIX}.source=PRETRAINED", f"{CAUSAL_PREFIX}.path={value}", f"{CAUSAL_PREFIX}.name={name}"]
                     given.add("model")
                     continue
                 raise UsageError(f"{bare}={value}: expected one of {', '.join(options[group])} (conf/{group}/)"
-                                 + (", or a model folder or hub id" if group == "model" else ""))  # fmt: skip
+                                 + (", or a model folder or hub id" if group == "model" else "") + near)  # fmt: skip
             out.append(f"{key.replace(group, GROUP_TARGETS[group], 1) if group in GROUP_TARGETS and '@' not in bare else key}={value}")
         elif bare.startswith("model."):
             out.append(f"{key.replace('model.', CAUSAL_PREFIX + '.', 1)}={value}")
@@ -81,6 +82,14 @@ def translate(args: list[str], conf: Path) -> Overrides:
         path = next(a.partition("=")[2] for a in args if a.lstrip("+~").startswith("data.path="))
         out.append(f"data.source={'JSONL' if path.lower().endswith(('.jsonl', '.json')) else 'HF_DATASET'}")
     return Overrides(out, frozenset(given))
+
+
+def _did_you_mean(value: str, choices) -> str:
+    """"; did you mean smollm2?" for a near miss, else ""."""
+    import difflib
+
+    close = difflib.get_close_matches(value, list(choices), n=1, cutoff=0.75)
+    return f"; did you mean {close[0]}?" if close else ""
 
 
 def compose(conf: Path, overrides: Overrides):
@@ -120,8 +129,38 @@ def _hydra_message(error: Exception, conf: Path) -> str:
         if key:
             section, _, leaf = key.rpartition(".")
             known = _section_keys(conf, section)
-            return f"{key}: no such key" + (f"; {section or 'the config'} has: {', '.join(known)}" if known else "")
+            return f"{key}: no such key" + (f"; {section or 'the config'} has: {', '.join(known)}" if known else "") + _key_hint(conf, key)
     return text
+
+
+def _key_hint(conf: Path, key: str) -> str:
+    """"; did you mean data.perplexity_windows?": the same key in another section, or a near miss in its own."""
+    section, _, leaf = key.rpartition(".")
+    elsewhere = [k for k in _leaf_keys(conf) if k.rpartition(".")[2] == leaf and k != key and not k.startswith(("models.", "quants.", "ablation."))]
+    if elsewhere:
+        return f"; did you mean {' or '.join(sorted(elsewhere)[:2])}?"
+    return _did_you_mean(leaf, _section_keys(conf, section)).replace("mean ", f"mean {section}." if section else "mean ")
+
+
+def _leaf_keys(conf: Path) -> list[str]:
+    """Every dotted key of the composed config (sections of the pipeline included)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(conf), version_base=None):
+        data = OmegaConf.to_container(hydra_compose(config_name="config"), resolve=True)
+    found: list[str] = []
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            found.append(prefix)
+
+    walk("", data)
+    return found
 
 
 def _between(text: str, start: str, end: str) -> str | None:

@@ -26,7 +26,7 @@ def materialise(config: ModelConfig, out_dir: str | Path, *, gguf_cache_dir: str
             None: a temporary folder, removed afterwards.
 
     Raises:
-        ValueError: a source this function cannot materialise (TINY_LLAMA has no tokenizer).
+        ValueError: a source this function cannot materialise.
         FileNotFoundError: the source's package is not installed (the message names it); a PRETRAINED
             path that is no folder here and no hub id available (one line, before any work).
     """
@@ -43,7 +43,7 @@ def materialise(config: ModelConfig, out_dir: str | Path, *, gguf_cache_dir: str
         split = getattr(offline, _SPLIT_GGUF[config.source])
         return materialise_split_gguf(split, out_dir, cache_dir=gguf_cache_dir, overwrite=True)
     if config.source not in (ModelSource.MINILM, ModelSource.PRETRAINED):
-        raise ValueError(f"cannot materialise model source {config.source.value!r} (it has no tokenizer)")
+        raise ValueError(f"cannot materialise model source {config.source.value!r}")
     with atomic_dir(out_dir) as tmp:
         if config.source is ModelSource.MINILM:
             from qlora.data.offline import minilm_dir

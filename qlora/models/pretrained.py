@@ -35,22 +35,31 @@ from qlora.quant.api import quantize
 ADAPTER_CONFIG = "adapter_config.json"
 
 
+def could_be_hub_id(text: str) -> bool:
+    """Whether `text` has a hub id's form (`name` or `org/name`); `../x`, `/abs/x`, `a/b/c` are paths."""
+    parts = text.split("/")
+    return 1 <= len(parts) <= 2 and all(p and p[0].isalnum() and ".." not in p and all(c.isalnum() or c in "-_." for c in p) for p in parts)
+
+
 def resolve_model_dir(path_or_hub_id: str | Path) -> Path:
     """A local folder as is; a hub id through the Hugging Face cache (downloads only when online).
 
     Raises:
-        FileNotFoundError: neither a folder nor a hub id available here.
+        FileNotFoundError: a path that is not a folder, or a hub id not available here.
     """
     path = Path(path_or_hub_id)
     if path.is_dir():
         return path
+    if path.exists() or not could_be_hub_id(str(path_or_hub_id)):
+        raise FileNotFoundError(f"{path_or_hub_id}: no such model folder")
     from huggingface_hub import snapshot_download
 
     try:
         patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]
         return Path(snapshot_download(str(path_or_hub_id), allow_patterns=patterns))
-    except Exception as e:  # offline misses, unknown ids and bad names all end here
-        raise FileNotFoundError(f"{str(path_or_hub_id)!r} is neither a model folder nor a hub id available here ({type(e).__name__}: {e})") from None
+    except Exception as e:  # offline misses and unknown ids end here
+        reason = "offline" if type(e).__name__ in ("LocalEntryNotFoundError", "OfflineModeIsEnabled") else type(e).__name__
+        raise FileNotFoundError(f"{path_or_hub_id}: no such model folder, and no hub id available here ({reason})") from None
 
 
 def from_pretrained(path_or_hub_id: str | Path, *, quant: QuantConfig | None = None, lora: LoRAConfig | None = None,

@@ -135,6 +135,8 @@ class PipelineConfig:
         check_str("profile", self.profile)
         if not check_str("findings_path", self.findings_path).endswith(".md"):
             raise ConfigError("findings_path", self.findings_path, "a markdown file path (*.md)")
+        if self.lora.rank == 0:  # every run of the pipeline and the command line trains adapters
+            raise ConfigError("lora.rank", 0, "an integer >= 1: the rank r of the LoRA adapters (the paper uses 64; 8-64 is usual)")
         ab = self.ablation
         for role, kind in ((CAUSAL, ModelKind.CAUSAL_LM), (ENCODER, ModelKind.SEQ_CLS)):
             self._model("models", role, kind)
@@ -158,10 +160,6 @@ class PipelineConfig:
                     raise ConfigError(f"{where}.quant", spec.quant, "a quantized data type for a QLORA row (use method LORA on bf16)")
                 if spec.method in (Method.LORA, Method.FULL) and quant.dtype.is_quantized:
                     raise ConfigError(f"{where}.quant", spec.quant, f"a bf16 base for a {spec.method.name} row")
-                if spec.method is not Method.FULL and self.lora.rank == 0:
-                    raise ConfigError("lora.rank", 0, f">= 1: row {where} trains adapters")
-        if self.lora.rank == 0:
-            raise ConfigError("lora.rank", 0, ">= 1: the main run trains adapters")
         if self.demo.model not in self.models:
             raise ConfigError("demo.model", self.demo.model, f"one of the models: {', '.join(sorted(self.models))}")
 

@@ -27,6 +27,9 @@ from qlora.pipeline.tracking import Tracking, quant_params, stage_row
 from qlora.train.config import Schedule, TrainConfig
 
 
+RUN_FILE = "mlflow_run.json"  # in the resume folder: the MLflow run a killed run continues
+
+
 def fingerprint(*items: str | Path) -> str:
     """sha256 over the names and bytes of the files under `items` (files or folders, sorted walk)."""
     digest = hashlib.sha256()
@@ -234,6 +237,8 @@ class TrainJob:
     log_row: bool = True  # copy the headline numbers onto the row's parent run (False: the caller aggregates seeds)
     validation: "Validation | None" = None  # noqa: F821 — validate while training; output = the best step's adapter
     base_reference: str | None = None  # how the adapter names its base (None: model_name)
+    run_name: str = ""  # the MLflow run's name ("": `train <role> <row>`)
+    run_params: dict[str, str] = dataclasses.field(default_factory=dict)  # more MLflow params (e.g. the user's data and --out)
 
     def resume_key(self) -> str:
         """Settings + the bytes of the base checkpoint and the data: a killed run resumes only into itself.
@@ -285,10 +290,11 @@ class TrainJob:
                             resume_dir=resume, num_labels=num_labels, progress=progress, seed=self.seed,
                             validation=self.validation, base_reference=self.base_reference)  # fmt: skip
         row = stage_row(self.role, self.row, self.method, self.quant, self.model_name) if self.log_row else None
-        with tracking.start(f"train {self.role} {self.row}", row=row, config=self,
+        with tracking.start(self.run_name or f"train {self.role} {self.row}", row=row, config=self,
                             params={"model": self.model_name, "method": self.method.value, **quant_params(self.quant),
-                                    "lora": self.lora, "train": self.train},
-                            tags={"stage": "train", "role": self.role, "run": self.row}) as live:  # fmt: skip
+                                    "lora": self.lora, "train": self.train, **self.run_params},
+                            tags={"stage": "train", "role": self.role, "run": self.row},
+                            run_file=resume / RUN_FILE) as live:  # a re-run after a kill continues the same MLflow run
             # the finished run's checkpoint is kept: asked for more steps, the row continues from it
             out = finetune(model_name=self.model_name, checkpoint=self.checkpoint, kind=self.kind, method=self.method, quant=self.quant,
                            lora=self.lora, train_config=self.train, data=self.data, out_dir=self.out_dir,
@@ -300,6 +306,8 @@ class TrainJob:
             if self.loss_path is not None:
                 write_text(self.loss_path, loss_csv([record.losses]))
             summary = train_summary(record, out.result)
+            resumed = out.result.resumed_from
+            live.log_params({"resumed_from_step": "none" if resumed is None else str(resumed)})
             live.finish(metrics=summary, series={"loss": record.losses},
                         artifacts=[p for p in (self.out_dir / "adapter_config.json", self.out_dir / QUANT_FILE) if p.exists()],
                         row_metrics=_row_train_metrics(self.role, summary), row_series={_row_name(self.role, "loss"): record.losses})  # fmt: skip

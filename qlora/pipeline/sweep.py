@@ -65,6 +65,24 @@ def plan_sweep(job: PipelineConfig, prepared: PipelineConfig, out: Path) -> Swee
     return SweepJob(QuantizeJob(CAUSAL, model, paths.MAIN, quant), train, evaluate, out)
 
 
+def remove_refused_job_dir(out: Path, job_name: str) -> bool:
+    """Removes a refused job's output folder only if Hydra made it for this job: it holds nothing but
+    what Hydra writes before a job runs (`.hydra/`, `<job_name>.log`). A folder holding anything else —
+    `hydra.run.dir=.` makes it the working copy — is left as it is.
+
+    Returns:
+        Whether the folder was removed.
+    """
+    import shutil
+
+    if not out.is_dir() or out.is_symlink():
+        return False
+    if any(p.name not in (".hydra", f"{job_name}.log") for p in out.iterdir()):
+        return False
+    shutil.rmtree(out)
+    return True
+
+
 def _diff(a, b, key: str) -> tuple[str, object, object]:
     """(dotted key, the job's value, params.yaml's value) of the first difference."""
     if dataclasses.is_dataclass(a):

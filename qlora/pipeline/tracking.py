@@ -34,6 +34,11 @@ from qlora.config import Method, QuantConfig
 
 _BATCH = 1000
 ROW_TAG = "qlora.row"  # the parent run of an ablation row carries its key here
+# MLflow's experiment type (the UI's "Model training" vs GenAI): an experiment without it may open on
+# an empty Traces tab; "custom_model_development" opens on the runs (mlflow 3.x server/js).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
+_EXPLICIT_KINDS = ("custom_model_development", "genai_development", "finetuning", "forecasting", "classification", "regression", "automl")
 # the names every row's parent run may hold (the compare view's columns)
 ROW_METRICS = ("bits_per_param", "weight_mb", "peak_mb", "tokens_per_s", "final_loss", "perplexity", "mmlu", "rougeL",
                "classification")  # fmt: skip
@@ -137,16 +142,18 @@ class Tracking:
         mlflow.set_tracking_uri(self.uri)
         client = mlflow.MlflowClient(self.uri)
         found = client.get_experiment_by_name(self.experiment)
-        if found is not None:
-            return client, found.experiment_id
-        location = self.artifact_location or default_artifact_location(self.uri) or None
-        try:
-            return client, client.create_experiment(self.experiment, artifact_location=location)
-        except Exception:  # created meanwhile by a concurrent stage
-            found = client.get_experiment_by_name(self.experiment)
-            if found is None:
-                raise
-            return client, found.experiment_id
+        if found is None:
+            location = self.artifact_location or default_artifact_location(self.uri) or None
+            try:
+                return client, client.create_experiment(self.experiment, artifact_location=location,
+                                                        tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})  # fmt: skip
+            except Exception:  # created meanwhile by a concurrent stage
+                found = client.get_experiment_by_name(self.experiment)
+                if found is None:
+                    raise
+        if found.tags.get(EXPERIMENT_KIND_TAG) not in _EXPLICIT_KINDS:  # made before this tag, or only inferred by the UI
+            client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+        return client, found.experiment_id
 
     def log(self, run_name: str, *, params: Mapping[str, Any] | None = None, metrics: Mapping[str, float] | None = None,
             series: Mapping[str, Sequence[float]] | None = None, tags: Mapping[str, str] | None = None,
@@ -167,7 +174,8 @@ class Tracking:
         return run.run_id
 
     def start(self, run_name: str, *, params: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None,
-              row: Row | None = None, config: Any = None, started: float | None = None) -> "LiveRun":  # fmt: skip
+              row: Row | None = None, config: Any = None, started: float | None = None,
+              run_file: str | Path | None = None) -> "LiveRun":  # fmt: skip
         """A running stage run (a context manager: FINISHED on exit, FAILED on an exception).
 
         Args:
@@ -175,22 +183,36 @@ class Tracking:
             row: the ablation row to nest under (its parent is found or created).
             config: the stage's resolved job (a dataclass), logged as the artifact `config.json`.
             started: the stage's start (`time.time()`); None: now.
+            run_file: where a resumable job keeps its run id (in its resume folder): a re-run continues
+                that run if it did not finish (killed: FAILED, or RUNNING after SIGKILL) and its params
+                agree, instead of leaving a duplicate; otherwise a new run's id is written there.
         """
         if not self.uri:
             return LiveRun(None, None, None, None)
         client, experiment_id = self._client()
         parent = _row_run(client, experiment_id, row) if row is not None else None
-        all_tags = dict(tags or {})
-        if parent is not None:
-            all_tags["mlflow.parentRunId"] = parent
-        start_ms = int(1000 * (started if started is not None else time.time()))
-        run = client.create_run(experiment_id, start_time=start_ms, run_name=run_name, tags=all_tags)
-        live = LiveRun(client, run.info.run_id, parent, row)
         flat: dict[str, str] = {}
         _flatten("", params or {}, flat)
-        live._params(flat)
+        run_id = _unfinished_run(client, experiment_id, run_file, flat) if run_file is not None else None
+        if run_id is not None:
+            client.update_run(run_id, status="RUNNING")
+            have = client.get_run(run_id).data.params
+            live = LiveRun(client, run_id, parent, row, logged_steps=_logged_steps(client, run_id))
+            live._params({k: v for k, v in flat.items() if k not in have})
+        else:
+            all_tags = dict(tags or {})
+            if parent is not None:
+                all_tags["mlflow.parentRunId"] = parent
+            start_ms = int(1000 * (started if started is not None else time.time()))
+            run_id = client.create_run(experiment_id, start_time=start_ms, run_name=run_name, tags=all_tags).info.run_id
+            live = LiveRun(client, run_id, parent, row)
+            live._params(flat)
+            if run_file is not None:
+                from qlora.atomic import write_json
+
+                write_json(run_file, {"run_id": run_id, "tracking_uri": self.uri, "experiment": self.experiment})
         if config is not None:
-            client.log_dict(run.info.run_id, _plain(config), "config.json")
+            client.log_dict(run_id, _plain(config), "config.json")
         return live
 
     def log_row(self, row: Row, metrics: Mapping[str, float] | None = None, series: Mapping[str, Sequence[float]] | None = None) -> None:
@@ -205,12 +227,19 @@ class LiveRun:
     """A stage run while it works: step metrics buffered and flushed in batches, then `finish`."""
 
     def __init__(self, client, run_id: str | None, parent_id: str | None, row: Row | None, *, flush_steps: int = 10,
-                 flush_seconds: float = 5.0) -> None:  # fmt: skip
+                 flush_seconds: float = 5.0, logged_steps: set[int] = frozenset()) -> None:  # fmt: skip
+        """logged_steps: the steps a continued run logged before it was killed (not logged twice)."""
         self.client, self.run_id, self.parent_id, self.row = client, run_id, parent_id, row
         self.flush_steps, self.flush_seconds = flush_steps, flush_seconds
         self._pending: list = []
-        self._steps: set[int] = set()
+        self._before = set(logged_steps)
+        self._steps: set[int] = set(logged_steps)
         self._last_flush = time.monotonic()
+
+    @property
+    def continued(self) -> bool:
+        """Whether this run continues one that a killed process started."""
+        return bool(self._before)
 
     def __enter__(self) -> "LiveRun":
         return self
@@ -220,6 +249,15 @@ class LiveRun:
             return
         self.flush()
         self.client.set_terminated(self.run_id, "FAILED" if kind is not None else "FINISHED")
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """More params (flattened as `Tracking.start`'s), e.g. what is known only at the end."""
+        if self.client is None or self.run_id is None:
+            return
+        flat: dict[str, str] = {}
+        _flatten("", params, flat)
+        have = self.client.get_run(self.run_id).data.params
+        self._params({k: v for k, v in flat.items() if k not in have})
 
     def _params(self, flat: Mapping[str, str]) -> None:
         from mlflow.entities import Param
@@ -234,6 +272,8 @@ class LiveRun:
             return
         from mlflow.entities import Metric
 
+        if metrics.step in self._before:  # logged by the killed process this run continues
+            return
         now = int(time.time() * 1000)
         values = {"loss": metrics.loss, "lr": metrics.lr, "grad_norm": metrics.grad_norm, "step_tokens_per_s": metrics.tokens_per_s,
                   "step_peak_mb": metrics.memory.peak / 2**20}  # fmt: skip
@@ -278,6 +318,26 @@ class LiveRun:
             for i in range(0, len(entries), _BATCH):
                 self.client.log_batch(self.parent_id, metrics=entries[i : i + _BATCH])
             self.client.set_terminated(self.parent_id, "FINISHED")  # end time: the row's latest stage
+
+
+def _unfinished_run(client, experiment_id: str, run_file: str | Path, params: Mapping[str, str]) -> str | None:
+    """The run id in `run_file` if that run may be continued: in this experiment, not FINISHED, and no
+    param differs from `params` (MLflow params cannot change); else None."""
+    import json
+
+    try:
+        run_id = json.loads(Path(run_file).read_text())["run_id"]
+        run = client.get_run(run_id)
+    except Exception:  # no file, a bad file, or a run this store does not have
+        return None
+    if run.info.experiment_id != experiment_id or run.info.status == "FINISHED" or run.info.lifecycle_stage != "active":
+        return None
+    have = run.data.params
+    return run_id if all(have.get(k, v) == v for k, v in params.items()) else None
+
+
+def _logged_steps(client, run_id: str) -> set[int]:
+    return {m.step for m in client.get_metric_history(run_id, "loss")}
 
 
 def _row_run(client, experiment_id: str, row: Row) -> str:

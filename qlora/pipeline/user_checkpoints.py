@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from qlora.config import ModelConfig, ModelKind, QuantConfig
+from qlora.pipeline.outputs import OutputKind, mark_output
 from qlora.pipeline.tracking import Tracking, quant_params
 
 
@@ -41,7 +42,7 @@ class QuantizeModelJob:
         from qlora.models.pretrained import from_pretrained
         from qlora.models.saving import Save, save_pretrained
         from qlora.nn.linear import QLoRALinear
-        from qlora.pipeline.user_model import model_folder
+        from qlora.pipeline.user_model import model_folder, model_params
         from qlora.quant.dtypes import bits_per_param
 
         if self.model.kind is not ModelKind.CAUSAL_LM:
@@ -61,10 +62,11 @@ class QuantizeModelJob:
             except (OSError, ValueError):
                 tokenizer = None  # a model folder without a tokenizer: the checkpoint has none either
             save_pretrained(model, self.out_dir, what=Save.QUANTIZED_MODEL, tokenizer=tokenizer)
+        mark_output(self.out_dir, OutputKind.QUANTIZED)
         q = self.quant
         out = {"bits_per_param": bits_per_param(q.dtype, q.block_size, q.double_quant) if q.dtype.is_quantized else 16.0,
                "weight_mb": _folder_mb(self.out_dir), "layers": layers, "seconds": time.time() - started}  # fmt: skip
-        tracking.log(f"quantize {self.model.name} {q.label}", params={"model": self.model.name, **quant_params(q)},
+        tracking.log(f"quantize {self.out_dir}", params={**model_params(self.model), **quant_params(q), "out": str(self.out_dir)},
                      metrics=out, tags={"stage": "cli_quantize"}, config=self, started=started)  # fmt: skip
         return out
 
@@ -80,15 +82,17 @@ class MergeJob:
         from qlora.models.export import export_merged
         from qlora.models.pretrained import from_pretrained
         from qlora.models.saving import model_quant_config
-        from qlora.pipeline.user_model import model_folder
+        from qlora.pipeline.user_model import model_folder, model_params
 
         started = time.time()
         folder = model_folder(self.base, cache_dir)
         model = from_pretrained(folder, adapter=self.adapter, progress=progress)
         quant = model_quant_config(model)
         export_merged(model, self.out_dir, tokenizer_dir=folder)
+        mark_output(self.out_dir, OutputKind.MERGED)
         out = {"weight_mb": _folder_mb(self.out_dir), "seconds": time.time() - started}
-        tracking.log(f"merge {self.base.name}", params={"model": self.base.name, **quant_params(quant), "adapter": str(self.adapter)},
+        tracking.log(f"merge {self.out_dir}", params={**model_params(self.base), **quant_params(quant), "adapter": str(self.adapter),
+                                                     "out": str(self.out_dir)},
                      metrics=out, tags={"stage": "cli_merge"}, config=self, started=started)  # fmt: skip
         return out
 

@@ -55,7 +55,7 @@ class UserEvalJob:
 
         from qlora.models.pretrained import from_pretrained
         from qlora.models.saving import model_quant_config
-        from qlora.pipeline.user_model import model_folder
+        from qlora.pipeline.user_model import model_folder, model_params
 
         started = time.time()
         folder = model_folder(self.model, cache_dir)
@@ -87,8 +87,31 @@ class UserEvalJob:
                 results["rougeL"] = evaluate_rouge(model, tokenizer, [c.prompt for c in records], [[c.reference] for c in records],
                                                    max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size, progress=progress)  # fmt: skip
         quant = model_quant_config(model)
-        tracking.log("eval", params={"model": self.model.name, **quant_params(quant), "adapter": str(self.adapter or ""),
-                                     "eval": self.eval},
+        data = {"data.source": self.data.source.name, "data.path": self.data.path} if self.data.source is not DataSource.EMBEDDED else {}
+        name = f"eval {self.model.name}" + (f" + {self.adapter}" if self.adapter else "")
+        tracking.log(name, params={**model_params(self.model), **quant_params(quant), "adapter": str(self.adapter or ""), "eval": self.eval,
+                                   "tasks": ",".join(t.value for t in self.tasks), **data},
                      metrics={k: r.value for k, r in results.items()} | {f"{k}_n": r.n for k, r in results.items()},
                      tags={"stage": "cli_eval"}, config=self, started=started)  # fmt: skip
         return results
+
+
+_RESULT_FIELDS = {"value", "n", "ci_low", "ci_high"}
+_RESULT_NAMES = {"mmlu", "perplexity", "rougeL"}
+
+
+def results_json(results: dict) -> dict:
+    """`qlora eval --json`'s content: {task: {value, n, ci_low, ci_high}}."""
+    return {t: {"value": r.value, "n": r.n, "ci_low": r.ci_low, "ci_high": r.ci_high} for t, r in results.items()}
+
+
+def is_results_file(path: str | Path) -> bool:
+    """Whether `path` holds a previous `results_json` (so `--json` may replace it): by its whole shape."""
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    return (isinstance(data, dict) and bool(data) and set(data) <= _RESULT_NAMES
+            and all(isinstance(v, dict) and set(v) == _RESULT_FIELDS for v in data.values()))  # fmt: skip

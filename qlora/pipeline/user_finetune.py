@@ -15,6 +15,7 @@ from pathlib import Path
 
 from qlora.config import DataConfig, LoRAConfig, ModelConfig, ModelKind, QuantConfig
 from qlora.pipeline.config import CAUSAL, main_method
+from qlora.pipeline.outputs import OutputKind, mark_output
 from qlora.pipeline.tracking import Tracking
 from qlora.train.config import TrainConfig
 
@@ -63,7 +64,7 @@ class UserFinetuneJob:
 
         from qlora.data.user import load_user_data, tokenize_user_data
         from qlora.pipeline.finetune import TrainJob
-        from qlora.pipeline.user_model import model_folder
+        from qlora.pipeline.user_model import model_folder, model_params
 
         if self.model.kind is not ModelKind.CAUSAL_LM:
             from qlora.checks import ConfigError
@@ -80,20 +81,26 @@ class UserFinetuneJob:
         created = not self.work_dir.exists()
         try:
             self.work_dir.mkdir(parents=True, exist_ok=True)
+            mark_output(self.work_dir, OutputKind.FINETUNE_WORK)
             token_file = self.work_dir / "train.safetensors"
             if not _same_tokens(token_file, tokens.dataset):  # kept on a re-run: its bytes key the resumable state
                 tokens.dataset.save(token_file)  # (safetensors' header order varies between processes)
             base = self.model.reference  # what the adapter names as its base (PEFT's base_model_name_or_path)
+            run_params = {**model_params(self.model), "data.source": self.data.source.name, "data.path": user.origin,
+                          "data.format": user.format.name, "data.records": str(tokens.records), "data.examples": str(tokens.used),
+                          "data.max_length": str(self.data.max_length), "out": str(self.out_dir)}  # fmt: skip
             job = TrainJob(CAUSAL, "cli", self.model.name, ModelKind.CAUSAL_LM, main_method(self.quant), self.quant, self.lora,
                            self.train, checkpoint=folder, data=token_file, out_dir=self.out_dir, resume_root=self.work_dir / "resume",
                            metrics_path=self.out_dir / RECORD_FILE, loss_path=self.out_dir / LOSS_FILE, log_row=False,
-                           seed=self.train.seed, base_reference=base)  # fmt: skip
+                           seed=self.train.seed, base_reference=base, run_name=f"finetune {self.out_dir}",
+                           run_params=run_params)  # fmt: skip
             out = job.run(tracking, progress=progress)
         except BaseException:
             # a run refused or failed before its first checkpoint leaves nothing to resume: no `.work/` behind
             if created and not any(p.is_file() for p in (self.work_dir / "resume").rglob("*")):
                 shutil.rmtree(self.work_dir, ignore_errors=True)
             raise
+        mark_output(self.out_dir, OutputKind.ADAPTER)
         shutil.rmtree(self.work_dir, ignore_errors=True)
         result = out.result
         return UserFinetuneResult(self.out_dir, base, tokens.records, tokens.used, tokens.too_long, result.steps, result.resumed_from,

@@ -16,23 +16,31 @@ def model_folder(model: ModelConfig, cache_dir: str | Path) -> Path:
     """The folder holding `model` (config.json, weights, tokenizer files).
 
     Args:
-        model: a conf/model config; PRETRAINED: `model.path` is a folder or a hub id.
+        model: a conf/model config; PRETRAINED: `model.path` is a folder, an embedded model's name or a hub id.
         cache_dir: where embedded models are materialised (once: a later call reuses the folder).
 
     Raises:
         FileNotFoundError: the folder or hub id is not available (offline, or no such id).
-        ValueError: a source with no folder form (TINY_LLAMA: no tokenizer).
     """
+    from qlora.data.embedded import embedded_folder, model_dir
+
     if model.source is ModelSource.PRETRAINED:
-        from qlora.models.pretrained import resolve_model_dir
-
-        folder = resolve_model_dir(model.path)
+        folder = model_dir(model.path, cache_dir=cache_dir)
         if not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"{model.path}: no config.json (expected a transformers model folder or hub id)")
+            hint = " (a PEFT adapter: pass it as --adapter and its base as the model)" if (folder / "adapter_config.json").is_file() else ""
+            raise FileNotFoundError(f"{model.path}: no config.json (expected a transformers model folder){hint}")
         return folder
-    folder = Path(cache_dir) / "models" / model.source.value
-    if (folder / "config.json").is_file():
-        return folder
-    from qlora.data.sources import materialise
+    return embedded_folder(model, cache_dir)
 
-    return materialise(model, folder, gguf_cache_dir=Path(cache_dir) / "gguf")
+
+def model_inputs(model: ModelConfig, cache_dir: str | Path) -> list[tuple[str, Path]]:
+    """The local folders a command reads for `model` (a folder the user named, or an embedded model's
+    materialised folder), for `qlora.pipeline.outputs`; hub ids are not local."""
+    if model.source is ModelSource.PRETRAINED:
+        return [("model folder", Path(model.path))]
+    return [("embedded model's folder", Path(cache_dir) / "models" / model.source.value)]
+
+
+def model_params(model: ModelConfig) -> dict[str, str]:
+    """The model's MLflow params: its name, and where it came from (a folder or hub id, or the embedded source)."""
+    return {"model": model.name, "model.source": model.source.name, "model.path": model.path or model.source.value}

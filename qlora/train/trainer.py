@@ -165,6 +165,10 @@ def train(
     began = time.perf_counter()
     bar = tqdm(total=config.max_steps, initial=start, disable=not progress or ranks.rank != 0, desc="train", dynamic_ncols=True)
     model.train()
+    model_config = getattr(model, "config", None)
+    use_cache = getattr(model_config, "use_cache", None)
+    if use_cache:  # a transformers model: no KV cache in training (it turns it off itself, with a notice under checkpointing)
+        model_config.use_cache = False
     try:
         for step in range(start, config.max_steps):
             t0 = time.perf_counter()
@@ -224,6 +228,8 @@ def train(
     finally:
         bar.close()
         torch.use_deterministic_algorithms(previous_determinism)
+        if use_cache:
+            model_config.use_cache = use_cache  # generation after training keeps its cache
     return TrainResult(config.max_steps, history, losses, resumed_from, time.perf_counter() - began)
 
 

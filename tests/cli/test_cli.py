@@ -36,6 +36,9 @@ def test_help_lists_the_subcommands_and_each_has_help(capsys):
         assert code == 0 and out.startswith(f"usage: qlora {command}"), command
     code, out, _ = run(capsys, "finetune", "--help")
     assert "quant={bf16,fp4,fp4_e3m0,int4,int8,nf4,nf4_dq}" in out and "data.path" in out
+    assert "model={gemma3_270m,llama2_7b,minilm,qwen25_coder_05b,smollm2}" in out  # tiny_llama is not offered: it could not run
+    assert "~5 s per step" in out  # what it costs, before one waits
+    assert "5-shot MMLU ~4-10 s per question" in run(capsys, "eval", "--help")[1]
 
 
 def test_the_entry_point_runs_as_a_module():
@@ -64,13 +67,30 @@ def test_the_entry_point_runs_as_a_module():
         (["finetune", "--out", "a", "data.path=does/not/exist.jsonl"], 1,
          "qlora finetune: error: does/not/exist.jsonl: the data file (data.path) does not exist"),
         (["info", "no/such/folder"], 1, "qlora info: error: no/such/folder: no such folder"),
+        # issue 21's friction: the right key, the right name, the user's terms
+        (["finetune", "--out", "a", "eval.perplexity_windows=3", "data.path=x.jsonl"], 2,
+         "qlora finetune: error: eval.perplexity_windows: no such key; eval has: base_mmlu_questions, batch_size, heldout_examples, "
+         "max_new_tokens, mmlu_questions, mmlu_shots, rouge_examples, seed, val_every, val_examples; did you mean data.perplexity_windows?\n"),
+        (["finetune", "--out", "a", "train.max_stepz=3"], 2, "qlora finetune: error: train.max_stepz: no such key; train has: "),
+        (["finetune", "--out", "a", "model=smolm2", "data.path=x.jsonl"], 2,
+         "qlora finetune: error: model=smolm2: expected one of gemma3_270m, llama2_7b, minilm, qwen25_coder_05b, smollm2 (conf/model/), "
+         "or a model folder or hub id; did you mean smollm2?\n"),
+        (["finetune", "--out", "a", "lora.rank=0", "data.path=x.jsonl"], 2,
+         "qlora finetune: error: lora.rank=0: expected an integer >= 1: the rank r of the LoRA adapters (the paper uses 64; 8-64 is usual)\n"),
+        (["finetune", "--out", "a", "train.lr=abc", "data.path=x.jsonl"], 2, "qlora finetune: error: train.lr='abc': expected a finite number\n"),
+        (["quantize", "../nonexistent/model", "--out", "a"], 1, "qlora quantize: error: ../nonexistent/model: no such model folder\n"),
+        (["quantize", "tiny_llama", "--out", "a"], 1, "qlora quantize: error: tiny_llama: no such model folder, and no hub id available here "
+                                                      "(offline); the embedded models load offline by name: smollm2, gemma3_270m, "
+                                                      "qwen25_coder_05b, minilm\n"),
     ],
 )
-def test_bad_arguments_give_one_line(capsys, argv, code, message):
+def test_bad_arguments_give_one_line(capsys, argv, code, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative paths (--out a) land here; none may be written
     got, out, err = run(capsys, *argv)
     assert got == code
     assert err.count("\n") == 1 and "Traceback" not in err, err
     assert err.startswith(message), err
+    assert [p.name for p in tmp_path.iterdir()] in ([], ["cache"])  # (the test's QLORA_CACHE)
 
 
 def test_finetune_on_your_own_jsonl_gives_a_peft_adapter(capsys, tmp_path, tiny_model_dir):

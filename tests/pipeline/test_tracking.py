@@ -131,3 +131,58 @@ def test_default_tracking_is_sqlite_under_the_cache(tmp_path):
     assert default_tracking(tmp_path, "http://127.0.0.1:5000", "mine") == Tracking("http://127.0.0.1:5000", "mine")
     assert default_artifact_location("http://127.0.0.1:5000") == ""
     assert Tracking("").log("nothing", metrics={"a": 1.0}) is None  # disabled: no MLflow at all
+
+
+def test_experiments_are_model_training_experiments(tracking):
+    """MLflow's UI opens an experiment by its type: without the tag it may show an empty GenAI Traces tab."""
+    from qlora.pipeline.tracking import EXPERIMENT_KIND_TAG
+
+    tracking.log("a run")
+    client = mlflow.MlflowClient(tracking.uri)
+    assert client.get_experiment_by_name(tracking.experiment).tags[EXPERIMENT_KIND_TAG] == "custom_model_development"
+    old = client.create_experiment("made-before")  # an experiment of an earlier version: tagged when next logged to
+    client.set_experiment_tag(old, EXPERIMENT_KIND_TAG, "genai_development_inferred")
+    Tracking(tracking.uri, "made-before").log("a run")
+    assert client.get_experiment(old).tags[EXPERIMENT_KIND_TAG] == "custom_model_development"
+    client.set_experiment_tag(old, EXPERIMENT_KIND_TAG, "genai_development")  # the user's explicit choice stays
+    Tracking(tracking.uri, "made-before").log("another run")
+    assert client.get_experiment(old).tags[EXPERIMENT_KIND_TAG] == "genai_development"
+
+
+def _step(step: int, loss: float):
+    memory = SimpleNamespace(peak=2**20)
+    return SimpleNamespace(step=step, loss=loss, lr=1e-3, grad_norm=1.0, tokens_per_s=10.0, memory=memory)
+
+
+def test_a_killed_run_is_continued_not_duplicated(tracking, tmp_path):
+    run_file = tmp_path / "resume" / "mlflow_run.json"
+    params = {"train": {"max_steps": 4}, "out": "my-adapter"}
+    with pytest.raises(KeyboardInterrupt):
+        with tracking.start("finetune my-adapter", params=params, run_file=run_file) as live:
+            for s in (1, 2, 3):
+                live.on_step(_step(s, 4.0 - s))
+            raise KeyboardInterrupt
+    first = json.loads(run_file.read_text())["run_id"]
+    client, runs = _runs(tracking)
+    assert [r.info.status for r in runs] == ["FAILED"]
+
+    with tracking.start("finetune my-adapter", params=params, run_file=run_file) as live:  # resumed from the checkpoint at step 2
+        assert live.run_id == first and live.continued
+        assert client.get_run(first).info.status == "RUNNING"
+        for s in (3, 4):
+            live.on_step(_step(s, 9.0 if s == 3 else 0.5))  # step 3 again: logged once, by the killed process
+        live.log_params({"resumed_from_step": "2"})
+        live.finish(series={"loss": [3.0, 2.0, 1.0, 0.5]})
+    client, runs = _runs(tracking)
+    assert [r.info.run_id for r in runs] == [first] and runs[0].info.status == "FINISHED"
+    assert runs[0].data.params["resumed_from_step"] == "2" and runs[0].data.params["train.max_steps"] == "4"
+    assert sorted((m.step, m.value) for m in client.get_metric_history(first, "loss")) == [(1, 3.0), (2, 2.0), (3, 1.0), (4, 0.5)]
+
+    with tracking.start("finetune my-adapter", params=params, run_file=run_file) as live:  # finished: a new run
+        assert live.run_id != first and json.loads(run_file.read_text())["run_id"] == live.run_id
+    with pytest.raises(KeyboardInterrupt):
+        with tracking.start("x", params=params, run_file=run_file):
+            raise KeyboardInterrupt
+    with tracking.start("x", params={**params, "out": "elsewhere"}, run_file=run_file) as live:  # params differ: a new run
+        assert not live.continued
+    assert len(_runs(tracking)[1]) == 4
