@@ -31,7 +31,7 @@ import sys
 
 import torch
 
-from qlora.quant import codebooks, reference
+from qlora.quant import codebooks, minifloat, reference
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +133,28 @@ def _dequant_int8(q: torch.Tensor, absmax: torch.Tensor, table: torch.Tensor, ou
     return (table[q.to(torch.int32) + 128] * absmax[:, None]).to(out_dtype)
 
 
+def _quant_grid(x: torch.Tensor, enc: torch.Tensor, midpoints: torch.Tensor, ties_up: torch.Tensor, order: torch.Tensor,
+                log2_codes: int, pack: bool) -> torch.Tensor:
+    """(B, S) float32, (B,) enc -> codes of x * enc on a minifloat grid: (B, S) uint8, or (B, S / 2) packed.
+
+    The sorted position by binary search over the midpoints, as the Triton kernel: the positions i with
+    y > mid[i] or (y == mid[i] and ties_up[i]) are a prefix (`minifloat.round_to_grid`).
+    """
+    y = x * enc[:, None]
+    position = torch.zeros_like(y, dtype=torch.int64)
+    for level in range(log2_codes):
+        step = 1 << (log2_codes - 1 - level)
+        probe = position + (step - 1)
+        mid = midpoints[probe]
+        up = (y > mid) | ((y == mid) & (ties_up[probe] != 0))
+        position = torch.where(up, position + step, position)
+    codes = order[position].to(torch.int32)
+    if not pack:
+        return codes.to(torch.uint8)
+    pairs = codes.view(codes.shape[0], -1, 2)
+    return ((pairs[..., 0] << 4) | pairs[..., 1]).to(torch.uint8)
+
+
 _RECOMPILE_LIMIT = 64
 
 
@@ -166,6 +188,7 @@ _DEQUANT = _Compiled(_dequant_pairs)
 _QUANT_4BIT = _Compiled(_quant_4bit)
 _QUANT_INT8 = _Compiled(_quant_int8)
 _DEQUANT_INT8 = _Compiled(_dequant_int8)
+_QUANT_GRID = _Compiled(_quant_grid)
 
 
 def _steps(order: torch.Tensor) -> torch.Tensor:
@@ -243,15 +266,38 @@ def quantize_int8(flat: torch.Tensor, block_size: int) -> tuple[torch.Tensor, to
 
 def dequantize_int8(codes: torch.Tensor, absmax: torch.Tensor, block_size: int, out_dtype: torch.dtype) -> torch.Tensor:
     """`reference.dequantize_int8(...).to(out_dtype)`: (n,) tensor of `out_dtype`."""
+    return dequantize_8bit(codes, absmax, reference._int8_code(codes.device), block_size, out_dtype)
+
+
+def dequantize_8bit(codes: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, block_size: int, out_dtype: torch.dtype) -> torch.Tensor:
+    """`reference.dequantize_8bit(...).to(out_dtype)` (Int8, FP8): (n,) tensor of `out_dtype`."""
     n = codes.numel()
     n_full = n // block_size * block_size
     if n_full == 0:
-        return reference.dequantize_int8(codes, absmax, block_size).to(out_dtype)
-    table = reference._int8_code(codes.device)
-    res = _DEQUANT_INT8(codes[:n_full].view(-1, block_size), absmax[: n_full // block_size], table, out_dtype)
+        return reference.dequantize_8bit(codes, absmax, code, block_size).to(out_dtype)
+    res = _DEQUANT_INT8(codes[:n_full].view(-1, block_size), absmax[: n_full // block_size], code.contiguous(), out_dtype)
     if res is None:
-        return reference.dequantize_int8(codes, absmax, block_size).to(out_dtype)
+        return reference.dequantize_8bit(codes, absmax, code, block_size).to(out_dtype)
     if n_full == n:
         return res.view(-1)
-    tail = reference.dequantize_int8(codes[n_full:], absmax[n_full // block_size :], block_size).to(out_dtype)
+    tail = reference.dequantize_8bit(codes[n_full:], absmax[n_full // block_size :], code, block_size).to(out_dtype)
     return torch.cat([res.view(-1), tail])
+
+
+def quantize_to_grid(flat: torch.Tensor, enc: torch.Tensor, block_size: int, table: minifloat.RoundingTable, bits: int) -> torch.Tensor:
+    """Same contract as `reference.quantize_to_grid`: 4-bit packed ((n + 1) // 2, 1) uint8, or 8-bit (n,) int8."""
+    n = flat.numel()
+    n_full = n // block_size * block_size
+    if n_full == 0:
+        return reference.quantize_to_grid(flat, enc, block_size, table, bits)
+    flat = flat.contiguous()
+    log2_codes = table.midpoints.numel().bit_length() - 1
+    res = _QUANT_GRID(flat[:n_full].view(-1, block_size), enc[: n_full // block_size].contiguous(), table.midpoints,
+                      table.ties_up, table.order, log2_codes, bits == 4)  # fmt: skip
+    if res is None:
+        return reference.quantize_to_grid(flat, enc, block_size, table, bits)
+    head = res.view(-1, 1) if bits == 4 else res.view(-1).view(torch.int8)
+    if n_full == n:
+        return head
+    tail = reference.quantize_to_grid(flat[n_full:], enc[n_full // block_size :], block_size, table, bits)
+    return torch.cat([head, tail])
