@@ -74,8 +74,8 @@ class NestedAbsmax:
             raise ValueError(f"nested offset must be one float32 value, got {self.offset.dtype} {tuple(self.offset.shape)}")
 
     def __repr__(self) -> str:
-        return (f"NestedAbsmax({self.format.value}, constants={self.codes.numel()}, block_size={self.block_size}, "
-                f"device={self.codes.device})")  # fmt: skip
+        fmt = "" if self.format is DoubleQuant.DYNAMIC else f"format={self.format.value}, "
+        return f"NestedAbsmax(constants={self.codes.numel()}, block_size={self.block_size}, {fmt}device={self.codes.device})"
 
     def check_values(self) -> None:
         """Raises ValueError naming the field when a constant is NaN/Inf or an absmax is negative.
@@ -213,9 +213,14 @@ class QuantizedTensor:
             return f"QuantizedTensor(bf16, shape={tuple(self.shape)}, 16 bits/param, device={self.device})"
         return (
             f"QuantizedTensor({self.dtype.value}, shape={tuple(self.shape)}, orig_dtype={str(self.orig_dtype).removeprefix('torch.')}, "
-            f"block_size={self.block_size}, double_quant={self.double_quant_format.value if self.double_quant else False}, "
+            f"block_size={self.block_size}, double_quant={self._dq_text()}, "
             f"{self.storage_bits_per_param():.3f} bits/param, device={self.device})"
         )
+
+    def _dq_text(self) -> str:
+        if self.nested is None or self.nested.format is DoubleQuant.DYNAMIC:
+            return str(self.double_quant)
+        return self.nested.format.value
 
     def check_values(self) -> None:
         """Raises ValueError naming the field when a block constant is NaN/Inf or negative.
