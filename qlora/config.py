@@ -68,19 +68,23 @@ class QuantConfig:
     """How the frozen base is stored: data type, block size, double quantization, compute dtype.
 
     block_size None (the default) takes the data type's: 64, or the format's fixed size (NVFP4 16,
-    MXFP4 32). double_quant_format says how double quantization stores the absmax (the paper's DYNAMIC,
-    or E4M4); it applies when double_quant is true.
+    MXFP4 32). double_quant_format says how double quantization stores the absmax when double_quant is
+    true: None or DYNAMIC is the paper's (stored as None), E4M3 the 8-bit float variant (`DoubleQuant`).
     """
 
     dtype: DataType = DataType.NF4
     double_quant: bool = True
     block_size: Optional[int] = None
     compute_dtype: ComputeDtype = ComputeDtype.AUTO
-    double_quant_format: DoubleQuant = DoubleQuant.DYNAMIC
+    double_quant_format: Optional[DoubleQuant] = None
 
     def __post_init__(self) -> None:
-        validate_fields(self, {"dtype": enum_check(DataType), "double_quant": check_bool, "compute_dtype": enum_check(ComputeDtype),
-                               "double_quant_format": enum_check(DoubleQuant)})  # fmt: skip
+        validate_fields(self, {"dtype": enum_check(DataType), "double_quant": check_bool, "compute_dtype": enum_check(ComputeDtype)})
+        if self.double_quant_format is not None:
+            fmt = parse_enum("double_quant_format", self.double_quant_format, DoubleQuant)
+            object.__setattr__(self, "double_quant_format", None if fmt is DoubleQuant.DYNAMIC else fmt)
+            if fmt is not DoubleQuant.DYNAMIC and not self.double_quant:
+                raise ConfigError("double_quant_format", fmt.name, "left out (or DYNAMIC) when double_quant is false")
         if self.block_size is None:
             object.__setattr__(self, "block_size", self.dtype.default_block_size)
         allowed = self.dtype.block_sizes
@@ -96,11 +100,11 @@ class QuantConfig:
     @property
     def double_quant_mode(self) -> DoubleQuant | None:
         """What `qlora.quantize` takes: None without double quantization, else the format."""
-        return self.double_quant_format if self.double_quant else None
+        return (self.double_quant_format or DoubleQuant.DYNAMIC) if self.double_quant else None
 
     @property
     def label(self) -> str:
-        dq = ("_dq" if self.double_quant_format is DoubleQuant.DYNAMIC else f"_dq_{self.double_quant_format.value}") if self.double_quant else ""
+        dq = ("_dq" + (f"_{self.double_quant_format.value}" if self.double_quant_format else "")) if self.double_quant else ""
         return self.dtype.value + dq
 
 

@@ -122,7 +122,7 @@ QUANT_FILE = "qlora_quant.json"  # the QuantConfig a checkpoint folder was writt
 def quant_config_json(quant: QuantConfig) -> dict:
     out = {"dtype": quant.dtype.value, "double_quant": quant.double_quant, "block_size": quant.block_size,
            "compute_dtype": quant.compute_dtype.value}  # fmt: skip
-    if quant.double_quant and quant.double_quant_format.value != "dynamic":  # only written when not the paper's
+    if quant.double_quant and quant.double_quant_format is not None:  # only written when not the paper's
         out["double_quant_format"] = quant.double_quant_format.value
     return out
 
