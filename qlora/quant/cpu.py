@@ -85,19 +85,31 @@ def _bf16_bits_high(v: torch.Tensor) -> torch.Tensor:
     return bits + (0x7FFF + ((bits >> 16) & 1))
 
 
+def _row_scales(absmax: torch.Tensor, width: int) -> torch.Tensor:
+    """(B,) -> (B, 1); or (R, g) scales of g blocks per row -> (R, width), each repeated width / g times.
+
+    Rows of at least 16 bytes: inductor vectorizes rows of 8 bytes (NVFP4's blocks of 16) poorly (~30x
+    slower measured), so small blocks are processed g to a row (`# Note: formulations that inductor
+    vectorizes`)."""
+    if absmax.dim() == 1:
+        return absmax[:, None]
+    rows, g = absmax.shape
+    return absmax[:, :, None].expand(rows, g, width // g).reshape(rows, width)
+
+
 def _dequant_bf16_pairs(packed: torch.Tensor, absmax: torch.Tensor, table: torch.Tensor, out: torch.Tensor) -> None:
-    """(B, W) uint8, (B,) float32, (16,) float32 -> writes out (B, W) int32: two bf16 per byte, high nibble low."""
+    """(B, W) uint8, (B,) or (B, g) float32, (16,) float32 -> writes out (B, W) int32: two bf16 per byte, high nibble low."""
     p = packed.to(torch.int32)
-    a = absmax[:, None]
+    a = _row_scales(absmax, packed.shape[1])
     hi = _bf16_bits_high(_select16(p >> 4, table) * a)
     lo = _bf16_bits_high(_select16(p & 15, table) * a)
     out.copy_(((hi >> 16) & 0xFFFF) | (lo & -65536))
 
 
 def _dequant_pairs(packed: torch.Tensor, absmax: torch.Tensor, table: torch.Tensor, out: torch.Tensor) -> None:
-    """(B, W) uint8 -> writes out (B, W, 2) of its dtype; the float32 product rounded once."""
+    """(B, W) uint8, (B,) or (B, g) float32 -> writes out (B, W, 2) of its dtype; the float32 product rounded once."""
     p = packed.to(torch.int32)
-    a = absmax[:, None]
+    a = _row_scales(absmax, packed.shape[1])
     out.copy_(torch.stack([_select16(p >> 4, table) * a, _select16(p & 15, table) * a], dim=-1))
 
 
@@ -156,6 +168,7 @@ def _quant_grid(x: torch.Tensor, enc: torch.Tensor, midpoints: torch.Tensor, tie
 
 
 _RECOMPILE_LIMIT = 64
+_MIN_ROW_ELEMENTS = 32  # elements per compiled dequantize row at least (`_row_scales`)
 
 
 class _Compiled:
@@ -231,14 +244,17 @@ def dequantize_4bit(
     if out is not None and not out.is_contiguous():
         return out.copy_(dequantize_4bit(packed, absmax, code, block_size, n, out_dtype).view(out.shape))
     dst = empty_output(n, out_dtype) if out is None else out.view(-1)
-    n_full = n // block_size * block_size
+    per_row = max(1, _MIN_ROW_ELEMENTS // block_size)  # blocks per compiled row (see `_row_scales`)
+    n_full = n // (block_size * per_row) * (block_size * per_row)
     if n_full:
-        rows = packed.view(-1)[: n_full // 2].view(-1, block_size // 2)  # (B, block_size / 2)
+        rows = packed.view(-1)[: n_full // 2].view(-1, per_row * block_size // 2)  # (B, per_row * block_size / 2)
+        scales = absmax[: rows.shape[0] * per_row]
+        scales = scales if per_row == 1 else scales.view(-1, per_row)
         head = dst[:n_full]
         if out_dtype == torch.bfloat16:
-            ok = _DEQUANT_BF16(rows, absmax[: rows.shape[0]], code, head.view(torch.int32).view(rows.shape))
+            ok = _DEQUANT_BF16(rows, scales, code, head.view(torch.int32).view(rows.shape))
         else:
-            ok = _DEQUANT(rows, absmax[: rows.shape[0]], code, head.view(*rows.shape, 2))
+            ok = _DEQUANT(rows, scales, code, head.view(*rows.shape, 2))
         if not ok:
             return dst.copy_(reference.dequantize_4bit(packed, absmax, code, block_size, n))
     if n_full < n:
