@@ -59,7 +59,7 @@ class DoubleQuant(enum.Enum):
         if isinstance(value, DoubleQuant):
             return value
         try:
-            return cls(value)
+            return cls(value.lower() if isinstance(value, str) else value)
         except ValueError:
             raise ValueError(f"unknown double quantization {value!r}; expected a bool or one of: "
                              f"{', '.join(d.value for d in cls)}") from None  # fmt: skip
