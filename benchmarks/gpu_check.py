@@ -152,9 +152,12 @@ def _quantize_case(ctx: Context, dtype, dq: bool, shape: tuple, block: int, in_d
     w.view(-1)[: min(block, w.numel() // 2)] = 0  # an all-zero block
     ref = qlora.quantize(w, dtype, block, dq, backend=Backend.REFERENCE)
     tri = qlora.quantize(w, dtype, block, dq, backend=Backend.TRITON)
-    row = {"dtype": dtype.value, "double_quant": dq, "block": block, "shape": list(shape), "in": str(in_dtype)[6:],
+    row = {"dtype": dtype.value, "double_quant": getattr(dq, "value", dq), "block": block, "shape": list(shape), "in": str(in_dtype)[6:],
            "codes_differ": int((ref.data != tri.data).sum())}  # fmt: skip
-    if dq:
+    if ref.scales is not None:  # NVFP4 / MXFP4: 8-bit block scales (and NVFP4's tensor scale)
+        row["absmax_differ"] = int((ref.scales.codes != tri.scales.codes).sum()) + int(
+            ref.scales.tensor_scale is not None and bool(ref.scales.tensor_scale != tri.scales.tensor_scale))
+    elif dq:
         row["absmax_differ"] = int((ref.nested.codes != tri.nested.codes).sum() + (ref.nested.absmax != tri.nested.absmax).sum()
                                    + (ref.nested.offset != tri.nested.offset).sum())  # fmt: skip
     else:
@@ -177,19 +180,26 @@ def correctness(ctx: Context) -> dict:
     # last block), the 7B MLP shape at the default block size
     cases = [((33, 65), 64)] if dry else [(shape, b) for shape in ((4096, 4096), (33, 65)) for b in (32, 64, 256, 4096)] + [((11008, 4096), 64)]
     in_dtypes = [torch.bfloat16] if dry else [torch.bfloat16, torch.float16, torch.float32]
-    rows = [_quantize_case(ctx, dtype, dq, shape, block, in_dtype) for dtype, dq, (shape, block), in_dtype
-            in itertools.product([d for d in DataType if d.is_quantized], (False, True), cases, in_dtypes)]  # fmt: skip
+    from qlora import DoubleQuant
+
+    def variants(dtype):  # the double quantizations a type allows, at the block sizes it allows
+        dqs = (False, True, DoubleQuant.E4M4) if dtype.allows_double_quant else (False,)
+        sizes = [(shape, b if b in dtype.block_sizes else dtype.block_sizes[0]) for shape, b in cases]
+        return [(dq, case) for dq in dqs for case in dict.fromkeys(sizes)]
+
+    rows = [_quantize_case(ctx, dtype, dq, shape, block, in_dtype) for dtype in DataType if dtype.is_quantized
+            for dq, (shape, block) in variants(dtype) for in_dtype in in_dtypes]  # fmt: skip
     failures = [row for row in rows if any(v for k, v in row.items() if k.endswith("_differ"))]
     fused = []
     n, k = (40, 48) if dry else (4096, 4096)
-    for dtype in (DataType.NF4, DataType.INT8):
-        q = qlora.quantize(torch.randn(n, k, device=dev), dtype, 64, True, backend=Backend.TRITON)
+    for dtype in (DataType.NF4, DataType.INT8, DataType.FP8_E4M3, DataType.NVFP4, DataType.MXFP4):
+        q = qlora.quantize(torch.randn(n, k, device=dev), dtype, None, dtype.allows_double_quant, backend=Backend.TRITON)
         w = qlora.dequantize(q, torch.float32, backend=Backend.TRITON)
         for act in (torch.float32, torch.bfloat16, torch.float16):
             for tokens in ((1, 5) if dry else (1, 16, 128)):
                 for forward in (True, False):
                     a = torch.randn(tokens, k if forward else n, device=dev).to(act)
-                    c = dequant_matmul(a, q.data, block_absmax(q), codebook(q.dtype, dev), shape=(n, k), block_size=64,
+                    c = dequant_matmul(a, q.data, block_absmax(q), codebook(q.dtype, dev), shape=(n, k), block_size=q.block_size,
                                        bits=4 if dtype.is_4bit else 8, transpose_w=forward)  # fmt: skip
                     exact = a.float() @ (w.t() if forward else w)
                     err = float((c.float() - exact).norm() / exact.norm().clamp_min(1e-30))

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from typing import Optional
 
 import torch
 
 from qlora.checks import ConfigError, check_bool, check_float, check_int, check_str, enum_check, parse_enum, validate_fields
-from qlora.quant.dtypes import DEFAULT_BLOCK_SIZE, VALID_BLOCK_SIZES, DataType
+from qlora.quant.dtypes import DataType, DoubleQuant
 
 
 def native_bf16(device: torch.device | str) -> bool:
@@ -64,23 +65,47 @@ class Targets(enum.Enum):
 
 @dataclasses.dataclass  # not frozen: Hydra/OmegaConf schemas must accept merges
 class QuantConfig:
-    """How the frozen base is stored: data type, block size, double quantization, compute dtype."""
+    """How the frozen base is stored: data type, block size, double quantization, compute dtype.
+
+    block_size None (the default) takes the data type's: 64, or the format's fixed size (NVFP4 16,
+    MXFP4 32). double_quant_format says how double quantization stores the absmax when double_quant is
+    true: None or DYNAMIC is the paper's (stored as None), E4M3 the 8-bit float variant (`DoubleQuant`).
+    """
 
     dtype: DataType = DataType.NF4
     double_quant: bool = True
-    block_size: int = DEFAULT_BLOCK_SIZE
+    block_size: Optional[int] = None
     compute_dtype: ComputeDtype = ComputeDtype.AUTO
+    double_quant_format: Optional[DoubleQuant] = None
 
     def __post_init__(self) -> None:
         validate_fields(self, {"dtype": enum_check(DataType), "double_quant": check_bool, "compute_dtype": enum_check(ComputeDtype)})
-        if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size not in VALID_BLOCK_SIZES:
-            raise ConfigError("block_size", self.block_size, f"one of {', '.join(map(str, VALID_BLOCK_SIZES))}")
+        if self.double_quant_format is not None:
+            fmt = parse_enum("double_quant_format", self.double_quant_format, DoubleQuant)
+            object.__setattr__(self, "double_quant_format", None if fmt is DoubleQuant.DYNAMIC else fmt)
+            if fmt is not DoubleQuant.DYNAMIC and not self.double_quant:
+                raise ConfigError("double_quant_format", fmt.name, "left out (or DYNAMIC) when double_quant is false")
+        if self.block_size is None:
+            object.__setattr__(self, "block_size", self.dtype.default_block_size)
+        allowed = self.dtype.block_sizes
+        if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size not in allowed:
+            what = f"{allowed[0]} (fixed by the {self.dtype.value} format)" if len(allowed) == 1 else f"one of {', '.join(map(str, allowed))}"
+            raise ConfigError("block_size", self.block_size, what)
         if self.double_quant and not self.dtype.is_quantized:
             raise ConfigError("double_quant", self.double_quant, f"false for dtype {self.dtype.name} (nothing to double-quantize)")
+        if self.double_quant and not self.dtype.allows_double_quant:
+            raise ConfigError("double_quant", self.double_quant,
+                              f"false for dtype {self.dtype.name} (its block scales are {self.dtype.scale_format.value} bytes already)")  # fmt: skip
+
+    @property
+    def double_quant_mode(self) -> DoubleQuant | None:
+        """What `qlora.quantize` takes: None without double quantization, else the format."""
+        return (self.double_quant_format or DoubleQuant.DYNAMIC) if self.double_quant else None
 
     @property
     def label(self) -> str:
-        return self.dtype.value + ("_dq" if self.double_quant else "")
+        dq = ("_dq" + (f"_{self.double_quant_format.value}" if self.double_quant_format else "")) if self.double_quant else ""
+        return self.dtype.value + dq
 
 
 @dataclasses.dataclass  # not frozen: Hydra/OmegaConf schemas must accept merges

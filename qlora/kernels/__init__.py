@@ -5,6 +5,6 @@ Triton reads when `@triton.jit` runs, i.e. at import of these modules: whoever w
 sets it before importing qlora; the library itself never reads the environment).
 """
 
-from qlora.kernels.blockwise import dequantize_blockwise, interpreter_active, quantize_blockwise
+from qlora.kernels.blockwise import dequantize_blockwise, interpreter_active, quantize_blockwise, quantize_to_grid
 
-__all__ = ["dequantize_blockwise", "interpreter_active", "quantize_blockwise"]
+__all__ = ["dequantize_blockwise", "interpreter_active", "quantize_blockwise", "quantize_to_grid"]

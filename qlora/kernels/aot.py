@@ -42,6 +42,9 @@ from qlora.kernels import blockwise, fused_matmul
 # The quantization block sizes a QuantizedTensor may have (qlora.quant.dtypes.VALID_BLOCK_SIZES; a test
 # checks they agree: this package imports nothing above it).
 BLOCK_SIZES = tuple(2**k for k in range(5, 13))
+# The block sizes of the 4-bit minifloat types with 8-bit block scales (DataType.NVFP4: 16, MXFP4: 32; a
+# test checks them): their element-rounding and coded-scale paths, and NVFP4's 16 in the fused matmul.
+CODED_BLOCK_SIZES = (16, 32)
 # Output dtypes of the dequantize kernel and of the fused matmul (triton names).
 FLOAT_TYPES = ("fp32", "fp16", "bf16")
 NESTED_BLOCK = 256  # double quantization's block size (paper §3)
@@ -86,6 +89,7 @@ class Specialisation:
     exact: bool = False
     bits: int = 4
     double_quant: bool = False
+    coded_scales: bool = False
     in_dtype: str = "fp32"
     out_dtype: str = "fp32"
     direction: str = ""
@@ -122,6 +126,7 @@ def kernels() -> dict:
     return {
         "quantize_4bit": blockwise._quantize_4bit_kernel,
         "quantize_int8": blockwise._quantize_int8_kernel,
+        "quantize_grid": blockwise._quantize_grid_kernel,
         "dequantize": blockwise._dequantize_kernel,
         "dequant_matmul": fused_matmul._dequant_matmul_kernel,
     }
@@ -155,29 +160,57 @@ def quantize_specialisations(variants=(Variant.ALIGNED, Variant.RAGGED)) -> list
             exact=True,
             bits=4 if four_bit else 8,
         ))  # fmt: skip
+    return specs + grid_specialisations(variants)
+
+
+def grid_specialisations(variants=(Variant.ALIGNED, Variant.RAGGED)) -> list[Specialisation]:
+    """The minifloat-grid rounding kernel: 8-bit codes (FP8) at every block size, 4-bit packed codes (NVFP4,
+    MXFP4) at their fixed block sizes."""
+    specs = []
+    cases = [(block, 8) for block in BLOCK_SIZES] + [(block, 4) for block in CODED_BLOCK_SIZES]
+    for variant, (block, bits) in itertools.product(variants, cases):
+        aligned = variant is Variant.ALIGNED
+        n, _ = _blockwise_sizes(variant, block)
+        pointers = [("x_ptr", "fp32"), ("enc_ptr", "fp32"), ("codes_ptr", "u8"), ("midpoints_ptr", "fp32"), ("ties_ptr", "u8"),
+                    ("order_ptr", "u8")]  # fmt: skip
+        specs.append(Specialisation(
+            kernel="quantize_grid",
+            label=f"quantize to a minifloat grid, {bits}-bit codes block {block}",
+            variant=variant,
+            args=tuple((name, Pointer(t, aligned)) for name, t in pointers) + (("n_elements", n),),
+            constexprs=(("QBLOCK", block), ("TILE", blockwise.QUANT_TILE), ("LOG2_CODES", bits), ("PACK", bits == 4)),
+            options=tuple(blockwise.EXACT_OPTIONS.items()),
+            exact=True,
+            bits=bits,
+        ))  # fmt: skip
     return specs
 
 
-def dequantize_specialisations(variants=(Variant.ALIGNED, Variant.RAGGED), block_sizes=BLOCK_SIZES) -> list[Specialisation]:
-    """The dequantize kernel: 4-bit codebook / int8 paths, plain / double-quantized absmax, every output dtype."""
+def dequantize_specialisations(variants=(Variant.ALIGNED, Variant.RAGGED), block_sizes=BLOCK_SIZES,
+                               coded_block_sizes=CODED_BLOCK_SIZES) -> list[Specialisation]:  # fmt: skip
+    """The dequantize kernel: 4-bit codebook / 8-bit paths, plain / double-quantized absmax, every output dtype;
+    and 4-bit codes with 8-bit coded block scales (NVFP4, MXFP4) at their block sizes."""
+    cases = [(block, four_bit, dq, False) for block in block_sizes for four_bit in (True, False) for dq in (False, True)]
+    cases += [(block, True, False, True) for block in coded_block_sizes]
     specs = []
-    for variant, block, four_bit, dq, out in itertools.product(variants, block_sizes, (True, False), (False, True), FLOAT_TYPES):
+    for variant, (block, four_bit, dq, coded), out in itertools.product(variants, cases, FLOAT_TYPES):
         aligned = variant is Variant.ALIGNED
         n, _ = _blockwise_sizes(variant, block)
         pointers = [("q_ptr", "u8" if four_bit else "i8"), ("absmax_ptr", "fp32"), ("code_ptr", "fp32"), ("nested_codes_ptr", "u8"),
                     ("nested_absmax_ptr", "fp32"), ("nested_code_ptr", "fp32"), ("offset_ptr", "fp32"), ("out_ptr", out)]  # fmt: skip
         specs.append(Specialisation(
             kernel="dequantize",
-            label=f"dequantize {'4-bit' if four_bit else 'int8'}{' dq' if dq else ''} -> {out} block {block}",
+            label=f"dequantize {'4-bit' if four_bit else 'int8'}{' dq' if dq else ''}{' coded scales' if coded else ''} -> {out} block {block}",
             variant=variant,
             args=tuple((name, Pointer(t, aligned)) for name, t in pointers) + (("n_elements", n),),
             constexprs=(("QBLOCK", block), ("NESTED_BLOCK", NESTED_BLOCK), ("TILE", blockwise.DEQUANT_TILE),
-                        ("IS_4BIT", four_bit), ("DOUBLE_QUANT", dq)),  # fmt: skip
+                        ("IS_4BIT", four_bit), ("DOUBLE_QUANT", dq), ("CODED_SCALES", coded)),  # fmt: skip
             options=tuple(blockwise.EXACT_OPTIONS.items()),
             rounds_to=() if out == "fp32" else (out,),
             exact=True,
             bits=4 if four_bit else 8,
             double_quant=dq,
+            coded_scales=coded,
             out_dtype=out,
         ))  # fmt: skip
     return specs
@@ -189,11 +222,14 @@ def matmul_dtypes() -> list[tuple[str, str]]:
     return [("fp32", "fp32")] + [(a, c) for a in ("bf16", "fp16") for c in FLOAT_TYPES]
 
 
-def matmul_specialisations(variants=tuple(Variant), block_sizes=BLOCK_SIZES, dtypes=None) -> list[Specialisation]:
-    """The fused dequant-matmul: forward (A @ W^T) and input gradient (dY @ W), 4-bit and int8 codes."""
+def matmul_specialisations(variants=tuple(Variant), block_sizes=BLOCK_SIZES, dtypes=None,
+                           extra_4bit_block_sizes=tuple(b for b in CODED_BLOCK_SIZES if b not in BLOCK_SIZES)) -> list[Specialisation]:  # fmt: skip
+    """The fused dequant-matmul: forward (A @ W^T) and input gradient (dY @ W), 4-bit and 8-bit codes; NVFP4's
+    block of 16 for 4-bit codes (its scales reach the kernel decoded to float32, `qlora.quant.block_absmax`)."""
     specs = []
-    for variant, block, four_bit, (a_t, c_t), forward in itertools.product(
-        variants, block_sizes, (True, False), dtypes or matmul_dtypes(), (True, False)
+    blocks = [(block, four_bit) for block in block_sizes for four_bit in (True, False)] + [(b, True) for b in extra_4bit_block_sizes]
+    for variant, (block, four_bit), (a_t, c_t), forward in itertools.product(
+        variants, blocks, dtypes or matmul_dtypes(), (True, False)
     ):
         aligned = variant is Variant.ALIGNED
         tiles = fused_matmul.DEFAULT_TILES
@@ -243,6 +279,8 @@ def ci_specialisations() -> list[Specialisation]:
         if s.variant is not Variant.ALIGNED:
             return False
         if s.kernel == "dequantize":
+            if s.coded_scales:
+                return s.out_dtype == "bf16"
             return s.out_dtype == "bf16" and (s.bits == 4) == s.double_quant  # 4-bit + dq (QLoRA) and int8 plain
         if s.kernel == "dequant_matmul":
             return s.bits == 4 and same_dtype and s.in_dtype in ("bf16", "fp32")

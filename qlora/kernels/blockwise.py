@@ -1,12 +1,16 @@
-"""Blockwise quantize / dequantize kernels for every data type (one kernel each, codebook as input).
+"""Blockwise quantize / dequantize kernels for every data type (codebooks, tables and scales as inputs).
 
-Quantize (4-bit): per block, absmax = max |x|; scaled = clamp(x * (1 / absmax), -1, 1);
+Quantize (4-bit codebooks): per block, absmax = max |x|; scaled = clamp(x * (1 / absmax), -1, 1);
 sorted position = #{midpoints < scaled}; code = order[position]; two codes per byte, first element in
-the high nibble. Int8: round-half-even(127 * scaled). Equivalent torch maths: `qlora.quant.reference`.
+the high nibble. Int8: round-half-even(127 * scaled). Minifloat grids (FP8, NVFP4, MXFP4:
+`_quantize_grid_kernel`): y = x * enc[block] with the block's encode factor given, sorted position =
+#{i : y > mid[i] or (y == mid[i] and ties_up[i])} by binary search, code = order[position] (round to
+nearest, ties to even, saturating). Equivalent torch maths: `qlora.quant.reference`.
 
-Dequantize: out = code[q] * absmax[block], with the double-quantized absmax computed in the same
-kernel as nested_code[c] * nested_absmax[block // 256] + offset (multiply, then add: no FMA, so the
-result equals the reference bit for bit).
+Dequantize: out = code[q] * scale[block]. The scale is a float32 absmax, or computed in the same kernel
+from 8-bit codes: double-quantized, nested_code[c] * nested_absmax[block // 256] + offset (multiply, then
+add: no FMA, so the result equals the reference bit for bit); coded scales (NVFP4, MXFP4),
+scale_map[c] with the 256-entry map given.
 
 # Note: interpreter
 Triton's CPU interpreter gets bf16 arithmetic wrong and rounds fp32 -> bf16 by truncation. All maths
@@ -114,14 +118,51 @@ def _quantize_int8_kernel(
 
 
 @triton.jit
+def _quantize_grid_kernel(
+    # pointers
+    x_ptr,  # (n,) float32 input
+    enc_ptr,  # (n_blocks,) float32, each block's encode factor
+    codes_ptr,  # PACK: ((n + 1) // 2,) uint8, two codes per byte; else (n,) uint8
+    midpoints_ptr,  # (2**LOG2_CODES,) float32, sorted, +inf past the grid
+    ties_ptr,  # (2**LOG2_CODES,) uint8, 1 where a tie at that midpoint goes up
+    order_ptr,  # (2**LOG2_CODES,) uint8, sorted position -> storage code
+    # sizes
+    n_elements,
+    # meta-parameters
+    QBLOCK: tl.constexpr,  # elements per block (per encode factor)
+    TILE: tl.constexpr,  # elements per program
+    LOG2_CODES: tl.constexpr,  # 4 (16 codes) or 8 (256 codes)
+    PACK: tl.constexpr,  # two 4-bit codes per byte, first element in the high nibble
+):
+    pid = tl.program_id(0).to(tl.int64)
+    offs = pid * TILE + tl.arange(0, TILE)
+    mask = offs < n_elements
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0)
+    y = x * tl.load(enc_ptr + offs // QBLOCK, mask=mask, other=0.0)
+    position = tl.zeros((TILE,), dtype=tl.int32)
+    for level in tl.static_range(LOG2_CODES):  # binary search: the passed midpoints form a prefix
+        probe = position + ((1 << (LOG2_CODES - 1 - level)) - 1)
+        mid = tl.load(midpoints_ptr + probe)
+        up = (y > mid) | ((y == mid) & (tl.load(ties_ptr + probe) != 0))
+        position = tl.where(up, position + (1 << (LOG2_CODES - 1 - level)), position)
+    codes = tl.load(order_ptr + position)  # (TILE,) uint8
+    if PACK:
+        hi, lo = tl.split(tl.reshape(codes, (TILE // 2, 2)))
+        byte_offs = pid * (TILE // 2) + tl.arange(0, TILE // 2)
+        tl.store(codes_ptr + byte_offs, (hi << 4) | lo, mask=byte_offs < (n_elements + 1) // 2)
+    else:
+        tl.store(codes_ptr + offs, codes, mask=mask)
+
+
+@triton.jit
 def _dequantize_kernel(
     # pointers
     q_ptr,  # 4-bit: ((n + 1) // 2,) uint8 packed codes; 8-bit: (n,) int8
     absmax_ptr,  # (n_blocks,) float32 (unused when DOUBLE_QUANT)
     code_ptr,  # (16,) or (256,) float32 codebook
-    nested_codes_ptr,  # (n_blocks,) uint8 (DOUBLE_QUANT)
+    nested_codes_ptr,  # (n_blocks,) uint8 (DOUBLE_QUANT or CODED_SCALES: the scale codes)
     nested_absmax_ptr,  # (ceil(n_blocks / NESTED_BLOCK),) float32 (DOUBLE_QUANT)
-    nested_code_ptr,  # (256,) float32 (DOUBLE_QUANT)
+    nested_code_ptr,  # (256,) float32 (DOUBLE_QUANT or CODED_SCALES: the scale of each code)
     offset_ptr,  # (1,) float32 (DOUBLE_QUANT)
     out_ptr,  # (n,) output, float32 / float16 / bfloat16
     # sizes
@@ -132,6 +173,7 @@ def _dequantize_kernel(
     TILE: tl.constexpr,
     IS_4BIT: tl.constexpr,
     DOUBLE_QUANT: tl.constexpr,
+    CODED_SCALES: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * TILE + tl.arange(0, TILE)
@@ -149,6 +191,9 @@ def _dequantize_kernel(
         c = tl.load(nested_codes_ptr + block, mask=mask, other=0).to(tl.int32)
         scale = tl.load(nested_code_ptr + c) * tl.load(nested_absmax_ptr + block // NESTED_BLOCK, mask=mask, other=0.0)
         scale = scale + tl.load(offset_ptr)
+    elif CODED_SCALES:
+        c = tl.load(nested_codes_ptr + block, mask=mask, other=0).to(tl.int32)
+        scale = tl.load(nested_code_ptr + c)
     else:
         scale = tl.load(absmax_ptr + block, mask=mask, other=0.0)
     out = values * scale
@@ -201,6 +246,32 @@ def quantize_blockwise(flat: torch.Tensor, block_size: int, code_search: tuple[t
     return packed.unsqueeze(1), absmax
 
 
+def quantize_to_grid(flat: torch.Tensor, enc: torch.Tensor, block_size: int,
+                     table: tuple[torch.Tensor, torch.Tensor, torch.Tensor], *, bits: int) -> torch.Tensor:
+    """Rounds x * enc[block] to a minifloat grid (nearest, ties to even, saturating): the element codes.
+
+    Args:
+        flat: (n,) float32.
+        enc: (ceil(n / block_size),) float32, each block's encode factor.
+        table: (midpoints, ties_up, order) of 2**k entries (k = 4 or 8): `qlora.quant.minifloat.RoundingTable`.
+        bits: 4 (packed ((n + 1) // 2, 1) uint8) or 8 ((n,) int8 bit patterns).
+    """
+    midpoints, ties_up, order = table
+    n_codes = midpoints.numel()
+    if n_codes not in (16, 256) or ties_up.numel() != n_codes or order.numel() != n_codes:
+        raise ValueError(f"a rounding table has 16 or 256 entries per part, got {midpoints.numel()}, {ties_up.numel()}, {order.numel()}")
+    if bits not in (4, 8):
+        raise ValueError(f"bits must be 4 or 8, got {bits!r}")
+    flat = flat.contiguous()
+    n = flat.numel()
+    pack = bits == 4
+    out = torch.empty((n + 1) // 2 if pack else n, dtype=torch.uint8, device=flat.device)
+    grid = (triton.cdiv(n, QUANT_TILE),)
+    _quantize_grid_kernel[grid](flat, enc.contiguous(), out, midpoints, ties_up, order, n, QBLOCK=block_size, TILE=QUANT_TILE,
+                                LOG2_CODES=n_codes.bit_length() - 1, PACK=pack, **_launch_options(flat.device))  # fmt: skip
+    return out.unsqueeze(1) if pack else out.view(torch.int8)
+
+
 def dequantize_blockwise(
     codes: torch.Tensor,
     absmax: torch.Tensor | None,
@@ -215,13 +286,16 @@ def dequantize_blockwise(
     nested_offset: torch.Tensor | None = None,
     nested_code: torch.Tensor | None = None,
     nested_block_size: int = 256,
+    scale_codes: torch.Tensor | None = None,
+    scale_map: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """out[e] = code[index(e)] * absmax[e // block_size], with one kernel launch.
 
     With double quantization (the four `nested_*` tensors instead of `absmax`), the absmax of block b is
     nested_code[nested_codes[b]] * nested_absmax[b // nested_block_size] + nested_offset, computed in
-    the same kernel.
+    the same kernel. With coded scales (`scale_codes`, `scale_map` instead of `absmax`: NVFP4, MXFP4), the
+    scale of block b is scale_map[scale_codes[b]].
 
     Args:
         codes: 4-bit: ((numel + 1) // 2,) uint8 bytes, element 2j in the high nibble of byte j;
@@ -234,6 +308,7 @@ def dequantize_blockwise(
         out_dtype: float32, float16 or bfloat16.
         nested_codes: (n_blocks,) uint8. nested_absmax: (ceil(n_blocks / nested_block_size),) float32.
         nested_offset: one float32 value. nested_code: (256,) float32.
+        scale_codes: (n_blocks,) uint8. scale_map: (256,) float32.
         out: optional preallocated output of `numel` elements of `out_dtype`, any strides (a
             non-contiguous one is filled from a contiguous staging buffer).
 
@@ -243,12 +318,17 @@ def dequantize_blockwise(
     """
     nested = (nested_codes, nested_absmax, nested_offset, nested_code)
     double_quant = nested_codes is not None
+    coded = scale_codes is not None
+    if coded != (scale_map is not None) or (coded and (double_quant or absmax is not None)):
+        raise ValueError("coded scales need scale_codes and scale_map, and neither absmax nor the nested tensors")
+    if coded:
+        nested_codes, nested_code = scale_codes, scale_map
     if bits not in (4, 8):
         raise ValueError(f"bits must be 4 or 8, got {bits!r}")
     expected_codes = ((numel + 1) // 2, torch.uint8) if bits == 4 else (numel, torch.int8)
     if (codes.numel(), codes.dtype) != expected_codes:
         raise ValueError(f"{bits}-bit codes of {numel} elements must be {expected_codes[0]} x {expected_codes[1]}, got {codes.numel()} x {codes.dtype}")
-    if any((t is None) == double_quant for t in nested) or (absmax is None) != double_quant:
+    if not coded and (any((t is None) == double_quant for t in nested) or (absmax is None) != double_quant):
         raise ValueError("give either absmax or all four nested tensors (codes, absmax, offset, code)")
     device = codes.device
     # Note: interpreter — compute and store fp32, let torch round to bf16 (see module docstring).
@@ -264,9 +344,9 @@ def dequantize_blockwise(
         codes,
         dummy_f32 if absmax is None else absmax,
         code,
-        nested_codes if double_quant else dummy_u8,
+        nested_codes if double_quant or coded else dummy_u8,
         nested_absmax if double_quant else dummy_f32,
-        nested_code if double_quant else dummy_f32,
+        nested_code if double_quant or coded else dummy_f32,
         nested_offset.reshape(1) if double_quant else dummy_f32,
         target,
         numel,
@@ -275,6 +355,7 @@ def dequantize_blockwise(
         TILE=DEQUANT_TILE,
         IS_4BIT=bits == 4,
         DOUBLE_QUANT=double_quant,
+        CODED_SCALES=coded,
         **_launch_options(device),
     )
     if target.dtype != out_dtype:

@@ -5,8 +5,10 @@ in which every quantized linear weight `<module>.weight` is the packed uint8 ten
 bitsandbytes state: `<module>.weight.absmax`, `.quant_map`, (`.nested_absmax`, `.nested_quant_map`),
 `.quant_state.bitsandbytes__nf4|fp4`; all other tensors as they are. Such a folder loads in
 transformers with bitsandbytes installed, and folders saved by that combination load here, without
-re-quantizing. The data types bitsandbytes lacks (Int4, FP4-E3M0, Int8) use the same structure with
-`quant_state.qlora__<type>` and `quantization_config.quant_method = "qlora"`; only this loader reads them.
+re-quantizing. What bitsandbytes' layout cannot express -- the data types it lacks (Int4, FP4-E3M0,
+Int8, FP8 E4M3/E5M2, AF4, NVFP4, MXFP4) and E4M4 double quantization -- uses the same structure with
+`quant_state.qlora__<type>` and `quantization_config.quant_method = "qlora"` (`qlora.quant.bnb_format`);
+only this loader reads them, and a file that claims bitsandbytes' layout for them is refused.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from qlora.atomic import atomic_dir, write_json
-from qlora.quant.bnb_format import from_bnb_dict, to_bnb_dict
-from qlora.quant.dtypes import VALID_BLOCK_SIZES, DataType
+from qlora.quant.bnb_format import bnb_expressible, from_bnb_dict, to_bnb_dict
+from qlora.quant.dtypes import DataType, DoubleQuant
 from qlora.quant.state import QuantizedTensor
 from qlora.readers import BadFileError, check_finite, get, read_json, read_safetensors
 
@@ -44,11 +46,12 @@ def quantization_config(quantized: Mapping[str, QuantizedTensor], compute_dtype:
     Raises:
         ValueError: when the modules mix data types or double-quantization settings.
     """
-    kinds = {(q.dtype, q.double_quant, q.block_size) for q in quantized.values()}
+    kinds = {(q.dtype, q.double_quant_format, q.block_size) for q in quantized.values()}
     if len(kinds) != 1:
-        raise ValueError(f"a checkpoint holds one data type; got {sorted((d.value, dq, b) for d, dq, b in kinds)}")
-    dtype, double_quant, block_size = kinds.pop()
-    if dtype in (DataType.NF4, DataType.FP4):
+        raise ValueError(f"a checkpoint holds one data type; got {sorted((d.value, dq.value if dq else False, b) for d, dq, b in kinds)}")
+    dtype, dq, block_size = kinds.pop()
+    double_quant = dq is not None
+    if bnb_expressible(dtype, dq):
         return {
             "quant_method": "bitsandbytes",
             "load_in_4bit": True,
@@ -64,8 +67,11 @@ def quantization_config(quantized: Mapping[str, QuantizedTensor], compute_dtype:
             "llm_int8_skip_modules": None,
             "llm_int8_threshold": 6.0,
         }
-    return {"quant_method": "qlora", "data_type": dtype.value, "double_quant": double_quant, "block_size": block_size,
-            "compute_dtype": _compute_dtype_name(compute_dtype)}  # fmt: skip
+    out = {"quant_method": "qlora", "data_type": dtype.value, "double_quant": double_quant, "block_size": block_size,
+           "compute_dtype": _compute_dtype_name(compute_dtype)}  # fmt: skip
+    if dq is not None and dq is not DoubleQuant.DYNAMIC:
+        out["double_quant_format"] = dq.value
+    return out
 
 
 def _compute_dtype_name(compute_dtype: torch.dtype) -> str:
@@ -157,11 +163,16 @@ def _check_quantization_config(config: dict, quantized: dict[str, QuantizedTenso
         raise BadFileError(path, _QC, "present, but no weight file holds a quantized layer (no '*.weight.quant_state.*' entry)")
     p = f"{_QC}."
     method = get(qc, "quant_method", path, str, prefix=p)
-    kinds = {(q.dtype, q.double_quant, q.block_size) for q in quantized.values()}
+    kinds = {(q.dtype, q.double_quant_format, q.block_size) for q in quantized.values()}
     if len(kinds) != 1:
-        raise BadFileError(path, _QC, f"the weights mix data types: {sorted((d.value, dq, b) for d, dq, b in kinds)}")
-    dtype, double_quant, block_size = kinds.pop()
+        raise BadFileError(path, _QC, f"the weights mix data types: {sorted((d.value, dq.value if dq else False, b) for d, dq, b in kinds)}")
+    dtype, dq, block_size = kinds.pop()
+    double_quant = dq is not None
     if method == "bitsandbytes":
+        if not bnb_expressible(dtype, dq):
+            raise BadFileError(path, f"{p}quant_method", f"'bitsandbytes', but the weights are {dtype.value}"
+                               + (f" with {dq.value} double quantization" if dq else "") + ", which bitsandbytes' layout cannot "
+                               "express; expected 'qlora'")  # fmt: skip
         if get(qc, "load_in_8bit", path, bool, default=False, prefix=p) or not get(qc, "load_in_4bit", path, bool, default=True, prefix=p):
             raise BadFileError(path, f"{p}load_in_4bit", "only 4-bit bitsandbytes checkpoints are supported (not load_in_8bit)")
         storage = get(qc, "bnb_4bit_quant_storage", path, str, default="uint8", prefix=p)
@@ -173,8 +184,9 @@ def _check_quantization_config(config: dict, quantized: dict[str, QuantizedTenso
         stated = (get(qc, "data_type", path, str, prefix=p), get(qc, "double_quant", path, bool, prefix=p),
                   get(qc, "block_size", path, int, prefix=p))  # fmt: skip
         names = ("data_type", "double_quant", "block_size")
-        if stated[2] not in VALID_BLOCK_SIZES:
-            raise BadFileError(path, f"{p}block_size", f"got {stated[2]}; expected one of {list(VALID_BLOCK_SIZES)}")
+        stated_dq = get(qc, "double_quant_format", path, str, default=DoubleQuant.DYNAMIC.value, prefix=p)
+        if double_quant and stated_dq != dq.value:
+            raise BadFileError(path, f"{p}double_quant_format", f"says {stated_dq!r}, but the weights are stored with {dq.value!r}")
     else:
         raise BadFileError(path, f"{p}quant_method", f"got {method!r}; expected 'bitsandbytes' or 'qlora'")
     actual = (dtype.value, double_quant, block_size)

@@ -127,8 +127,11 @@ QUANT_FILE = "qlora_quant.json"  # the QuantConfig a checkpoint folder was writt
 
 
 def quant_config_json(quant: QuantConfig) -> dict:
-    return {"dtype": quant.dtype.value, "double_quant": quant.double_quant, "block_size": quant.block_size,
-            "compute_dtype": quant.compute_dtype.value}  # fmt: skip
+    out = {"dtype": quant.dtype.value, "double_quant": quant.double_quant, "block_size": quant.block_size,
+           "compute_dtype": quant.compute_dtype.value}  # fmt: skip
+    if quant.double_quant and quant.double_quant_format is not None:  # only written when not the paper's
+        out["double_quant_format"] = quant.double_quant_format.value
+    return out
 
 
 def read_quant_config(checkpoint_dir: str | Path) -> QuantConfig | None:
@@ -143,7 +146,8 @@ def read_quant_config(checkpoint_dir: str | Path) -> QuantConfig | None:
     if ours.exists():
         data = _read_json(ours)
         try:
-            return QuantConfig(**{k: data[k] for k in ("dtype", "double_quant", "block_size", "compute_dtype")})
+            extra = {"double_quant_format": data["double_quant_format"]} if "double_quant_format" in data else {}
+            return QuantConfig(**{k: data[k] for k in ("dtype", "double_quant", "block_size", "compute_dtype")}, **extra)
         except KeyError as e:
             raise ValueError(f"{ours}: missing key {e.args[0]!r}") from None
         except ValueError as e:

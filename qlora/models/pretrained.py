@@ -158,11 +158,12 @@ def _load_quantized(directory: Path, kind: ModelKind, quant: QuantConfig, lora: 
     from qlora.models.loading import load_quantized_model
 
     model = load_quantized_model(directory, kind, lora=lora, compute_dtype=quant.compute_dtype, dtype=dtype)
-    stored = {(m.weight.dtype, m.nested_codes is not None, m.weight.block_size) for m in model.modules() if isinstance(m, QLoRALinear)}
-    wanted = (quant.dtype, quant.double_quant, quant.block_size)
+    stored = {(m.weight.dtype, m.weight.double_quant_format, m.weight.block_size) for m in model.modules() if isinstance(m, QLoRALinear)}
+    wanted = (quant.dtype, quant.double_quant_mode, quant.block_size)
     if stored and stored != {wanted}:
-        held = ", ".join(f"{d.value} double_quant={dq} block_size={b}" for d, dq, b in sorted(stored, key=str))
-        raise ValueError(f"{directory} holds {held}; quant asks for {quant.dtype.value} double_quant={quant.double_quant} "
+        dq_text = lambda dq: "False" if dq is None else ("True" if dq.value == "dynamic" else dq.value)  # noqa: E731
+        held = ", ".join(f"{d.value} double_quant={dq_text(dq)} block_size={b}" for d, dq, b in sorted(stored, key=str))
+        raise ValueError(f"{directory} holds {held}; quant asks for {quant.dtype.value} double_quant={dq_text(quant.double_quant_mode)} "
                          f"block_size={quant.block_size} (pass quant=None to load it as it is)")  # fmt: skip
     return model
 
@@ -293,7 +294,7 @@ def _load_streaming(directory: Path, kind: ModelKind, quant: QuantConfig, lora: 
         if tuple(weight.shape) != tuple(module.weight.shape):
             raise ValueError(f"{directory}: {name}.weight has shape {tuple(weight.shape)}, the config says {tuple(module.weight.shape)}")
         weight = weight.t() if transposed else weight
-        new = QLoRALinear(quantize(weight, quant.dtype, quant.block_size, quant.double_quant), tensors.get(f"{name}.bias"),
+        new = QLoRALinear(quantize(weight, quant.dtype, quant.block_size, quant.double_quant_mode or False), tensors.get(f"{name}.bias"),
                           lora=lora if name in adapted else None, compute_dtype=quant.compute_dtype)  # fmt: skip
         new.from_conv1d = transposed
         parent_name, _, child = name.rpartition(".")

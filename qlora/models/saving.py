@@ -29,6 +29,7 @@ from torch import nn
 
 from qlora.atomic import atomic_dir
 from qlora.config import ComputeDtype, QuantConfig
+from qlora.quant.dtypes import DoubleQuant
 from qlora.models.surgery import CLASSIFICATION_HEADS
 from qlora.nn.linear import QLoRALinear
 
@@ -56,11 +57,12 @@ def model_quant_config(model: nn.Module) -> QuantConfig:
     Raises:
         ValueError: not a prepared model, or its layers differ in data type, block size or compute dtype.
     """
-    kinds = {(m.weight.dtype, m.nested_codes is not None, m.weight.block_size, m.compute_dtype) for m in _layers(model).values()}
+    kinds = {(m.weight.dtype, m.weight.double_quant_format, m.weight.block_size, m.compute_dtype) for m in _layers(model).values()}
     if len(kinds) != 1:
-        raise ValueError(f"the model's quantized layers differ: {sorted((d.value, dq, b, c.value) for d, dq, b, c in kinds)}")
-    dtype, double_quant, block_size, compute_dtype = kinds.pop()
-    return QuantConfig(dtype, double_quant, block_size, compute_dtype)
+        described = sorted((d.value, dq.value if dq else False, b, c.value) for d, dq, b, c in kinds)
+        raise ValueError(f"the model's quantized layers differ: {described}")
+    dtype, dq, block_size, compute_dtype = kinds.pop()
+    return QuantConfig(dtype, dq is not None, block_size, compute_dtype, dq or DoubleQuant.DYNAMIC)
 
 
 def _adapter(model: nn.Module, base_model: str | None):

@@ -17,7 +17,10 @@ mixed-precision policy or `module.to(dtype)` can change it (they cast floating t
   constants, (out, in / block_size);
 - `nested_absmax`, `nested_offset`, `nested_code` (double quantization's second level, 1/256 of the
   constants and a 256-entry map): int32 bit patterns in buffers, replicated on every rank: their blocks
-  of 256 constants do not follow row boundaries.
+  of 256 constants do not follow row boundaries;
+- NVFP4 / MXFP4: `scale_codes`, the uint8 E4M3 / E8M0 byte of each block, (out, in / block_size), a
+  frozen Parameter like `absmax`; NVFP4's per-tensor float32 scale as an int32 bit pattern in the buffer
+  `tensor_scale`.
 A row shard then holds whole quantization blocks whenever in_features % block_size == 0 (for any row
 split); such a layer is `row_shardable`. Otherwise blocks straddle rows: the state stays in the flat
 layout ((numel + 1) / 2, 1) / (n_blocks,) and `qlora.distributed.shard_model` replicates that layer's
@@ -39,7 +42,7 @@ from qlora.nn.functional import QuantizedLoRAFunction
 from qlora.nn.lora import lora_delta, lora_parameters, reset_lora_parameters
 from qlora.quant.api import dequantize, quantize
 from qlora.quant.dtypes import DataType
-from qlora.quant.state import NestedAbsmax, QuantizedTensor
+from qlora.quant.state import CodedScales, NestedAbsmax, QuantizedTensor
 
 
 class QLoRALinear(nn.Module):
@@ -72,12 +75,17 @@ class QLoRALinear(nn.Module):
         else:
             codes = weight.data
         blocks = (out_f, in_f // weight.block_size) if self.row_shardable else (-1,)
-        nested = weight.nested
+        nested, coded = weight.nested, weight.scales
         absmax = None if weight.absmax is None else weight.absmax.view(torch.int32).reshape(blocks)
         nested_codes = None if nested is None else nested.codes.reshape(blocks)
-        for name, value in (("qweight", codes), ("absmax", absmax), ("nested_codes", nested_codes)):
+        scale_codes = None if coded is None else coded.codes.reshape(blocks)
+        for name, value in (("qweight", codes), ("absmax", absmax), ("nested_codes", nested_codes), ("scale_codes", scale_codes)):
             self.register_parameter(name, None if value is None else nn.Parameter(value, requires_grad=False))
         self._nested_block = None if nested is None else nested.block_size
+        self._nested_format = None if nested is None else nested.format
+        self._scale_format = None if coded is None else coded.format
+        tensor_scale = None if coded is None or coded.tensor_scale is None else coded.tensor_scale.reshape(()).view(torch.int32)
+        self.register_buffer("tensor_scale", tensor_scale)
         for name, value in (("nested_absmax", None if nested is None else nested.absmax),
                             ("nested_offset", None if nested is None else nested.offset),
                             ("nested_code", None if nested is None else nested.code)):  # fmt: skip
@@ -99,7 +107,7 @@ class QLoRALinear(nn.Module):
         """Quantizes an nn.Linear (or, with transposed=True, a GPT-2 Conv1D whose weight is (in, out))."""
         w = linear.weight.detach()
         w = w.t() if transposed else w
-        layer = cls(quantize(w, quant.dtype, quant.block_size, quant.double_quant), getattr(linear, "bias", None),
+        layer = cls(quantize(w, quant.dtype, quant.block_size, quant.double_quant_mode or False), getattr(linear, "bias", None),
                     lora=lora, compute_dtype=quant.compute_dtype)  # fmt: skip
         layer.from_conv1d = transposed  # merged export gives back the original module type
         return layer
@@ -116,14 +124,18 @@ class QLoRALinear(nn.Module):
         if self.nested_codes is not None:
             nested = NestedAbsmax(self.nested_codes.reshape(-1), self.nested_absmax.view(torch.float32),
                                   self.nested_offset.view(torch.float32), self.nested_code.view(torch.float32),
-                                  self._nested_block)  # fmt: skip
+                                  self._nested_block, self._nested_format)  # fmt: skip
+        coded = None
+        if self.scale_codes is not None:
+            ts = None if self.tensor_scale is None else self.tensor_scale.view(torch.float32)
+            coded = CodedScales(self.scale_codes.reshape(-1), self._scale_format, ts)
         absmax = None if self.absmax is None else self.absmax.reshape(-1).view(torch.float32)
-        return QuantizedTensor(data, dtype, shape, orig_dtype, block, absmax=absmax, nested=nested)
+        return QuantizedTensor(data, dtype, shape, orig_dtype, block, absmax=absmax, nested=nested, scales=coded)
 
     def quantized_parameters(self) -> list[nn.Parameter]:
         """The frozen Parameters of the quantized state (codes and first-level block constants), the
         tensors FSDP2 shards by rows when the layer is `row_shardable`."""
-        return [p for p in (self.qweight, self.absmax, self.nested_codes) if p is not None]
+        return [p for p in (self.qweight, self.absmax, self.nested_codes, self.scale_codes) if p is not None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cd = self.compute_dtype.resolve(x.device)
@@ -167,7 +179,7 @@ class QLoRALinear(nn.Module):
         """
         merged = self.merge(torch.float32)
         dtype, _, _, block = self._meta
-        q = quantize(merged, dtype, block, self.nested_codes is not None)
+        q = quantize(merged, dtype, block, self._nested_format or False)
         error = float((dequantize(q, torch.float32) - merged).norm() / merged.norm().clamp_min(1e-30))
         warnings.warn(f"re-quantizing a merged weight to {dtype.value} adds rounding error: relative {error:.3e}", stacklevel=2)
         return q, error
@@ -186,5 +198,7 @@ class QLoRALinear(nn.Module):
 
     def extra_repr(self) -> str:
         dtype = self._meta[0].value + ("+dq" if self.nested_codes is not None else "")
+        if self._nested_format is not None and self._nested_format.value != "dynamic":
+            dtype += f"({self._nested_format.value})"
         return (f"in_features={self.in_features}, out_features={self.out_features}, dtype={dtype}, rank={self.lora_config.rank}, "
                 f"shards={'rows' if self.row_shardable else 'replicated'}")

@@ -5,10 +5,13 @@ from qlora._lazy import attach
 _LAZY = {
     "Backend": "qlora.quant.api",
     "DEFAULT_BLOCK_SIZE": "qlora.quant.dtypes",
+    "CodedScales": "qlora.quant.state",
     "DataType": "qlora.quant.dtypes",
+    "DoubleQuant": "qlora.quant.dtypes",
     "NESTED_BLOCK_SIZE": "qlora.quant.dtypes",
     "NestedAbsmax": "qlora.quant.state",
     "QuantizedTensor": "qlora.quant.state",
+    "ScaleFormat": "qlora.quant.dtypes",
     "bits_per_param": "qlora.quant.dtypes",
     "block_absmax": "qlora.quant.api",
     "codebook": "qlora.quant.dtypes",

@@ -51,6 +51,31 @@ FP4_E3M0_CODE: tuple[float, ...] = _E3M0_MAGNITUDES + tuple(-m for m in _E3M0_MA
 # value is nearer -1 = -7/7), so exactly 15 levels are used.
 INT4_CODE: tuple[float, ...] = tuple(float(torch.tensor((i if i < 8 else i - 16) / 7.0, dtype=torch.float32)) for i in range(16))
 
+# AF4-64 ("Abnormal Float", Yoshida 2023, arXiv:2306.06965, "NF4 Isn't Information Theoretically
+# Optimal (and that's Good)"): the 4-bit code for absmax blocks of 64 N(0,1) weights that makes each code
+# point the median of its cell under the distribution of x / absmax in such a block (minimum expected
+# L1 error), with -1, 0 and 1 fixed; 6 negative and 7 positive interior values. Computed by
+# `qlora.quant.af4.create_abnormal_map(64)` (the construction of the paper's code, evaluated in float64)
+# and rounded to float32; tests/quant/test_af4.py checks the defining conditions. Zero is code 7.
+AF4_64_CODE: tuple[float, ...] = (
+    -1.0,
+    -0.6944100856781006,
+    -0.5124374032020569,
+    -0.37369510531425476,
+    -0.25607553124427795,
+    -0.14982476830482483,
+    -0.049348123371601105,
+    0.0,
+    0.0427316389977932,
+    0.12934483587741852,
+    0.2196127325296402,
+    0.3167566657066345,
+    0.4256388247013092,
+    0.5549623370170593,
+    0.7242486476898193,
+    1.0,
+)
+
 # Int8 (paper Eq. 1): X_int8 = round(127 / absmax(X) * X); stored as int8, value k / 127.
 INT8_LEVELS = 127
 

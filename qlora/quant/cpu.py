@@ -31,7 +31,7 @@ import sys
 
 import torch
 
-from qlora.quant import codebooks, reference
+from qlora.quant import codebooks, minifloat, reference
 
 logger = logging.getLogger(__name__)
 
@@ -85,19 +85,31 @@ def _bf16_bits_high(v: torch.Tensor) -> torch.Tensor:
     return bits + (0x7FFF + ((bits >> 16) & 1))
 
 
+def _row_scales(absmax: torch.Tensor, width: int) -> torch.Tensor:
+    """(B,) -> (B, 1); or (R, g) scales of g blocks per row -> (R, width), each repeated width / g times.
+
+    Rows of at least 16 bytes: inductor vectorizes rows of 8 bytes (NVFP4's blocks of 16) poorly (~30x
+    slower measured), so small blocks are processed g to a row (`# Note: formulations that inductor
+    vectorizes`)."""
+    if absmax.dim() == 1:
+        return absmax[:, None]
+    rows, g = absmax.shape
+    return absmax[:, :, None].expand(rows, g, width // g).reshape(rows, width)
+
+
 def _dequant_bf16_pairs(packed: torch.Tensor, absmax: torch.Tensor, table: torch.Tensor, out: torch.Tensor) -> None:
-    """(B, W) uint8, (B,) float32, (16,) float32 -> writes out (B, W) int32: two bf16 per byte, high nibble low."""
+    """(B, W) uint8, (B,) or (B, g) float32, (16,) float32 -> writes out (B, W) int32: two bf16 per byte, high nibble low."""
     p = packed.to(torch.int32)
-    a = absmax[:, None]
+    a = _row_scales(absmax, packed.shape[1])
     hi = _bf16_bits_high(_select16(p >> 4, table) * a)
     lo = _bf16_bits_high(_select16(p & 15, table) * a)
     out.copy_(((hi >> 16) & 0xFFFF) | (lo & -65536))
 
 
 def _dequant_pairs(packed: torch.Tensor, absmax: torch.Tensor, table: torch.Tensor, out: torch.Tensor) -> None:
-    """(B, W) uint8 -> writes out (B, W, 2) of its dtype; the float32 product rounded once."""
+    """(B, W) uint8, (B,) or (B, g) float32 -> writes out (B, W, 2) of its dtype; the float32 product rounded once."""
     p = packed.to(torch.int32)
-    a = absmax[:, None]
+    a = _row_scales(absmax, packed.shape[1])
     out.copy_(torch.stack([_select16(p >> 4, table) * a, _select16(p & 15, table) * a], dim=-1))
 
 
@@ -133,7 +145,30 @@ def _dequant_int8(q: torch.Tensor, absmax: torch.Tensor, table: torch.Tensor, ou
     return (table[q.to(torch.int32) + 128] * absmax[:, None]).to(out_dtype)
 
 
+def _quant_grid(x: torch.Tensor, enc: torch.Tensor, midpoints: torch.Tensor, ties_up: torch.Tensor, order: torch.Tensor,
+                log2_codes: int, pack: bool) -> torch.Tensor:
+    """(B, S) float32, (B,) enc -> codes of x * enc on a minifloat grid: (B, S) uint8, or (B, S / 2) packed.
+
+    The sorted position by binary search over the midpoints, as the Triton kernel: the positions i with
+    y > mid[i] or (y == mid[i] and ties_up[i]) are a prefix (`minifloat.round_to_grid`).
+    """
+    y = x * enc[:, None]
+    position = torch.zeros_like(y, dtype=torch.int64)
+    for level in range(log2_codes):
+        step = 1 << (log2_codes - 1 - level)
+        probe = position + (step - 1)
+        mid = midpoints[probe]
+        up = (y > mid) | ((y == mid) & (ties_up[probe] != 0))
+        position = torch.where(up, position + step, position)
+    codes = order[position].to(torch.int32)
+    if not pack:
+        return codes.to(torch.uint8)
+    pairs = codes.view(codes.shape[0], -1, 2)
+    return ((pairs[..., 0] << 4) | pairs[..., 1]).to(torch.uint8)
+
+
 _RECOMPILE_LIMIT = 64
+_MIN_ROW_ELEMENTS = 32  # elements per compiled dequantize row at least (`_row_scales`)
 
 
 class _Compiled:
@@ -166,6 +201,7 @@ _DEQUANT = _Compiled(_dequant_pairs)
 _QUANT_4BIT = _Compiled(_quant_4bit)
 _QUANT_INT8 = _Compiled(_quant_int8)
 _DEQUANT_INT8 = _Compiled(_dequant_int8)
+_QUANT_GRID = _Compiled(_quant_grid)
 
 
 def _steps(order: torch.Tensor) -> torch.Tensor:
@@ -209,14 +245,17 @@ def dequantize_4bit(
     if out is not None and (not out.is_contiguous() or (out_dtype == torch.bfloat16 and out.storage_offset() % 2)):
         return out.copy_(dequantize_4bit(packed, absmax, code, block_size, n, out_dtype).view(out.shape))
     dst = empty_output(n, out_dtype) if out is None else out.view(-1)
-    n_full = n // block_size * block_size
+    per_row = max(1, _MIN_ROW_ELEMENTS // block_size)  # blocks per compiled row (see `_row_scales`)
+    n_full = n // (block_size * per_row) * (block_size * per_row)
     if n_full:
-        rows = packed.view(-1)[: n_full // 2].view(-1, block_size // 2)  # (B, block_size / 2)
+        rows = packed.view(-1)[: n_full // 2].view(-1, per_row * block_size // 2)  # (B, per_row * block_size / 2)
+        scales = absmax[: rows.shape[0] * per_row]
+        scales = scales if per_row == 1 else scales.view(-1, per_row)
         head = dst[:n_full]
         if out_dtype == torch.bfloat16:
-            ok = _DEQUANT_BF16(rows, absmax[: rows.shape[0]], code, head.view(torch.int32).view(rows.shape))
+            ok = _DEQUANT_BF16(rows, scales, code, head.view(torch.int32).view(rows.shape))
         else:
-            ok = _DEQUANT(rows, absmax[: rows.shape[0]], code, head.view(*rows.shape, 2))
+            ok = _DEQUANT(rows, scales, code, head.view(*rows.shape, 2))
         if not ok:
             return dst.copy_(reference.dequantize_4bit(packed, absmax, code, block_size, n))
     if n_full < n:
@@ -244,15 +283,38 @@ def quantize_int8(flat: torch.Tensor, block_size: int) -> tuple[torch.Tensor, to
 
 def dequantize_int8(codes: torch.Tensor, absmax: torch.Tensor, block_size: int, out_dtype: torch.dtype) -> torch.Tensor:
     """`reference.dequantize_int8(...).to(out_dtype)`: (n,) tensor of `out_dtype`."""
+    return dequantize_8bit(codes, absmax, reference._int8_code(codes.device), block_size, out_dtype)
+
+
+def dequantize_8bit(codes: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, block_size: int, out_dtype: torch.dtype) -> torch.Tensor:
+    """`reference.dequantize_8bit(...).to(out_dtype)` (Int8, FP8): (n,) tensor of `out_dtype`."""
     n = codes.numel()
     n_full = n // block_size * block_size
     if n_full == 0:
-        return reference.dequantize_int8(codes, absmax, block_size).to(out_dtype)
-    table = reference._int8_code(codes.device)
-    res = _DEQUANT_INT8(codes[:n_full].view(-1, block_size), absmax[: n_full // block_size], table, out_dtype)
+        return reference.dequantize_8bit(codes, absmax, code, block_size).to(out_dtype)
+    res = _DEQUANT_INT8(codes[:n_full].view(-1, block_size), absmax[: n_full // block_size], code.contiguous(), out_dtype)
     if res is None:
-        return reference.dequantize_int8(codes, absmax, block_size).to(out_dtype)
+        return reference.dequantize_8bit(codes, absmax, code, block_size).to(out_dtype)
     if n_full == n:
         return res.view(-1)
-    tail = reference.dequantize_int8(codes[n_full:], absmax[n_full // block_size :], block_size).to(out_dtype)
+    tail = reference.dequantize_8bit(codes[n_full:], absmax[n_full // block_size :], code, block_size).to(out_dtype)
     return torch.cat([res.view(-1), tail])
+
+
+def quantize_to_grid(flat: torch.Tensor, enc: torch.Tensor, block_size: int, table: minifloat.RoundingTable, bits: int) -> torch.Tensor:
+    """Same contract as `reference.quantize_to_grid`: 4-bit packed ((n + 1) // 2, 1) uint8, or 8-bit (n,) int8."""
+    n = flat.numel()
+    n_full = n // block_size * block_size
+    if n_full == 0:
+        return reference.quantize_to_grid(flat, enc, block_size, table, bits)
+    flat = flat.contiguous()
+    log2_codes = table.midpoints.numel().bit_length() - 1
+    res = _QUANT_GRID(flat[:n_full].view(-1, block_size), enc[: n_full // block_size].contiguous(), table.midpoints,
+                      table.ties_up, table.order, log2_codes, bits == 4)  # fmt: skip
+    if res is None:
+        return reference.quantize_to_grid(flat, enc, block_size, table, bits)
+    head = res.view(-1, 1) if bits == 4 else res.view(-1).view(torch.int8)
+    if n_full == n:
+        return head
+    tail = reference.quantize_to_grid(flat[n_full:], enc[n_full // block_size :], block_size, table, bits)
+    return torch.cat([head, tail])

@@ -8,7 +8,10 @@ Small pure functions on flat float32 tensors. Rounding follows bitsandbytes 0.50
   `build_quantize_lut` in csrc/cpu_ops.cpp; `# Note: bitsandbytes' 8-bit lookup table`).
 - 8-bit dynamic map, optimizer state (`quantize_dynamic_8bit`): the exactly nearest code of x / absmax.
 - INT8 (paper Eq. 1): round-half-to-even(127 * scaled).
-Dequantization is code[q] * absmax in float32, then one rounding to the output dtype.
+- minifloat types (FP8, NVFP4, MXFP4; `quantize_to_grid`): y = x * enc[block] (`qlora.quant.scales`)
+  rounded to the element format's grid, nearest with ties to even, saturating (`qlora.quant.minifloat`).
+- double quantization: the paper's dynamic map (`double_quantize`) or E4M4 (`double_quantize_e4m4`).
+Dequantization is code[q] * scale in float32, then one rounding to the output dtype.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from qlora.quant import codebooks
+from qlora.quant import codebooks, minifloat
 
 _TINY = 1e-38  # absmax floor, as bitsandbytes: an all-zero block scales to zeros
 
@@ -78,6 +81,28 @@ def quantize_4bit(flat: torch.Tensor, block_size: int, midpoints: torch.Tensor, 
     return pack_nibbles(codes), absmax
 
 
+def quantize_to_grid(flat: torch.Tensor, enc: torch.Tensor, block_size: int, table: minifloat.RoundingTable, bits: int) -> torch.Tensor:
+    """Minifloat quantization of the elements: code of (x * enc[block]) on the grid of `table`.
+
+    Args:
+        flat: (n,) float32, finite.
+        enc: (n_blocks,) float32, each block's encode factor (`qlora.quant.scales`).
+        table: the element format's rounding table (nearest, ties to even, saturating).
+        bits: 4 (two codes per byte, first element in the high nibble) or 8 (one int8 bit pattern each).
+
+    Returns:
+        4-bit: packed ((n + 1) // 2, 1) uint8; 8-bit: (n,) int8.
+    """
+    n = flat.numel()
+    y = (_blocks(flat, block_size) * enc[:, None]).view(-1)[:n]
+    codes = minifloat.round_to_grid(y, table)
+    if bits == 8:
+        return codes.view(torch.int8)
+    if n % 2:
+        codes = F.pad(codes, (0, 1))  # the pad nibble holds code 0 (+0)
+    return pack_nibbles(codes)
+
+
 def pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
     """(2m,) uint8 codes < 16 -> (m, 1) uint8, element 2j in the high nibble."""
     return ((codes[0::2] << 4) | codes[1::2]).unsqueeze(1)
@@ -110,7 +135,12 @@ def quantize_int8(flat: torch.Tensor, block_size: int) -> tuple[torch.Tensor, to
 
 def dequantize_int8(codes: torch.Tensor, absmax: torch.Tensor, block_size: int) -> torch.Tensor:
     """(n,) int8 -> (n,) float32: (q / 127) * absmax, the same values as the INT8 codebook."""
-    return dequantize_codes(codes.to(torch.int32) + 128, absmax, _int8_code(codes.device), block_size)
+    return dequantize_8bit(codes, absmax, _int8_code(codes.device), block_size)
+
+
+def dequantize_8bit(codes: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, block_size: int) -> torch.Tensor:
+    """(n,) int8 codes, (256,) codebook indexed by q + 128 (Int8, FP8) -> (n,) float32 code[q + 128] * scale."""
+    return dequantize_codes(codes.to(torch.int32) + 128, absmax, code, block_size)
 
 
 def _int8_code(device: torch.device) -> torch.Tensor:
@@ -205,6 +235,26 @@ def double_quantize(absmax: torch.Tensor, block_size: int = 256) -> tuple[torch.
     offset = absmax.mean()
     codes, absmax2 = quantize_dynamic_8bit_lut(absmax - offset, dynamic_map(absmax.device), block_size)
     return codes, absmax2, offset
+
+
+def double_quantize_e4m4(absmax: torch.Tensor, block_size: int = 256) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Double quantization to unsigned E4M4 bytes (`DoubleQuant.E4M4`).
+
+    Per group of `block_size` absmax values, s = (largest absmax of the group) / 31 (E4M4's largest
+    value); each absmax / s is rounded to the E4M4 grid (nearest, ties to even, saturating at 31); a group
+    of zeros has s = 0 and codes 0. Decoded as `double_dequantize` with the E4M4 values as the map and
+    offset 0: absmax ~ E4M4(code) * s.
+
+    Returns:
+        codes (n,) uint8, s (ceil(n / block_size),) float32, offset () float32 (0).
+    """
+    n = absmax.numel()
+    groups = _blocks(absmax, block_size)  # (n_groups, block_size), zero-padded
+    s = groups.amax(dim=1) / torch.tensor(minifloat.E4M4.max, dtype=torch.float32, device=absmax.device)
+    safe = torch.where(s > 0, s, torch.ones_like(s))[:, None]
+    ratio = torch.where(s[:, None] > 0, groups / safe, torch.zeros_like(groups))
+    codes = minifloat.round_to_grid(ratio.view(-1)[:n], minifloat.rounding_table(minifloat.E4M4, absmax.device))
+    return codes, s, torch.zeros((), dtype=torch.float32, device=absmax.device)
 
 
 def double_dequantize(codes: torch.Tensor, absmax2: torch.Tensor, offset: torch.Tensor, code: torch.Tensor, block_size: int) -> torch.Tensor:

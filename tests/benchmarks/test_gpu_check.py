@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from qlora.quant.dtypes import DataType
+
 ROOT = Path(__file__).resolve().parents[2]
 SECTIONS = {"correctness", "bandwidth", "linear", "training", "dispatch"}
 GOALS = {"dequant_vs_copy", "dequant_vs_bnb", "linear_vs_bf16", "train_tokens_vs_peft_bnb", "train_peak_vs_peft_bnb"}
@@ -42,7 +44,8 @@ def test_dry_run_checks_hold_and_goals_are_not_claimed(dry_run):
     s = report["sections"]
     correctness = s["correctness"]
     assert correctness["all_bit_exact"] and correctness["quantize_dequantize"]
-    assert {row["dtype"] for row in correctness["quantize_dequantize"]} == {"nf4", "fp4", "fp4_e3m0", "int4", "int8"}
+    assert {row["dtype"] for row in correctness["quantize_dequantize"]} == {d.value for d in DataType if d.is_quantized}
+    assert {row["double_quant"] for row in correctness["quantize_dequantize"] if row["dtype"] == "nf4"} == {False, True, "e4m4"}
     assert correctness["fused_ok"] and {f["direction"] for f in correctness["fused"]} == {"forward", "input-grad"}
     bnb = correctness["bitsandbytes"]
     if "skipped" not in bnb:  # bitsandbytes' CPU quantizer equals ours byte for byte

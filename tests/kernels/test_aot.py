@@ -17,7 +17,7 @@ import pytest
 import triton
 
 from qlora.kernels import aot, blockwise, fused_matmul
-from qlora.quant.dtypes import VALID_BLOCK_SIZES
+from qlora.quant.dtypes import VALID_BLOCK_SIZES, DataType, ScaleFormat
 
 ROOT = Path(__file__).resolve().parents[2]
 SM80, SM90 = aot.TARGETS
@@ -25,6 +25,15 @@ SM80, SM90 = aot.TARGETS
 
 def test_block_sizes_are_the_quantizers():
     assert aot.BLOCK_SIZES == tuple(VALID_BLOCK_SIZES)
+    coded = {b for d in DataType if d.scale_format not in (None, ScaleFormat.FP32) for b in d.block_sizes}
+    assert set(aot.CODED_BLOCK_SIZES) == coded == {16, 32}  # NVFP4, MXFP4
+    # every block size a data type allows has its dequantize and fused-matmul specialisations
+    specs = aot.all_specialisations()
+    for d in DataType:
+        if d.is_quantized:
+            for kernel in ("dequantize", "dequant_matmul"):
+                got = {s.block_size for s in specs if s.kernel == kernel and s.bits == d.bits}
+                assert set(d.block_sizes) <= got, (d, kernel)
 
 
 def test_no_kernel_is_autotuned():
@@ -35,7 +44,10 @@ def test_no_kernel_is_autotuned():
 def test_specialisations_use_the_wrappers_choices():
     for s in aot.all_specialisations():
         c = dict(s.constexprs)
-        if s.kernel.startswith("quantize"):
+        if s.kernel == "quantize_grid":
+            assert c["TILE"] == blockwise.QUANT_TILE and dict(s.options) == blockwise.EXACT_OPTIONS
+            assert c["PACK"] == (c["LOG2_CODES"] == 4)
+        elif s.kernel.startswith("quantize"):
             assert c["BLOCKS_PER_PROGRAM"] == blockwise.quantize_blocks_per_program(c["QBLOCK"])
             assert dict(s.options) == blockwise.EXACT_OPTIONS
         elif s.kernel == "dequantize":
@@ -49,18 +61,25 @@ def test_specialisations_use_the_wrappers_choices():
 def test_the_full_matrix_covers_every_path():
     specs = aot.all_specialisations()
     assert {s.kernel for s in specs} == set(aot.kernels())
-    assert len({(s.kernel, s.label, s.variant) for s in specs}) == len(specs) == 896
-    deq = Counter((s.bits, s.double_quant, s.out_dtype) for s in specs if s.kernel == "dequantize")
-    assert len(deq) == 2 * 2 * 3 and set(deq.values()) == {16}  # 8 block sizes x 2 variants each
+    assert len({(s.kernel, s.label, s.variant) for s in specs}) == len(specs) == 970
+    deq = Counter((s.bits, s.double_quant, s.coded_scales, s.out_dtype) for s in specs if s.kernel == "dequantize")
+    plain = {k: v for k, v in deq.items() if not k[2]}
+    assert len(plain) == 2 * 2 * 3 and set(plain.values()) == {16}  # 8 block sizes x 2 variants each
+    coded = {k: v for k, v in deq.items() if k[2]}
+    assert set(coded) == {(4, False, True, o) for o in aot.FLOAT_TYPES} and set(coded.values()) == {4}  # blocks 16, 32
     mm = {(s.bits, s.in_dtype, s.out_dtype, s.direction, s.variant) for s in specs if s.kernel == "dequant_matmul"}
     assert len(mm) == 2 * 7 * 2 * 3
+    grid = {(s.bits, s.block_size, s.variant) for s in specs if s.kernel == "quantize_grid"}
+    assert grid == {(8, b, v) for b in aot.BLOCK_SIZES for v in (aot.Variant.ALIGNED, aot.Variant.RAGGED)} | {
+        (4, b, v) for b in (16, 32) for v in (aot.Variant.ALIGNED, aot.Variant.RAGGED)}
 
 
 def test_the_ci_matrix_covers_every_kernel_block_size_dtype_and_variant():
     ci = aot.ci_specialisations()
-    assert len(ci) == 136
+    assert len(ci) == 153
     for kernel in aot.kernels():
-        assert {s.block_size for s in ci if s.kernel == kernel} == set(aot.BLOCK_SIZES), kernel
+        assert {s.block_size for s in ci if s.kernel == kernel} == {s.block_size for s in aot.all_specialisations() if s.kernel == kernel}, kernel
+    assert {(s.bits, s.block_size) for s in ci if s.kernel == "dequantize" and s.coded_scales} == {(4, 16), (4, 32)}
     at64 = [s for s in ci if s.block_size == 64]
     assert {(s.bits, s.double_quant, s.out_dtype, s.variant) for s in at64 if s.kernel == "dequantize"} == {
         (b, dq, o, v) for b in (4, 8) for dq in (False, True) for o in aot.FLOAT_TYPES for v in (aot.Variant.ALIGNED, aot.Variant.RAGGED)
@@ -136,7 +155,7 @@ def test_compiling_refuses_interpreted_kernels():
 
 @pytest.mark.slow
 def test_every_ci_specialisation_compiles_for_sm80_and_sm90_within_limits(tmp_path):
-    """272 compiles in 2 processes: 218 s measured with a cold Triton cache on 2 shared cores (AMD EPYC, load 4-8)."""
+    """306 compiles in 2 processes (272 before the minifloat kernels: 218 s measured with a cold Triton cache on 2 shared cores, AMD EPYC, load 4-8)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     out = tmp_path / "aot.json"

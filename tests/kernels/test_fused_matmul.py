@@ -42,6 +42,13 @@ def test_every_data_type_matches_reference(dtype, double_quant):
     check_both_directions(qlora.quantize(torch.randn(33, 70, device=DEVICE), dtype, 32, double_quant), m=17)
 
 
+@needs_triton
+@pytest.mark.parametrize("dtype", [DataType.FP8_E4M3, DataType.FP8_E5M2, DataType.NVFP4, DataType.MXFP4, DataType.AF4])
+def test_the_new_data_types_match_reference(dtype):
+    # their block scales reach the kernel as float32 (`block_absmax` decodes NVFP4's / MXFP4's 8-bit scales)
+    check_both_directions(qlora.quantize(torch.randn(33, 70, device=DEVICE), dtype, None, dtype.allows_double_quant), m=17)
+
+
 # M, N, K off the tiles (16, 32, 32), exactly on them, a single token, a partial last quantization block
 @needs_triton
 @pytest.mark.parametrize("m, n, k, block", [(5, 33, 70, 64), (16, 64, 64, 64), (1, 7, 129, 64), (20, 31, 45, 256)])

@@ -107,3 +107,95 @@ def test_mixed_types_are_refused_and_failed_saves_leave_nothing(tiny, tmp_path):
     with pytest.raises(ValueError, match="one data type"):
         save_quantized_checkpoint(tmp_path / "mixed", model.config.to_dict(), q1, others)
     assert list(tmp_path.iterdir()) == []
+
+
+def quantize_model_as(model, dtype, double_quant):
+    names = linear_names(model)
+    quantized = {n: qlora.quantize(model.get_submodule(n).weight, dtype, None, double_quant) for n in names}
+    others = {k: v for k, v in model.state_dict().items() if k.rsplit(".", 1)[0] not in quantized}
+    return quantized, others
+
+
+@pytest.mark.parametrize(
+    ("dtype", "double_quant", "block_size"),
+    [("fp8_e4m3", False, 64), ("fp8_e5m2", True, 64), ("fp8_e4m3", "e4m4", 64), ("nvfp4", False, 16), ("mxfp4", False, 32),
+     ("af4", "e4m4", 64), ("nf4", "e4m4", 64), ("fp4", "e4m4", 64)],
+)  # fmt: skip
+def test_new_types_round_trip_in_our_format(tiny, tmp_path, dtype, double_quant, block_size):
+    model, _ = tiny
+    quantized, others = quantize_model_as(model, dtype, double_quant)
+    out = save_quantized_checkpoint(tmp_path / "ckpt", model.config.to_dict(), quantized, others)
+    qc = json.loads((out / "config.json").read_text())["quantization_config"]
+    expected = {"quant_method": "qlora", "data_type": dtype, "double_quant": bool(double_quant), "block_size": block_size,
+                "compute_dtype": "bfloat16"}  # fmt: skip
+    if double_quant == "e4m4":
+        expected["double_quant_format"] = "e4m4"
+    assert qc == expected
+    from safetensors.torch import load_file
+
+    keys = load_file(out / "model.safetensors")
+    assert any(k.endswith(f".weight.quant_state.qlora__{dtype}") for k in keys)
+    assert not any("bitsandbytes__" in k for k in keys)
+    _, back, back_others = load_quantized_checkpoint(out)
+    for name, q in quantized.items():
+        b = back[name]
+        assert b.dtype is q.dtype and b.block_size == q.block_size and b.double_quant_format is q.double_quant_format
+        assert torch.equal(b.data, q.data)
+        if q.scales is not None:
+            assert torch.equal(b.scales.codes, q.scales.codes) and b.scales.format is q.scales.format
+            assert (q.scales.tensor_scale is None) or torch.equal(b.scales.tensor_scale, q.scales.tensor_scale)
+        assert b.storage_bytes() == q.storage_bytes()
+        assert torch.equal(qlora.dequantize(b, torch.float32), qlora.dequantize(q, torch.float32)), name
+    assert all(torch.equal(back_others[k], v) for k, v in others.items())
+
+
+def _rewrite(path, edit_config=None, edit_state=None):
+    from safetensors.torch import load_file, save_file
+
+    if edit_config:
+        cfg = json.loads((path / "config.json").read_text())
+        edit_config(cfg)
+        (path / "config.json").write_text(json.dumps(cfg))
+    if edit_state:
+        state = load_file(path / "model.safetensors")
+        save_file(edit_state(state), str(path / "model.safetensors"), metadata={"format": "pt"})
+
+
+def test_a_bitsandbytes_claim_is_refused_for_what_its_layout_cannot_express(tiny, tmp_path):
+    from qlora.readers import BadFileError
+
+    model, _ = tiny
+    quantized, others = quantize_model_as(model, "nvfp4", False)
+    out = save_quantized_checkpoint(tmp_path / "nv", model.config.to_dict(), quantized, others)
+    _rewrite(out, edit_config=lambda c: c.update(quantization_config={"quant_method": "bitsandbytes", "load_in_4bit": True,
+                                                                     "bnb_4bit_quant_type": "nvfp4", "bnb_4bit_use_double_quant": False}))  # fmt: skip
+    with pytest.raises(BadFileError, match="'bitsandbytes', but the weights are nvfp4, which bitsandbytes' layout cannot express"):
+        load_quantized_checkpoint(out)
+
+    # an NF4 weight with E4M4 double quantization filed under bitsandbytes' state key
+    quantized, others = quantize_model_as(model, "nf4", "e4m4")
+    out = save_quantized_checkpoint(tmp_path / "e4m4", model.config.to_dict(), quantized, others)
+    _rewrite(out, edit_state=lambda s: {k.replace("qlora__nf4", "bitsandbytes__nf4"): v for k, v in s.items()})
+    with pytest.raises(ValueError, match="bitsandbytes' layout cannot express nf4 with e4m4 double quantization"):
+        load_quantized_checkpoint(out)
+
+
+def test_new_types_refuse_a_wrong_scale_state(tiny, tmp_path):
+    from qlora.quant.bnb_format import from_bnb_dict, to_bnb_dict
+
+    w = torch.randn(8, 64)
+    q = qlora.quantize(w, "mxfp4")
+    state = to_bnb_dict(q)
+    assert set(state) == {"absmax", "quant_map", "quant_state.qlora__mxfp4"}
+    assert torch.equal(from_bnb_dict(q.data, state).scales.codes, q.scales.codes)
+    bad = dict(state, absmax=torch.full_like(state["absmax"], 255))  # E8M0's NaN
+    with pytest.raises(ValueError, match="scale_codes: 16 of 16 e8m0 codes are no finite non-negative scale"):
+        from_bnb_dict(q.data, bad)
+    nv = qlora.quantize(w, "nvfp4")
+    state = to_bnb_dict(nv)
+    meta = json.loads(bytes(state["quant_state.qlora__nvfp4"].tolist()))
+    assert meta["scale_format"] == "e4m3" and meta["tensor_scale"] == nv.scales.tensor_scale.item() and meta["blocksize"] == 16
+    del meta["tensor_scale"]
+    broken = dict(state, **{"quant_state.qlora__nvfp4": torch.tensor(list(json.dumps(meta).encode()), dtype=torch.uint8)})
+    with pytest.raises(ValueError, match="'tensor_scale' missing"):
+        from_bnb_dict(nv.data, broken)

@@ -64,6 +64,23 @@ def test_quantized_model_round_trip(base, tmp_path):
         assert loaded.get_output_embeddings().weight is loaded.get_input_embeddings().weight
 
 
+@pytest.mark.parametrize("quant", [QuantConfig(DataType.NVFP4, False, compute_dtype=ComputeDtype.FP32),
+                                   QuantConfig(DataType.MXFP4, False, compute_dtype=ComputeDtype.FP32),
+                                   QuantConfig(DataType.FP8_E4M3, True, compute_dtype=ComputeDtype.FP32),
+                                   QuantConfig(DataType.AF4, True, compute_dtype=ComputeDtype.FP32, double_quant_format="E4M4")],
+                         ids=lambda q: q.label)  # fmt: skip
+def test_new_types_save_and_load_with_their_adapters(quant, tmp_path):
+    base = tiny_models.save(tiny_models.llama_tied(), tmp_path / "base")
+    model = trained(base, quant)
+    out = save_pretrained(model, tmp_path / "both")
+    assert json.loads((out / "config.json").read_text())["quantization_config"]["quant_method"] == "qlora"
+    loaded = from_pretrained(out)
+    assert_same_model(loaded, model)
+    assert torch.equal(logits(loaded), logits(model))
+    stored = {(m.weight.dtype, m.weight.block_size, m.weight.double_quant_format) for m in loaded.modules() if isinstance(m, QLoRALinear)}
+    assert stored == {(quant.dtype, quant.block_size, quant.double_quant_mode)}
+
+
 def test_both_in_one_folder_and_model_save_pretrained(base, tmp_path):
     model = trained(base)
     model.save_pretrained(tmp_path / "both")  # transformers' habit; default: 4-bit model + adapter

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import qlora
-from qlora import DataType
+from qlora import DataType, DoubleQuant
 from qlora.config import ComputeDtype, LoRAConfig, QuantConfig
 from qlora.nn import QLoRALinear, QuantizedLoRAFunction
 from tests.conftest import TOLERANCES
@@ -16,7 +16,7 @@ ALL_TYPES = list(DataType)
 
 def layer(dtype=DataType.NF4, double_quant=True, rank=4, dropout=0.0, bias=True, in_f=70, out_f=33, compute=ComputeDtype.FP32):
     lin = torch.nn.Linear(in_f, out_f, bias=bias)
-    q = QuantConfig(dtype=dtype, double_quant=double_quant and dtype is not DataType.BF16, compute_dtype=compute)
+    q = QuantConfig(dtype=dtype, double_quant=double_quant and dtype.allows_double_quant, compute_dtype=compute)
     m = QLoRALinear.from_linear(lin, q, LoRAConfig(rank=rank, alpha=2.0 * rank, dropout=dropout) if rank else None)
     if rank:
         with torch.no_grad():
@@ -171,13 +171,14 @@ def test_bad_arguments():
 
 
 # `# Note: sharded storage`: row layout, integer bit patterns, the flat bitsandbytes layout at export
-@pytest.mark.parametrize("dtype, double_quant", [(d, dq) for d in ALL_TYPES for dq in (False, True) if d.is_quantized or not dq])
+@pytest.mark.parametrize("dtype, double_quant", [(d, dq) for d in ALL_TYPES for dq in (False, True, DoubleQuant.E4M4)
+                                                  if d.allows_double_quant or not dq])  # fmt: skip
 def test_storage_is_rows_of_integers_and_weight_is_the_flat_layout(dtype, double_quant):
     lin = torch.nn.Linear(128, 6)
-    q = qlora.quantize(lin.weight.detach(), dtype, 64, double_quant)
+    q = qlora.quantize(lin.weight.detach(), dtype, None, double_quant)
     m = QLoRALinear(q, lin.bias, lora=LoRAConfig(rank=2))
     assert m.row_shardable
-    width = {DataType.BF16: 128, DataType.INT8: 128}.get(dtype, 64)
+    width = 64 if dtype.is_4bit else 128
     assert tuple(m.qweight.shape) == (6, width) and not m.qweight.is_floating_point()
     for p in m.quantized_parameters():
         assert p.shape[0] == 6 and not p.is_floating_point() and not p.requires_grad
@@ -191,6 +192,14 @@ def test_storage_is_rows_of_integers_and_weight_is_the_flat_layout(dtype, double
     if q.nested is not None:
         for field in ("codes", "absmax", "offset", "code"):
             assert torch.equal(getattr(w.nested, field), getattr(q.nested, field)), field
+        assert w.nested.format is q.nested.format
+    if q.scales is not None:  # NVFP4 / MXFP4: the 8-bit scale codes in rows, the tensor scale as int32 bits
+        assert tuple(m.scale_codes.shape) == (6, 128 // q.block_size)
+        assert torch.equal(w.scales.codes, q.scales.codes) and w.scales.format is q.scales.format
+        assert (q.scales.tensor_scale is None) == (m.tensor_scale is None)
+        if q.scales.tensor_scale is not None:
+            assert torch.equal(w.scales.tensor_scale.view(torch.int32), q.scales.tensor_scale.view(torch.int32))
+    assert torch.equal(qlora.dequantize(w, torch.float32), qlora.dequantize(q, torch.float32))
 
 
 @pytest.mark.parametrize("cast", [torch.bfloat16, torch.float16])

@@ -106,8 +106,8 @@ def test_auto_uses_fast_path_on_cpu():
 def test_compiled_kernels_ran():
     """The comparisons above must have run the compiled kernels, not the reference fallback."""
     x = torch.randn(64, 64)
-    for dtype in (DataType.NF4, DataType.INT8):
+    for dtype in (DataType.NF4, DataType.INT8, DataType.FP8_E4M3, DataType.NVFP4):
         for out_dtype in (torch.float32, torch.bfloat16):
-            dequantize(quantize(x, dtype, 64, backend=Backend.CPU), out_dtype, backend=Backend.CPU)
-    compiled = [cpu._QUANT_4BIT, cpu._QUANT_INT8, cpu._DEQUANT_BF16, cpu._DEQUANT, cpu._DEQUANT_INT8]
+            dequantize(quantize(x, dtype, backend=Backend.CPU), out_dtype, backend=Backend.CPU)
+    compiled = [cpu._QUANT_4BIT, cpu._QUANT_INT8, cpu._DEQUANT_BF16, cpu._DEQUANT, cpu._DEQUANT_INT8, cpu._QUANT_GRID]
     assert not any(c.broken for c in compiled)

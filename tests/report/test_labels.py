@@ -32,3 +32,17 @@ def test_of_quant_config_and_errors():
         DataTypeLabel.parse("bf16_dq")
     with pytest.raises(TypeError, match="double_quant must be a bool"):
         DataTypeLabel(DataType.NF4, "no")
+
+
+def test_labels_of_the_types_since_the_paper():
+    from qlora.quant.dtypes import DataType, DoubleQuant
+    from qlora.report.labels import DataTypeLabel
+
+    for text, display in [("nvfp4", "NVFP4"), ("mxfp4", "MXFP4"), ("fp8_e4m3", "FP8 (E4M3)"), ("fp8_e5m2_dq", "FP8 (E5M2) + DQ"),
+                          ("af4", "AF4-64"), ("nf4_dq_e4m4", "NF4 + DQ (E4M4)"), ("fp8_e4m3_dq_e4m4_b128", "FP8 (E4M3) + DQ (E4M4), block 128")]:  # fmt: skip
+        label = DataTypeLabel.parse(text)
+        assert label.value == text and label.display == display
+    assert DataTypeLabel.parse("nvfp4").block_size == 16 and DataTypeLabel.parse("mxfp4").block_size == 32
+    assert DataTypeLabel(DataType.NF4, True, 64, DoubleQuant.DYNAMIC) == DataTypeLabel.parse("nf4_dq")
+    with pytest.raises(ValueError, match="fixed block size of 16"):
+        DataTypeLabel.parse("nvfp4_b64")
