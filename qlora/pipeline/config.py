@@ -12,7 +12,7 @@ import dataclasses
 from typing import Optional
 
 from qlora.checks import ConfigError, check_float, check_int, check_str, parse_enum
-from qlora.config import DataConfig, EvalConfig, LoRAConfig, Method, ModelConfig, ModelKind, ModelSource, QuantConfig
+from qlora.config import DataConfig, EvalConfig, LoRAConfig, Method, ModelConfig, ModelKind, ModelSource, QuantConfig, Targets
 from qlora.train.config import TrainConfig
 
 CAUSAL, ENCODER = "causal", "encoder"  # the two roles every pipeline has (keys of PipelineConfig.models)
@@ -25,11 +25,17 @@ class RunSpec:
     Attributes:
         lr: this row's learning rate; None takes the train section's (full fine-tuning of a BERT-class
             model needs ~2e-5..5e-5, adapters ~1e-4..1e-3).
+        targets / rank: this row's adapters where they differ from the lora section's (findings f: attention
+            only; g: other ranks); such a row needs a `variant` name (the tables show the lora section's rows).
+        variant: the row's name in the records ("" for the table's rows).
     """
 
     method: Method = Method.QLORA
     quant: str = "nf4_dq"
     lr: Optional[float] = None
+    targets: Optional[Targets] = None
+    rank: Optional[int] = None
+    variant: Optional[str] = None  # None: "" (the key may be left out)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", parse_enum("method", self.method, Method))
@@ -38,6 +44,23 @@ class RunSpec:
             object.__setattr__(self, "lr", check_float("lr", self.lr, minimum=0, exclusive_minimum=True))
         if self.method is Method.NONE:
             raise ConfigError("method", self.method.name, "FULL, LORA or QLORA for a training row (NONE trains nothing)")
+        if self.targets is not None:
+            object.__setattr__(self, "targets", parse_enum("targets", self.targets, Targets))
+            if self.targets is Targets.NAMES:
+                raise ConfigError("targets", "NAMES", "ALL_LINEAR, ATTENTION or MLP for a row (names belong in the lora section)")
+        if self.rank is not None:
+            check_int("rank", self.rank, minimum=1)
+        object.__setattr__(self, "variant", check_str("variant", self.variant or "", nonempty=False))
+        if (self.targets is not None or self.rank is not None) != bool(self.variant):
+            raise ConfigError("variant", self.variant, "a name (e.g. attention, r8) exactly when the row sets targets or rank")
+
+    def lora_for(self, lora: LoRAConfig) -> LoRAConfig:
+        """The lora section with this row's targets and rank."""
+        if self.targets is None and self.rank is None:
+            return lora
+        targets = self.targets if self.targets is not None else lora.targets
+        return dataclasses.replace(lora, rank=self.rank or lora.rank, targets=targets,
+                                   target_names=lora.target_names if targets is Targets.NAMES else ())  # fmt: skip
 
 
 @dataclasses.dataclass  # not frozen: Hydra/OmegaConf schemas must accept merges
@@ -51,6 +74,8 @@ class AblationConfig:
         causal / encoder: the training rows (Tables 3 and 4) of `models.causal` and `models.encoder`; every
             causal row's data type must be one of `base_quants` (its quantized base is shared).
         encoder_seeds / causal_seeds: every encoder / causal row is trained once per seed (run-to-run noise).
+        base_mmlu_quants: the data types of `base_quants` whose bases also get zero-shot MMLU (empty: all); the
+            others get perplexity only (claims k and l rest on perplexity; zero-shot MMLU costs ~1 s a question).
         untuned_quants: the causal base is also evaluated untuned (Tables 3 and 4's reference) stored as each
             of these data types, so that every fine-tuning effect is a difference in differences (each row's
             gain over its own untuned base); each must be one of `base_quants`.
@@ -63,8 +88,10 @@ class AblationConfig:
     encoder_seeds: tuple[int, ...] = (0,)
     causal_seeds: tuple[int, ...] = (0,)
     untuned_quants: tuple[str, ...] = ("bf16",)
+    base_mmlu_quants: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "base_mmlu_quants", tuple(self.base_mmlu_quants))
         for key in ("base_models", "base_quants", "encoder_seeds", "causal_seeds", "untuned_quants"):
             values = getattr(self, key)
             if isinstance(values, (str, int)) or not values:
@@ -146,12 +173,23 @@ class PipelineConfig:
             raise ConfigError("ablation.base_models", list(ab.base_models), f"a list that includes {CAUSAL!r} (its bases are fine-tuned)")
         for name in ab.base_quants:
             self._quant("ablation.base_quants", name)
+        for key in ("untuned_quants", "base_mmlu_quants"):
+            outside = [q for q in getattr(ab, key) if q not in ab.base_quants]
+            if outside:
+                raise ConfigError(f"ablation.{key}", list(getattr(ab, key)),
+                                  f"keys of ablation.base_quants ({', '.join(ab.base_quants)}); {outside} are not")  # fmt: skip
         outside = [q for q in ab.untuned_quants if q not in ab.base_quants]
         if outside:
             raise ConfigError("ablation.untuned_quants", list(ab.untuned_quants),
                               f"keys of ablation.base_quants ({', '.join(ab.base_quants)}); {outside} are not")  # fmt: skip
         for section, runs in (("causal", ab.causal), ("encoder", ab.encoder)):
+            seen: dict = {}
             for run, spec in runs.items():
+                cell = (spec.method, spec.quant, spec.variant)
+                if cell in seen:
+                    raise ConfigError(f"ablation.{section}.{run}", f"{spec.method.name} {spec.quant}",
+                                      f"a row unlike ablation.{section}.{seen[cell]} (give one a variant name)")  # fmt: skip
+                seen[cell] = run
                 where = f"ablation.{section}.{run}"
                 quant = self._quant(f"{where}.quant", spec.quant)
                 if section == "causal" and spec.quant not in ab.base_quants:

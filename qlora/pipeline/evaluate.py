@@ -46,14 +46,14 @@ def compute_context(quant: QuantConfig, model):
     return torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
 
 
-def _record(result, model: str, quant: QuantConfig, method: Method, dataset: str, seed: int | None = None):
+def _record(result, model: str, quant: QuantConfig, method: Method, dataset: str, seed: int | None = None, variant: str = ""):
     from qlora.report.labels import DataTypeLabel
     from qlora.report.records import EvalRecord
 
     from qlora.report.labels import BF16
 
     label = BF16 if method is Method.FULL else DataTypeLabel.of(quant)
-    return result, EvalRecord.of(result, model=model, quant=label, method=method, dataset=dataset, seed=seed)
+    return result, EvalRecord.of(result, model=model, quant=label, method=method, dataset=dataset, seed=seed, variant=variant)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +67,7 @@ class BaseEvalJob:
     windows: int  # data.perplexity_windows
     window_tokens: int  # data.perplexity_window_tokens
     eval: EvalConfig  # base_mmlu_questions, batch_size, seed
+    mmlu: bool = True  # zero-shot MMLU too (ablation.base_mmlu_quants)
 
     def run(self, tracking: Tracking, *, progress: bool = True) -> list:
         started = time.time()  # the MLflow run's start
@@ -85,18 +86,21 @@ class BaseEvalJob:
         windows = perplexity_windows(tokenizer, texts, self.window_tokens, self.windows)
         with compute_context(self.quant, model):
             ppl = evaluate_perplexity(model, windows, batch_size=self.eval.batch_size, progress=progress)
-            mmlu = evaluate_mmlu(model, tokenizer, load_mmlu(), None, k=0, limit=self.eval.base_mmlu_questions or None,
-                                 seed=self.eval.seed, batch_size=self.eval.batch_size, scoring=MMLUScoring.CHOICE, progress=progress)  # fmt: skip
-        records = _write([_record(ppl, self.model_name, self.quant, Method.NONE, "MMLU question stems"),
-                          _record(mmlu, self.model_name, self.quant, Method.NONE, "MMLU test (0-shot)")],
-                         paths.base_metrics(self.model_key, self.quant_name), paths.base_items(self.model_key, self.quant_name))  # fmt: skip
+            mmlu = None
+            if self.mmlu:
+                mmlu = evaluate_mmlu(model, tokenizer, load_mmlu(), None, k=0, limit=self.eval.base_mmlu_questions or None,
+                                     seed=self.eval.seed, batch_size=self.eval.batch_size, scoring=MMLUScoring.CHOICE, progress=progress)  # fmt: skip
+        scored = [_record(ppl, self.model_name, self.quant, Method.NONE, "MMLU question stems")]
+        if mmlu is not None:
+            scored.append(_record(mmlu, self.model_name, self.quant, Method.NONE, "MMLU test (0-shot)"))
+        records = _write(scored, paths.base_metrics(self.model_key, self.quant_name), paths.base_items(self.model_key, self.quant_name))
+        numbers = {"perplexity": ppl.score.value} | ({"mmlu_zero_shot": mmlu.score.value} if mmlu else {})
         tracking.log(f"evaluate base {self.model_key} {self.quant_name}",
                      params={"model": self.model_name, "method": Method.NONE.value, **quant_params(self.quant)},
-                     metrics={"perplexity": ppl.score.value, "perplexity_tokens": ppl.score.n, "mmlu_zero_shot": mmlu.score.value,
-                              "mmlu_zero_shot_n": mmlu.score.n},
+                     metrics=numbers | {"perplexity_tokens": ppl.score.n} | ({"mmlu_zero_shot_n": mmlu.score.n} if mmlu else {}),
                      tags={"stage": "evaluate_base", "model": self.model_name, "quant": self.quant.label},
                      row=base_row(self.model_key, self.model_name, self.quant_name, self.quant),
-                     row_metrics={"perplexity": ppl.score.value, "mmlu_zero_shot": mmlu.score.value}, config=self, started=started)  # fmt: skip
+                     row_metrics=numbers, config=self, started=started)  # fmt: skip
         return records
 
 
@@ -106,9 +110,10 @@ def plan_base_eval(params: PipelineConfig, model_key: str, quant_name: str) -> B
         from qlora.checks import ConfigError
 
         raise ConfigError("model", model_key, f"a causal LM (models.{model_key}.kind is {model.kind.name})")
+    only = params.ablation.base_mmlu_quants
     return BaseEvalJob(model_key, model.name, quant_name, lookup(params.quants, quant_name, "quants"),
                        params.data.perplexity_windows, params.data.perplexity_window_tokens,
-                       pick(params.eval, EvalConfig, ("base_mmlu_questions", "batch_size", "seed")))  # fmt: skip
+                       pick(params.eval, EvalConfig, ("base_mmlu_questions", "batch_size", "seed")), not only or quant_name in only)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +130,7 @@ class CausalEvalJob:
     adapters: tuple[tuple[int | None, Path | None], ...]  # (seed or None, adapter or None: the untuned base)
     metrics_path: Path
     items_path: Path  # a folder: one per-item file per record
+    variant: str = ""  # the row's RunSpec.variant
 
     def run(self, tracking: Tracking, *, progress: bool = True) -> list:
         started = time.time()  # the MLflow run's start
@@ -157,9 +163,10 @@ class CausalEvalJob:
                                        groups=[t["subtask"] for t in test], progress=progress)  # fmt: skip
                 nll = evaluate_heldout_nll(model, [heldout[i] for i in range(n)], pad_token_id=pad_id(tokenizer),
                                            batch_size=ev.batch_size, groups=tasks[:n], template_tail=tail[:n], progress=progress)  # fmt: skip
-            scored += [_record(mmlu, self.model_name, self.quant, self.method, f"MMLU test ({ev.mmlu_shots}-shot)", seed=seed),
-                       _record(rouge, self.model_name, self.quant, self.method, source, seed=seed),
-                       _record(nll, self.model_name, self.quant, self.method, f"{source} (responses)", seed=seed)]  # fmt: skip
+            kw = {"seed": seed, "variant": self.variant}
+            scored += [_record(mmlu, self.model_name, self.quant, self.method, f"MMLU test ({ev.mmlu_shots}-shot)", **kw),
+                       _record(rouge, self.model_name, self.quant, self.method, source, **kw),
+                       _record(nll, self.model_name, self.quant, self.method, f"{source} (responses)", **kw)]  # fmt: skip
         records = _write(scored, self.metrics_path, self.items_path)
         means: dict[str, list[float]] = {}
         for r in records:
@@ -168,7 +175,7 @@ class CausalEvalJob:
         tracking.log(f"evaluate causal {self.row}", params={"model": self.model_name, "method": self.method.value, **quant_params(self.quant)},
                      metrics=headline | {f"{r.task.value}_n": r.n for r in records} | {"seeds": len(self.adapters)},
                      tags={"stage": "evaluate", "role": CAUSAL, "run": self.row},
-                     row=stage_row(CAUSAL, self.row, self.method, self.quant, self.model_name),
+                     row=stage_row(CAUSAL, self.row, self.method, self.quant, self.model_name, self.variant),
                      row_metrics=headline, config=self, started=started)  # fmt: skip
         return records
 
@@ -176,6 +183,7 @@ class CausalEvalJob:
 def plan_causal_eval(params: PipelineConfig, run: str) -> CausalEvalJob:
     model = lookup(params.models, CAUSAL, "models")
     untuned = paths.untuned_quant(run)
+    variant = ""
     if run == paths.MAIN:
         quant, quant_name = whole(params.quant), paths.MAIN
         method = main_method(quant)
@@ -193,10 +201,11 @@ def plan_causal_eval(params: PipelineConfig, run: str) -> CausalEvalJob:
         quant_name, method = spec.quant, spec.method
         quant = lookup(params.quants, spec.quant, f"ablation.causal.{run}.quant")
         adapters = tuple((seed, paths.seed_dir(paths.adapter_dir(CAUSAL, run), seed)) for seed in params.ablation.causal_seeds)
+        variant = spec.variant
     ev = pick(params.eval, EvalConfig, ("mmlu_questions", "mmlu_shots", "rouge_examples", "max_new_tokens", "heldout_examples",
                                         "batch_size", "seed"))  # fmt: skip
     return CausalEvalJob(run, model.name, method, quant, ev, paths.quantized_dir(CAUSAL, quant_name), adapters,
-                         paths.eval_metrics(CAUSAL, run), paths.eval_items(CAUSAL, run))  # fmt: skip
+                         paths.eval_metrics(CAUSAL, run), paths.eval_items(CAUSAL, run), variant)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)

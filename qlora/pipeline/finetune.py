@@ -68,6 +68,7 @@ def finetune(
     seed: int | None = None,
     validation: "Validation | None" = None,  # noqa: F821
     base_reference: str | None = None,
+    variant: str = "",
 ) -> FinetuneResult:
     """Trains and writes `out_dir` atomically (a PEFT adapter folder, or for FULL a transformers folder).
 
@@ -193,6 +194,7 @@ def finetune(
         val_steps=curve.steps if curve else (),
         val_nll=curve.nll if curve else (),
         chosen_step=curve.best_step if curve else None,
+        variant=variant,
     )
     return FinetuneResult(record, result)
 
@@ -237,6 +239,7 @@ class TrainJob:
     log_row: bool = True  # copy the headline numbers onto the row's parent run (False: the caller aggregates seeds)
     validation: "Validation | None" = None  # noqa: F821 — validate while training; output = the best step's adapter
     base_reference: str | None = None  # how the adapter names its base (None: model_name)
+    variant: str = ""  # a row trained otherwise than the tables' (RunSpec.variant), recorded with its records
     run_name: str = ""  # the MLflow run's name ("": `train <role> <row>`)
     run_params: dict[str, str] = dataclasses.field(default_factory=dict)  # more MLflow params (e.g. the user's data and --out)
 
@@ -288,8 +291,8 @@ class TrainJob:
             return finetune(model_name=self.model_name, checkpoint=self.checkpoint, kind=self.kind, method=self.method,
                             quant=self.quant, lora=self.lora, train_config=self.train, data=self.data, out_dir=self.out_dir,
                             resume_dir=resume, num_labels=num_labels, progress=progress, seed=self.seed,
-                            validation=self.validation, base_reference=self.base_reference)  # fmt: skip
-        row = stage_row(self.role, self.row, self.method, self.quant, self.model_name) if self.log_row else None
+                            validation=self.validation, base_reference=self.base_reference, variant=self.variant)  # fmt: skip
+        row = stage_row(self.role, self.row, self.method, self.quant, self.model_name, self.variant) if self.log_row else None
         with tracking.start(self.run_name or f"train {self.role} {self.row}", row=row, config=self,
                             params={"model": self.model_name, "method": self.method.value, **quant_params(self.quant),
                                     "lora": self.lora, "train": self.train, **self.run_params},
@@ -299,7 +302,7 @@ class TrainJob:
             out = finetune(model_name=self.model_name, checkpoint=self.checkpoint, kind=self.kind, method=self.method, quant=self.quant,
                            lora=self.lora, train_config=self.train, data=self.data, out_dir=self.out_dir,
                            resume_dir=resume, num_labels=num_labels, progress=progress, seed=self.seed, on_step=live.on_step,
-                           validation=self.validation, base_reference=self.base_reference)  # fmt: skip
+                           validation=self.validation, base_reference=self.base_reference, variant=self.variant)  # fmt: skip
             record = out.record
             if self.metrics_path is not None:
                 write_json(self.metrics_path, dump_records([record]))
@@ -348,7 +351,7 @@ class SeedsJob:
         summaries = [train_summary(r.record, r.result) for r in results]
         mean = {k: sum(s[k] for s in summaries) / len(summaries) for k in summaries[0]}
         steps = min(len(c) for c in curves)
-        tracking.log_row(stage_row(first.role, first.row, first.method, first.quant, first.model_name),
+        tracking.log_row(stage_row(first.role, first.row, first.method, first.quant, first.model_name, first.variant),
                          _row_train_metrics(first.role, mean),
                          {_row_name(first.role, "loss"): [sum(c[i] for c in curves) / len(curves) for i in range(steps)]})  # fmt: skip
         return results
@@ -398,7 +401,7 @@ def plan_train(params: PipelineConfig, role: str, run: str) -> TrainJob | SeedsJ
     base = whole(params.train if role == CAUSAL else params.train_encoder)
     if spec.lr is not None:
         base = dataclasses.replace(base, lr=spec.lr)
-    lora = whole(params.lora)
+    lora = spec.lora_for(whole(params.lora))
     if role == CAUSAL and run == paths.MAIN:
         return TrainJob(role, run, model.name, model.kind, spec.method, quant, lora, base, checkpoint, paths.data_dir() / INSTRUCT_TRAIN,
                         out_dir=paths.adapter_dir(role, run), resume_root=paths.resume_root(role, run),
@@ -418,7 +421,8 @@ def plan_train(params: PipelineConfig, role: str, run: str) -> TrainJob | SeedsJ
         TrainJob(role, f"{run}-s{seed}", model.name, model.kind, spec.method, quant, lora, dataclasses.replace(base, seed=seed),
                  checkpoint, data, out_dir=paths.seed_dir(paths.adapter_dir(role, run), seed),
                  resume_root=paths.seed_dir(paths.resume_root(role, run), seed), metrics_path=None, loss_path=None,
-                 labels_path=labels, seed=seed, log_row=False, validation=validation, base_reference=model.reference)
+                 labels_path=labels, seed=seed, log_row=False, validation=validation, base_reference=model.reference,
+                 variant=spec.variant)
         for seed in seeds
     )  # fmt: skip
     return SeedsJob(jobs, paths.train_metrics(role, run), paths.loss_curve(role, run))

@@ -95,7 +95,7 @@ def base_row(model_key: str, model_name: str, quant_name: str, quant: QuantConfi
     return Row(main_method(quant), quant, model=model_name, variant=variant)
 
 
-def stage_row(role: str, run: str, method: Method, quant: QuantConfig, model_name: str) -> Row:
+def stage_row(role: str, run: str, method: Method, quant: QuantConfig, model_name: str, variant: str = "") -> Row:
     """The row of a training or evaluation stage: `run` is a key of ablation.<role>, "main" or "untuned_<quant>"."""
     from qlora.pipeline import paths
     from qlora.pipeline.config import ENCODER
@@ -104,7 +104,7 @@ def stage_row(role: str, run: str, method: Method, quant: QuantConfig, model_nam
         return Row(method, quant, encoder_model=model_name)
     if paths.untuned_quant(run) is not None:
         return Row(Method.NONE, quant, model=model_name)
-    return Row(method, quant, model=model_name, variant=paths.MAIN if run == paths.MAIN else "")
+    return Row(method, quant, model=model_name, variant=paths.MAIN if run == paths.MAIN else variant)
 
 
 def default_artifact_location(uri: str) -> str:

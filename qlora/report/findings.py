@@ -37,6 +37,7 @@ from scipy import stats
 from qlora.config import Method
 from qlora.eval.result import Metric, Task
 from qlora.report import labels as L
+from qlora.quant.dtypes import DataType
 from qlora.report.labels import DataTypeLabel
 from qlora.eval.items import ItemResults
 from qlora.report.failures import FailedRun
@@ -58,6 +59,11 @@ class Claim(enum.Enum):
     C = "c"
     D = "d"
     E = "e"
+    F = "f"
+    G = "g"
+    J = "j"
+    K = "k"
+    L = "l"
 
     @property
     def text(self) -> str:
@@ -69,6 +75,13 @@ class Claim(enum.Enum):
             Claim.C: "4-bit QLoRA with NF4 + DQ matches 16-bit LoRA after fine-tuning (Tables 3 and 4)",
             Claim.D: "FP4 trails NF4 + DQ after fine-tuning (Tables 3 and 4)",
             Claim.E: "NF4 + DQ stores 4.127 bits per parameter, and 4-bit storage shrinks the frozen weights (memory table)",
+            Claim.F: "Adapters on every linear layer are needed: attention-only adapters fall short (paper Fig. 2)",
+            Claim.G: "Rank matters little once every linear layer has adapters: ranks 8 and 16 recover >= 90% of rank 64's "
+                     "gain (paper Fig. 3)",
+            Claim.J: "NF4 represents zero exactly (its asymmetric construction): a weight of 0 round-trips",
+            Claim.K: "8-bit floats (FP8 E4M3, E5M2; blockwise absmax like Int8) match Int8 and beat NF4 in perplexity",
+            Claim.L: "NF4 stays the best 4-bit format of the ones since the paper (NVFP4, MXFP4, AF4) in perplexity, and an "
+                     "E4M4 absmax in double quantization costs nothing",
         }[self]  # fmt: skip
 
 
@@ -284,6 +297,34 @@ def assess(evals: Sequence[Evaluation | EvalRecord], trains: Sequence[TrainRecor
         out.append(_finding(Claim.C, model, _claim_c(ev, model, margins, stats)))
     for model in tuned_models:
         out.append(_finding(Claim.D, model, _claim_d(ev, model, stats)))
+    variants = {(e.record.model, e.record.variant) for e in evals if e.record.variant}
+    for model in tuned_models:
+        if (model, "attention") in variants:
+            out.append(_finding(Claim.F, model, _claim_f(evals, model, margins, stats)))
+        if any((model, f"r{r}") in variants for r in (8, 16)):
+            out.append(_finding(Claim.G, model, _claim_g(evals, model, margins, stats)))
+    for model in ppl_models:
+        present = {e.record.quant for e in evals if e.record.model == model and e.record.task is Task.PERPLEXITY}
+        if present & {L.FP8_E4M3, L.FP8_E5M2}:
+            ppl = lambda q: ev(Task.PERPLEXITY, Method.NONE, q, model)  # noqa: E731
+            rule = lambda c: equivalence(c, margins.perplexity)  # noqa: E731
+            out.append(_finding(Claim.K, model, [
+                *(_part(f"{q.display} vs Int8 (within ±{100 * margins.perplexity:g}%)", ppl(q), ppl(L.INT8), rule, stats, Test.EQUIVALENCE,
+                        margins.perplexity) for q in (L.FP8_E4M3, L.FP8_E5M2) if q in present),
+                *(_part(f"{q.display} vs NF4", ppl(q), ppl(L.NF4), superiority, stats, Test.SUPERIORITY)
+                  for q in (L.FP8_E4M3, L.FP8_E5M2) if q in present)]))  # fmt: skip
+        if present & {L.NVFP4, L.MXFP4, L.AF4, L.NF4_DQ_E4M4}:
+            ppl = lambda q: ev(Task.PERPLEXITY, Method.NONE, q, model)  # noqa: E731
+            parts = [_part(f"NF4 (block 64) vs {q.display} (block {q.block_size})", ppl(L.NF4), ppl(q), superiority, stats,
+                           Test.SUPERIORITY) for q in (L.NVFP4, L.MXFP4, L.AF4) if q in present]  # fmt: skip
+            if L.NF4_DQ_E4M4 in present:
+                parts.append(_part(f"NF4 + DQ (E4M4) vs NF4 (within ±{100 * margins.perplexity:g}%)", ppl(L.NF4_DQ_E4M4), ppl(L.NF4),
+                                   lambda c: equivalence(c, margins.perplexity), stats, Test.EQUIVALENCE, margins.perplexity))  # fmt: skip
+            out.append(_finding(Claim.L, model, parts))
+    if ppl_models:
+        out.append(_finding(Claim.J, "(the data types)", _zero_round_trip(sorted(
+            {e.record.quant for e in evals if e.record.task is Task.PERPLEXITY and e.record.quant is not None and e.record.quant.dtype.is_quantized},
+            key=lambda q: q.value))))  # fmt: skip
     for model in sorted({t.model for t in trains}):
         out.append(_finding(Claim.E, model, _accounting([t for t in trains if t.model == model])))
     return out
@@ -374,6 +415,55 @@ def _claim_d(ev, model: str, stats: StatsConfig) -> list[Part]:
     r, f = ev(Task.CLASSIFICATION, *row, model), ev(Task.CLASSIFICATION, *ref, model)
     if r or f:
         parts.append(_part("classification: QLoRA NF4 + DQ vs QLoRA FP4", r, f, superiority, stats, Test.SUPERIORITY))
+    return parts
+
+
+def _variant(evals, task: Task, model: str, variant: str) -> Evaluation | None:
+    return find(evals, task, Method.QLORA, L.NF4_DQ, model, variant)
+
+
+def _claim_f(evals, model: str, margins: Margins, stats: StatsConfig) -> list[Part]:
+    base = find(evals, Task.HELDOUT_NLL, Method.NONE, L.NF4_DQ, model)
+    rows = (_variant(evals, Task.HELDOUT_NLL, model, ""), base, _variant(evals, Task.HELDOUT_NLL, model, "attention"), base)
+    parts = [_gain_part("held-out NLL (template tokens left out): all-linear QLoRA NF4 + DQ's gain - attention-only's gain",
+                        Task.HELDOUT_NLL, Metric.CONTENT_NLL, rows, "difference", superiority, stats, Test.SUPERIORITY, None)]  # fmt: skip
+    lora = (find(evals, Task.HELDOUT_NLL, Method.LORA, L.BF16, model), find(evals, Task.HELDOUT_NLL, Method.NONE, L.BF16, model))
+    parts.append(_gain_part(f"held-out NLL: share of LoRA BF16's gain that attention-only QLoRA NF4 + DQ recovers "
+                            f"(>= {100 * margins.gain_share:g}%; shown)", Task.HELDOUT_NLL, Metric.CONTENT_NLL, (rows[2], base, *lora),
+                            "share", lambda c: at_least(c, margins.gain_share), stats, Test.AT_LEAST, margins.gain_share,
+                            counts=False))  # fmt: skip
+    return parts
+
+
+def _claim_g(evals, model: str, margins: Margins, stats: StatsConfig) -> list[Part]:
+    base = find(evals, Task.HELDOUT_NLL, Method.NONE, L.NF4_DQ, model)
+    full = _variant(evals, Task.HELDOUT_NLL, model, "")
+    share = margins.gain_share
+    return [_gain_part(f"held-out NLL: share of rank 64's gain that rank {r} recovers (>= {100 * share:g}%)", Task.HELDOUT_NLL,
+                       Metric.CONTENT_NLL, (_variant(evals, Task.HELDOUT_NLL, model, f"r{r}"), base, full, base), "share",
+                       lambda c: at_least(c, share), stats, Test.AT_LEAST, share)
+            for r in (8, 16) if _variant(evals, Task.HELDOUT_NLL, model, f"r{r}") is not None]  # fmt: skip
+
+
+def _zero_round_trip(quants: Sequence[DataTypeLabel]) -> list[Part]:
+    """(j) measured, not asserted: a block of N(0, 1) weights with zeros among them, quantized and dequantized."""
+    import torch
+
+    from qlora.quant.api import dequantize, quantize
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(4, 256, generator=g)
+    w[:, ::7] = 0.0  # zeros among non-zero weights of every block
+    w[1] = 0.0  # and a whole row of zeros
+    zeros = w == 0
+    parts = []
+    for q in quants:
+        back = dequantize(quantize(w, q.dtype, q.block_size, q.double_quant_format or q.double_quant))
+        exact = int((back[zeros] == 0).sum())
+        ok = Verdict.HOLDS if exact == int(zeros.sum()) else Verdict.DOES_NOT_HOLD
+        # the claim is about NF4; the other data types are shown beside it
+        parts.append(Part(f"{q.display}: zeros that come back exactly 0", ok, detail=f"{exact} of {int(zeros.sum())} (block {q.block_size})",
+                          counts=q.dtype is DataType.NF4))  # fmt: skip
     return parts
 
 

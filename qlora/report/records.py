@@ -47,6 +47,11 @@ def _parse(kind: type[enum.Enum], value, what: str):
     raise ValueError(f"{what} must be one of {[m.value for m in kind]}, got {value!r}")
 
 
+def _check_variant(v) -> None:
+    if not isinstance(v, str) or (v and not re.fullmatch(r"[a-z0-9_]+", v)):
+        raise ValueError(f"variant must be '' or a lower-case name of letters, digits and _, got {v!r}")
+
+
 def _check_name(what: str, value) -> None:
     if not isinstance(value, str) or not value:
         raise ValueError(f"{what} must be a non-empty string, got {value!r}")
@@ -61,6 +66,7 @@ class EvalKey:
     method: Method
     quant: DataTypeLabel | None
     seed: int | None = None
+    variant: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +81,8 @@ class EvalRecord:
         dataset: what it was measured on.
         score: task, metric, value, n and 95% interval (`qlora.eval.result.Score`).
         seed: the training seed, for rows trained once per seed (None otherwise).
+        variant: a row trained otherwise than the table's (e.g. "attention": adapters on attention only, "r8":
+            rank 8 — findings f, g); "" for the table's own rows.
     """
 
     model: str
@@ -83,6 +91,7 @@ class EvalRecord:
     dataset: str
     score: Score
     seed: int | None = None
+    variant: str = ""
 
     def __post_init__(self) -> None:
         _check_name("model", self.model)
@@ -94,13 +103,14 @@ class EvalRecord:
             raise TypeError(f"score must be a Score, got {type(self.score).__name__}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
             raise ValueError(f"seed must be an int >= 0 or None, got {self.seed!r}")
+        _check_variant(self.variant)
 
     @classmethod
     def of(cls, result: EvalResult | Score, *, model: str, quant: DataTypeLabel | str, method: Method, dataset: str,
-           seed: int | None = None) -> "EvalRecord":  # fmt: skip
+           seed: int | None = None, variant: str = "") -> "EvalRecord":  # fmt: skip
         """The record of an evaluator's result."""
         score = result.score if isinstance(result, EvalResult) else result
-        return cls(model, quant, method, dataset, score, seed)
+        return cls(model, quant, method, dataset, score, seed, variant)
 
     @property
     def task(self) -> Task:
@@ -128,7 +138,7 @@ class EvalRecord:
 
     @property
     def key(self) -> EvalKey:
-        return EvalKey(self.task, self.model, self.method, self.quant, self.seed)
+        return EvalKey(self.task, self.model, self.method, self.quant, self.seed, self.variant)
 
     @property
     def stderr(self) -> float | None:
@@ -140,20 +150,20 @@ class EvalRecord:
         return {"task": self.task.value, "metric": self.metric.value, "model": self.model,
                 "quant": None if self.quant is None else self.quant.value, "method": self.method.value,
                 "dataset": self.dataset, "value": self.value, "n": self.n, "ci_low": self.ci_low, "ci_high": self.ci_high,
-                **({} if self.seed is None else {"seed": self.seed})}  # fmt: skip
+                **({} if self.seed is None else {"seed": self.seed}), **({"variant": self.variant} if self.variant else {})}  # fmt: skip
 
     @classmethod
     def from_json(cls, d: dict) -> "EvalRecord":
         """Raises ValueError naming the missing or unknown key or the bad value."""
         required = {"task", "model", "quant", "method", "dataset", "value", "n"}
-        known = required | {"metric", "ci_low", "ci_high", "seed"}
+        known = required | {"metric", "ci_low", "ci_high", "seed", "variant"}
         if set(d) - known or required - set(d):
             raise ValueError(f"EvalRecord keys: unknown {sorted(set(d) - known)}, missing {sorted(required - set(d))}; "
                              f"expected {sorted(known)}")  # fmt: skip
         task = Task.parse(d["task"])
         score = Score(task, d.get("metric") or task.default_metric, d["value"], d["n"], d.get("ci_low"), d.get("ci_high"))
         quant = None if d["quant"] in (None, LEGACY_MAIN) else d["quant"]
-        return cls(d["model"], quant, d["method"], d["dataset"], score, d.get("seed"))
+        return cls(d["model"], quant, d["method"], d["dataset"], score, d.get("seed"), d.get("variant", ""))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,10 +186,12 @@ class TrainRecord:
     val_steps: tuple[int, ...] = ()  # steps validated during training (qlora.pipeline.validation)
     val_nll: tuple[float, ...] = ()  # their validation NLL per token, template tokens left out
     chosen_step: int | None = None  # the step whose adapter is the output (lowest validation NLL); None: the last
+    variant: str = ""  # as EvalRecord.variant
 
     def __post_init__(self) -> None:
         _check_name("model", self.model)
         object.__setattr__(self, "quant", DataTypeLabel.parse(self.quant))
+        _check_variant(self.variant)
         object.__setattr__(self, "val_steps", tuple(int(s) for s in self.val_steps))
         object.__setattr__(self, "val_nll", tuple(float(x) for x in self.val_nll))
         if len(self.val_steps) != len(self.val_nll):
@@ -205,7 +217,7 @@ class TrainRecord:
     @classmethod
     def from_json(cls, d: dict) -> "TrainRecord":
         names = {f.name for f in dataclasses.fields(cls)}
-        d = {"seed": None, "compute_dtype": None, "val_steps": (), "val_nll": (), "chosen_step": None, **d}
+        d = {"seed": None, "compute_dtype": None, "val_steps": (), "val_nll": (), "chosen_step": None, "variant": "", **d}
         if set(d) != names:
             raise ValueError(f"TrainRecord keys: unknown {sorted(set(d) - names)}, missing {sorted(names - set(d))}")
         return cls(**d)
@@ -258,12 +270,13 @@ class Evaluation:
 
 
 def items_filename(key: EvalKey | EvalRecord) -> str:
-    """The per-item file name of a record: "<task>__<model>__<method>__<quant>.json" (model sanitised)."""
+    """The per-item file name of a record: "<task>__<model>__<method>__<quant>[__<variant>][__s<seed>].json"."""
     key = key.key if isinstance(key, EvalRecord) else key
     model = re.sub(r"[^A-Za-z0-9._-]+", "-", key.model)
     quant = LEGACY_MAIN if key.quant is None else key.quant.value
+    variant = f"__{key.variant}" if key.variant else ""
     seed = "" if key.seed is None else f"__s{key.seed}"
-    return f"{key.task.value}__{model}__{key.method.value}__{quant}{seed}.json"
+    return f"{key.task.value}__{model}__{key.method.value}__{quant}{variant}{seed}.json"
 
 
 def attach_items(records: Sequence[EvalRecord], items_dirs: str | Path | Sequence[str | Path] | None) -> list[Evaluation]:
@@ -316,7 +329,7 @@ def pool_seeds(evaluations: Sequence[Evaluation]) -> list[Evaluation]:
             low, high = members[0].record.ci_low, members[0].record.ci_high
         first = members[0].record
         score = Score(first.task, first.metric, mean, sum(m.record.n for m in members), low, high)
-        record = EvalRecord(first.model, first.quant, first.method, first.dataset, score)
+        record = EvalRecord(first.model, first.quant, first.method, first.dataset, score, variant=first.variant)
         items = None
         if all(m.items is not None for m in members):
             items = ItemResults.concat([m.items.with_prefix(f"s{m.record.seed}:") for m in members])

@@ -77,14 +77,15 @@ def as_evaluations(evals: Sequence[Evaluation | EvalRecord]) -> list[Evaluation]
     return [e if isinstance(e, Evaluation) else Evaluation(e) for e in evals]
 
 
-def find(evals: Sequence[Evaluation], task: Task, method: Method, quant: DataTypeLabel, model: str | None = None) -> Evaluation | None:
-    """The evaluation of one table cell, None if not measured.
+def find(evals: Sequence[Evaluation], task: Task, method: Method, quant: DataTypeLabel, model: str | None = None,
+         variant: str = "") -> Evaluation | None:  # fmt: skip
+    """The evaluation of one table cell (of the row `variant`: "" the table's own), None if not measured.
 
     Raises:
         ValueError: two evaluations for the same cell.
     """
     found = [e for e in evals if e.record.task is task and e.record.method is method and e.record.quant == quant
-             and (model is None or e.record.model == model)]  # fmt: skip
+             and (model is None or e.record.model == model) and e.record.variant == variant]  # fmt: skip
     if len(found) > 1:
         raise ValueError(f"{len(found)} {task.value} records for {model or 'one model'} {method.value} {quant.value}")
     return found[0] if found else None

@@ -231,7 +231,7 @@ def _stage(tmp_path, params_text: str, *argv: str) -> subprocess.CompletedProces
         (("train.py", "causal", "lora_bf16x"), None, "error: ablation.causal='lora_bf16x': expected one of lora_bf16, qlora_fp4"),
         (("train.py", "causal"), None, "usage: python stages/train.py"),
         (("evaluate_base.py", "causal", "nf4"), (r"perplexity_windows: \d+", "perplexity_windows: 0"), "error: data.perplexity_windows=0"),
-        (("quantize.py", "causal", "nf9"), None, "error: quants='nf9': expected one of bf16, fp4"),
+        (("quantize.py", "causal", "nf9"), None, "error: quants='nf9': expected one of af4, bf16, fp4"),
         (("prepare_model.py", "causal"), (r"source: SMOLLM2\n(    kind: CAUSAL_LM\n)    path: ''", r"source: PRETRAINED\n\1    path: ./no/such/model"),
          "error: models.causal.path='./no/such/model': expected an existing model folder or a hub id: no such folder "),
     ],

@@ -106,7 +106,8 @@ def test_sync_script_agrees_with_the_pipeline_files():
 def test_stage_imports_are_small(stages):
     """A stage does not pull the whole library through an eager package __init__."""
     closure = {str(p.relative_to(ROOT)) for p in import_closure(ROOT / "stages" / "report.py")}
-    heavy = ("qlora/nn", "qlora/kernels", "qlora/models", "qlora/eval/mmlu", "qlora/eval/perplexity", "qlora/train/trainer")
+    # (the quantizer is in: claim (j) is measured by the report, a zero-weight round trip per data type)
+    heavy = ("qlora/nn", "qlora/models", "qlora/eval/mmlu", "qlora/eval/perplexity", "qlora/train/trainer")
     assert not any(p.startswith(heavy) for p in closure), closure  # the per-item format (eval/items) is what it reads
     prepare = {str(p.relative_to(ROOT)) for p in import_closure(ROOT / "stages" / "prepare_model.py")}
     assert not any(p.startswith(("qlora/nn", "qlora/kernels", "qlora/eval", "qlora/report")) for p in prepare), prepare

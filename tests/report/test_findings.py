@@ -243,3 +243,49 @@ def test_failed_runs_are_reported_and_left_out():
     assert "does not beat the majority class" in failed[0].describe()
     text = findings([], [], profile="t", failed=failed)
     assert "## Failed training runs" in text and "seed 1" in text
+
+
+def test_adapter_placement_and_rank_claims():
+    """(f) all-linear beats attention-only on the gain over the same untuned base; (g) ranks 8 and 16 recover
+    their share of rank 64's gain."""
+    import dataclasses
+
+    evals = _gains("m", 1.0, 0.6)
+    by_quant = {(e.record.method, e.record.quant.value): e for e in evals}
+    nf4 = by_quant[(Method.QLORA, "nf4_dq")]
+
+    def variant(name, scale):  # the NF4+DQ row's items with its gain scaled
+        from qlora.eval.items import ItemResults, TokenNLL
+
+        base = {it.id: it for it in by_quant[(Method.NONE, "nf4_dq")].items.items}
+        items = tuple(TokenNLL(it.id, it.tokens, base[it.id].nll_sum + scale * (it.nll_sum - base[it.id].nll_sum),
+                               it.content_tokens, base[it.id].content_nll_sum + scale * (it.content_nll_sum - base[it.id].content_nll_sum))
+                      for it in nf4.items.items)  # fmt: skip
+        return dataclasses.replace(nf4, record=dataclasses.replace(nf4.record, variant=name), items=ItemResults("heldout_nll", items))
+
+    found = {f.claim: f for f in assess(evals + [variant("attention", 0.5), variant("r8", 0.98), variant("r16", 0.99)], [])}
+    assert found[Claim.F].verdict is Verdict.HOLDS and found[Claim.F].parts[0].comparison.estimate < 0
+    assert found[Claim.G].verdict is Verdict.HOLDS
+    assert [round(p.comparison.estimate, 2) for p in found[Claim.G].parts] == [0.98, 0.99]
+    # the tables' rows stay the lora section's: a variant never fills a cell
+    from qlora.report.tables import find
+
+    assert find(evals + [variant("attention", 0.5)], nf4.record.task, Method.QLORA, nf4.record.quant, "m") is nf4
+
+
+def test_new_formats_and_zero_claims():
+    evals = _table2("m", nf4=(0.05, 0.02), fp4=(0.10, 0.02), e3m0=(0.20, 0.02), int4=(0.15, 0.02), dq=(0.0, 0.0005))
+    evals.append(ev("perplexity", "int8", Method.NONE, fx.windows(BASE + _noise(0.001, 0.0005, seed=50)), "m"))
+    evals.append(ev("perplexity", "fp8_e4m3", Method.NONE, fx.windows(BASE + _noise(0.001, 0.0005, seed=51)), "m"))
+    evals.append(ev("perplexity", "nvfp4", Method.NONE, fx.windows(BASE + _noise(0.08, 0.02, seed=52)), "m"))
+    evals.append(ev("perplexity", "nf4_dq_e4m4", Method.NONE, fx.windows(BASE + _noise(0.05, 0.02, seed=1) + _noise(0.0, 0.0005, seed=53)), "m"))
+    found = {f.claim: f for f in assess(evals, [])}
+    k = found[Claim.K]
+    assert [p.label for p in k.parts] == ["FP8 (E4M3) vs Int8 (within ±0.5%)", "FP8 (E4M3) vs NF4"] and k.verdict is Verdict.HOLDS
+    lp = found[Claim.L].parts
+    assert [p.label for p in lp] == ["NF4 (block 64) vs NVFP4 (block 16)", "NF4 + DQ (E4M4) vs NF4 (within ±0.5%)"]
+    assert found[Claim.L].verdict is Verdict.HOLDS
+    j = found[Claim.J]
+    nf4 = [p for p in j.parts if p.counts]
+    assert len(nf4) == 3 and all(p.verdict is Verdict.HOLDS and p.detail.startswith("367 of 367") for p in nf4)  # NF4, + DQ, + DQ (E4M4)
+    assert j.verdict is Verdict.HOLDS and any(p.label.startswith("Int4") for p in j.parts)
