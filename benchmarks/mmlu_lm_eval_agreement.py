@@ -146,41 +146,54 @@ def _assert_same(got: str, want: str, where: str) -> None:
                              f"lm_eval {got[max(0, i - 40):i + 40]!r} vs ours {want[max(0, i - 40):i + 40]!r}")  # fmt: skip
 
 
-def run_lm_eval(lm, tasks: Sequence) -> tuple[dict[str, dict], float, float]:
+def _clock() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def _since(start: tuple[float, float]) -> dict[str, float]:
+    """Wall and CPU seconds (this process, all its threads) since `start`: on a shared machine the CPU time is
+    the steadier measure of the work done."""
+    wall, cpu = _clock()
+    return {"wall": wall - start[0], "cpu": cpu - start[1]}
+
+
+def run_lm_eval(lm, tasks: Sequence) -> tuple[dict[str, dict], dict[str, float], dict[str, float]]:
     """lm_eval's `simple_evaluate` over `tasks` with per-sample logs.
 
     Returns:
-        ({question id: logged sample}, wall seconds of simple_evaluate, seconds inside lm.loglikelihood).
+        ({question id: logged sample}, seconds of simple_evaluate, seconds inside lm.loglikelihood), the
+        seconds as {"wall", "cpu"}.
     """
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    inner = {"s": 0.0}
+    inner = {"wall": 0.0, "cpu": 0.0}
     real = type(lm).loglikelihood.__get__(lm)
 
     def timed(requests, *a, **kw):
-        t = time.perf_counter()
+        start = _clock()
         out = real(requests, *a, **kw)
-        inner["s"] += time.perf_counter() - t
+        for key, v in _since(start).items():
+            inner[key] += v
         return out
 
     lm.loglikelihood = timed
     try:
-        t = time.perf_counter()
+        start = _clock()
         res = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), task_manager=TaskManager(include_defaults=False),
                                       bootstrap_iters=0, log_samples=True, verbosity="ERROR")  # fmt: skip
-        wall = time.perf_counter() - t
+        outer = _since(start)
     finally:
         del lm.loglikelihood
     samples = {s["doc"]["id"]: s for per_task in res["samples"].values() for s in per_task}
-    return samples, wall, inner["s"]
+    return samples, outer, inner
 
 
 def run_ours(model, tokenizer, questions, pool, k, limit, seed, batch_size, max_length, choice_loglik):
-    t = time.perf_counter()
+    start = _clock()
     r = evaluate_mmlu(model, tokenizer, questions, pool, k=k, limit=limit, seed=seed, batch_size=batch_size,
                       max_length=max_length, choice_loglik=choice_loglik, rotations=False, progress=False)  # fmt: skip
-    return r, time.perf_counter() - t
+    return r, _since(start)
 
 
 def _lls(sample: dict) -> list[float]:
@@ -252,7 +265,8 @@ def summarise(rows: Sequence[dict], times: Mapping[str, float]) -> dict:
         "n": n, "prompts_equal": sum(r["prompt_equal"] for r in rows), "letter_tokens_equal": sum(r["letter_tokens_equal"] for r in rows),
         "letter_agreement": mean("letter_agree"), "letter_max_abs_diff": max(r["letter_max_abs_diff"] for r in rows),
         "ours_raw_letter_accuracy": acc("ours_raw_letter_pred"), "lm_eval_letter_accuracy": acc("lm_eval_letter_pred"),
-        "seconds": dict(times), "seconds_per_question": {key: s / n for key, s in times.items()},
+        "seconds": dict(times),
+        "seconds_per_question": {clock: {key: t[clock] / n for key, t in times.items()} for clock in ("wall", "cpu")},
     }  # fmt: skip
     if "choice_agree" in rows[0]:
         out.update({
@@ -360,18 +374,24 @@ def render_markdown(report: dict) -> str:
                      f"| {_pct(s.get('ours_choice_accuracy'))} | {_pct(s.get('ours_sum_rule_accuracy'))} / "
                      f"{_pct(s.get('lm_eval_acc_choice_texts'))} | {_pct(s.get('ours_char_rule_accuracy'))} / "
                      f"{_pct(s.get('lm_eval_acc_norm_choice_texts'))} |")  # fmt: skip
-    lines += ["", "Seconds per question (same machine, same process, model warmed up). Ours: `evaluate_mmlu` with "
-              "`rotations=False` (letters only: `choice_loglik=False`). lm_eval: `simple_evaluate` wall time, in "
-              "brackets the part inside `HFLM.loglikelihood`:", "",
-              "| k | n | letters: ours | letters: lm_eval | letters + choice texts: ours (one run) "
-              "| letters + choice texts: lm_eval (two tasks) |", "|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines += ["", "Seconds per question, CPU time of the process (wall time in brackets; the machine is shared, so wall "
+              "time depends on the other jobs, CPU time much less). Same process, same model object, warmed up. Ours: "
+              "`evaluate_mmlu(..., rotations=False)`, letters only with `choice_loglik=False`. lm_eval: `simple_evaluate`, "
+              "building its requests included; the part inside `HFLM.loglikelihood` is in the JSON.", "",
+              "| k | n | letters: ours | letters: lm_eval | lm_eval / ours | letters + choice texts: ours (one run) "
+              "| letters + choice texts: lm_eval (two tasks) | lm_eval / ours |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for run in report["runs"]:
-        s, t = run["summary"], run["summary"]["seconds_per_question"]
-        both = t["lm_eval_letters"] + t["lm_eval_texts"] if "lm_eval_texts" in t else None
-        inner = t["lm_eval_letters_loglikelihood"] + t["lm_eval_texts_loglikelihood"] if both is not None else None
-        lines.append(f"| {run['k']} | {s['n']} | {t['ours_letters']:.3f} | {t['lm_eval_letters']:.3f} "
-                     f"({t['lm_eval_letters_loglikelihood']:.3f}) | {_num(t.get('ours_letters_and_choices'), '.3f')} | "
-                     f"{_num(both, '.3f')}{'' if inner is None else f' ({inner:.3f})'} |")  # fmt: skip
+        s, t, w = run["summary"], run["summary"]["seconds_per_question"]["cpu"], run["summary"]["seconds_per_question"]["wall"]
+        cell = lambda d, key: f"{d[key]:.3f}"  # noqa: E731
+        row = (f"| {run['k']} | {s['n']} | {cell(t, 'ours_letters')} ({cell(w, 'ours_letters')}) | {cell(t, 'lm_eval_letters')} "
+               f"({cell(w, 'lm_eval_letters')}) | {t['lm_eval_letters'] / t['ours_letters']:.2f}x |")  # fmt: skip
+        if "lm_eval_texts" in t:
+            lm_t, lm_w = t["lm_eval_letters"] + t["lm_eval_texts"], w["lm_eval_letters"] + w["lm_eval_texts"]
+            row += (f" {cell(t, 'ours_letters_and_choices')} ({cell(w, 'ours_letters_and_choices')}) | {lm_t:.3f} ({lm_w:.3f}) | "
+                    f"{lm_t / t['ours_letters_and_choices']:.2f}x |")  # fmt: skip
+        else:
+            row += " – | – | – |"
+        lines.append(row)
     lines += ["", "## Disagreements", ""]
     count = 0
     for run in report["runs"]:
@@ -450,7 +470,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 s = run["summary"]
                 print(f"k={k} n={s['n']}: letter agreement {_pct(s['letter_agreement'])} (max |diff| {s['letter_max_abs_diff']:.2e}), "
                       f"choice agreement {_pct(s.get('choice_agreement'))} (max |diff| {_num(s.get('choice_max_abs_diff'), '.2e')}); "
-                      f"s/question {json.dumps({key: round(v, 4) for key, v in s['seconds_per_question'].items()})}", flush=True)  # fmt: skip
+                      f"CPU s/question {json.dumps({key: round(v, 3) for key, v in s['seconds_per_question']['cpu'].items()})}", flush=True)  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     args.out.with_suffix(".md").write_text(render_markdown(report), encoding="utf-8")

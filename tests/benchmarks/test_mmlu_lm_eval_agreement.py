@@ -60,7 +60,9 @@ def test_lm_eval_and_ours_agree_item_by_item(bench, tiny, mmlu, tmp_path, k, n):
     # lm_eval's own metrics on the choice texts equal the same rules computed from our sums
     assert s["lm_eval_acc_choice_texts"] == s["ours_sum_rule_accuracy"]
     assert s["lm_eval_acc_norm_choice_texts"] == s["ours_char_rule_accuracy"]
-    assert set(s["seconds_per_question"]) == {"ours_letters", "lm_eval_letters", "lm_eval_letters_loglikelihood",
+    assert set(s["seconds_per_question"]) == {"wall", "cpu"}
+    assert all(v > 0 for clock in ("wall", "cpu") for v in s["seconds_per_question"][clock].values())
+    assert set(s["seconds_per_question"]["cpu"]) == {"ours_letters", "lm_eval_letters", "lm_eval_letters_loglikelihood",
                                               "ours_letters_and_choices", "lm_eval_texts", "lm_eval_texts_loglikelihood"}  # fmt: skip
     md = bench.render_markdown({"command": "c", "date": "d", "model": "tiny", "cpu": {}, "versions": {}, "torch_threads": 1,
                                 "load_average": "0", "seed": 3, "batch_size": 3, "max_length": 2048, "runs": [run]})  # fmt: skip
