@@ -226,7 +226,8 @@ def compare(questions, items, letter_samples, text_samples, prompts, lm, tokeniz
         lm_letter_pred = LETTERS[first_max(lm_letter)]
         assert ls["acc"] == float(lm_letter_pred == item.answer), (ls["acc"], lm_letter_pred, item.answer)
         row = {
-            "id": item.id, "subject": item.subject, "answer": item.answer, "shots": item.shots, "prompt_equal": True,
+            "id": item.id, "subject": item.subject, "answer": item.answer, "shots": item.shots, "prompt_tokens": len(ours_ids),
+            "prompt_equal": True,
             "letter_tokens_equal": all(lm._encode_pair(prompt, f" {x}") == (ours_ids, [i]) for x, i in zip(LETTERS, letter_ids)),
             "ours_letter_logprobs": list(item.letter_logprobs), "lm_eval_letter_loglik": lm_letter,
             "ours_raw_letter_pred": item.raw_letter_pred, "lm_eval_letter_pred": lm_letter_pred,
@@ -263,6 +264,8 @@ def summarise(rows: Sequence[dict], times: Mapping[str, float]) -> dict:
     acc = lambda key: sum(r[key] == r["answer"] for r in rows) / n  # noqa: E731
     out = {
         "n": n, "prompts_equal": sum(r["prompt_equal"] for r in rows), "letter_tokens_equal": sum(r["letter_tokens_equal"] for r in rows),
+        "longest_prompt_tokens": max(r["prompt_tokens"] for r in rows),
+        "prompts_over_2048_tokens": sum(r["prompt_tokens"] > 2048 for r in rows),
         "letter_agreement": mean("letter_agree"), "letter_max_abs_diff": max(r["letter_max_abs_diff"] for r in rows),
         "ours_raw_letter_accuracy": acc("ours_raw_letter_pred"), "lm_eval_letter_accuracy": acc("lm_eval_letter_pred"),
         "seconds": dict(times),
@@ -278,12 +281,26 @@ def summarise(rows: Sequence[dict], times: Mapping[str, float]) -> dict:
     return out
 
 
+def check_lengths(tokenizer, prompts: Mapping[str, str], max_length: int) -> None:
+    """Raises ValueError when a prompt is longer than `max_length` tokens.
+
+    Note (truncation): past max_length our evaluator drops exemplars from the end (Hendrycks' evaluate.py), lm_eval
+    keeps them all and cuts tokens from the left: the two would score different prompts.
+    """
+    lengths = {qid: len(tokenizer(p).input_ids) for qid, p in prompts.items()}
+    too_long = sorted(qid for qid, n_tokens in lengths.items() if n_tokens > max_length)
+    if too_long:
+        raise ValueError(f"{len(too_long)} prompts are longer than max_length={max_length} tokens (e.g. {too_long[0]}, "
+                         f"{lengths[too_long[0]]} tokens): the evaluators truncate differently; raise --max-length")  # fmt: skip
+
+
 def evaluate_both(model, tokenizer, lm, questions_all, pool, k, n, seed, batch_size, max_length, folder: Path, *,
                   texts: bool = True) -> dict:  # fmt: skip
     """Both evaluators on the same `n` questions (seeded as our evaluator draws them) at `k` shots; with
     `texts`, also the choice-text rule (lm_eval: one more task, four continuations per question)."""
     questions = subsample(questions_all, n, seed)
     prompts = expected_prompts(questions, pool, k)
+    check_lengths(tokenizer, prompts, max_length)
     configs = task_configs(folder, questions, pool, k)
     kinds = (LETTER_TASK, TEXT_TASK) if texts else (LETTER_TASK,)
     tasks = {kind: build_tasks(configs[kind]) for kind in kinds}
@@ -300,8 +317,7 @@ def evaluate_both(model, tokenizer, lm, questions_all, pool, k, n, seed, batch_s
         assert diff < 1e-5, f"our letter log-probs change with choice_loglik by {diff}"
     items = ours.items.items
     assert [it.id for it in items] == list(prompts), "our evaluator scored other questions than the subsample"
-    truncated = [it.id for it in items if it.shots != (min(k, len(pool[it.subject])) if k else 0)]
-    assert not truncated, f"our evaluator dropped exemplars to fit max_length for {truncated}: raise --max-length"
+    assert [it.shots for it in items] == [min(k, len(pool[it.subject])) if k else 0 for it in items]
     rows = compare(questions, items, letter_samples, text_samples, prompts, lm, tokenizer)
     summary = summarise(rows, times)
     summary["rendered_contexts_checked"] = rendered
@@ -416,8 +432,20 @@ def render_markdown(report: dict) -> str:
               + ", ".join(f"{run['summary']['questions_changed_by_strip']} of {run['summary']['n']} (k={run['k']})" for run in report["runs"])
               + " questions have leading or trailing whitespace, so their prompts would differ from the shipped task's; "
               "the task here keeps the text as written so that the prompts are equal.",
+              "- Longest prompt: " + ", ".join(f"{run['summary']['longest_prompt_tokens']} tokens (k={run['k']})" for run in report["runs"])
+              + "; longer than the pipeline's max_length of 2048: "
+              + ", ".join(f"{run['summary']['prompts_over_2048_tokens']} (k={run['k']})" for run in report["runs"])
+              + ". Past max_length our evaluator drops exemplars from the end (as Hendrycks' evaluate.py does) and lm_eval "
+              "cuts tokens from the left, so the two then score different prompts; this check runs with a max_length that "
+              "fits every prompt (the script refuses otherwise).",
               "- Per-item rows (both vectors, margins, predictions, checks): the JSON file beside this one."]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def _write(out: Path, report: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    out.with_suffix(".md").write_text(render_markdown(report), encoding="utf-8")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -461,19 +489,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         "torch_threads": torch.get_num_threads(), "load_average": " ".join(f"{x:.1f}" for x in os.getloadavg()),
         "seed": args.seed, "batch_size": args.batch_size, "max_length": args.max_length, "runs": [],
     }  # fmt: skip
+    plan = [(k, n) for k, n in ((0, args.zero_shot), (5, args.five_shot)) if n > 0]
+    for k, n in plan:  # before any model work
+        check_lengths(tokenizer, expected_prompts(subsample(questions, n, args.seed), pool, k), args.max_length)
     with tempfile.TemporaryDirectory(prefix="mmlu_lm_eval_") as tmp:
-        for k, n in ((0, args.zero_shot), (5, args.five_shot)):
+        for k, n in plan:
             if n > 0:
                 run = evaluate_both(model, tokenizer, lm, questions, pool, k, n, args.seed, args.batch_size, args.max_length,
                                     Path(tmp) / f"k{k}", texts=k in args.texts_shots)  # fmt: skip
                 report["runs"].append(run)
+                _write(args.out, report)  # after each run: a later failure keeps what is done
                 s = run["summary"]
                 print(f"k={k} n={s['n']}: letter agreement {_pct(s['letter_agreement'])} (max |diff| {s['letter_max_abs_diff']:.2e}), "
                       f"choice agreement {_pct(s.get('choice_agreement'))} (max |diff| {_num(s.get('choice_max_abs_diff'), '.2e')}); "
                       f"CPU s/question {json.dumps({key: round(v, 3) for key, v in s['seconds_per_question']['cpu'].items()})}", flush=True)  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-    args.out.with_suffix(".md").write_text(render_markdown(report), encoding="utf-8")
     print(f"wrote {args.out.with_suffix('.md')} and {args.out.with_suffix('.json')}")
 
 

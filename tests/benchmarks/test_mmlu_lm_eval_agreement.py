@@ -86,3 +86,13 @@ def test_a_prompt_that_differs_by_one_byte_fails_the_check(bench, tmp_path):
     message = str(e.value)
     assert f"{q_id}: lm_eval's context differs from our prompt at char 140:" in message
     assert repr("Which is blue?\nA. red")[1:-1] in message and repr("Which is blue? \nA. red")[1:-1] in message
+
+
+def test_prompts_longer_than_max_length_are_refused(bench):
+    """Past max_length the evaluators truncate differently (ours drops exemplars, lm_eval cuts the left)."""
+    tokenizer = tiny_tokenizer()
+    prompts = {"short": "Answer: A", "long": "the cat sat on the mat. " * 20}
+    n_long = len(tokenizer(prompts["long"]).input_ids)
+    bench.check_lengths(tokenizer, prompts, n_long)
+    with pytest.raises(ValueError, match=rf"^1 prompts are longer than max_length={n_long - 1} tokens \(e\.g\. long, {n_long} tokens\)"):
+        bench.check_lengths(tokenizer, prompts, n_long - 1)
