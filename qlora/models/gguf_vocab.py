@@ -49,6 +49,9 @@ class GGUFVocab:
     tokens: tuple[str, ...]
     token_types: tuple[int, ...]
     scores: tuple[float, ...] | None  # sentencepiece-style only
+    add_bos: bool  # the tokenizer puts BOS before a text (tokenizer.ggml.add_bos_token)
+    add_eos: bool
+    space_prefix: bool  # it prefixes a space to a text (tokenizer.ggml.add_space_prefix)
     folder: Path  # the tokenizer folder `gguf.SpecialVocab` reads
 
 
@@ -80,6 +83,18 @@ def _pre_tokenizer_name(tokenizer_json: dict) -> str:
     if split is not None and (split.get("pattern") or {}).get("Regex") == QWEN2_SPLIT:
         return "qwen2"
     return "default"
+
+
+def _space_prefix(tokenizer_json: dict, tokenizer_config: dict) -> bool:
+    if isinstance(tokenizer_config.get("add_prefix_space"), bool):
+        return tokenizer_config["add_prefix_space"]
+    pre = tokenizer_json.get("pre_tokenizer") or {}
+    for step in pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]:
+        if step.get("type") == "ByteLevel":
+            return bool(step.get("add_prefix_space", False))
+        if step.get("type") == "Metaspace":
+            return step.get("prepend_scheme", "always") != "never"
+    return False
 
 
 def _looks_special(token: str) -> bool:
@@ -126,16 +141,23 @@ def read_vocab(folder: str | Path, vocab_size: int) -> GGUFVocab:
             types.append(gguf.TokenType.NORMAL)
         scores.append(-float(i) if types[-1] == gguf.TokenType.NORMAL else 0.0)
     tokenizer_json = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    config_file = folder / "tokenizer_config.json"
+    tokenizer_config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
     pre = _pre_tokenizer_name(tokenizer_json) if kind is TokenizerKind.BYTE_LEVEL_BPE else "default"
+    sample = tokenizer("a")["input_ids"]
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     return GGUFVocab(kind, pre, tuple(tokens), tuple(int(t) for t in types),
-                     tuple(scores) if kind is TokenizerKind.SENTENCEPIECE_BPE else None, folder)  # fmt: skip
+                     tuple(scores) if kind is TokenizerKind.SENTENCEPIECE_BPE else None,
+                     add_bos=bos is not None and sample[:1] == [bos], add_eos=eos is not None and sample[-1:] == [eos],
+                     space_prefix=_space_prefix(tokenizer_json, tokenizer_config), folder=folder)  # fmt: skip
 
 
 def write_vocab(writer, vocab: GGUFVocab, *, add_space_prefix: bool | None = None) -> None:
     """Adds `vocab` to a `gguf.GGUFWriter` (before its header is written).
 
     Args:
-        add_space_prefix: `tokenizer.ggml.add_space_prefix` where the architecture fixes it (Gemma 3: False).
+        add_space_prefix: `tokenizer.ggml.add_space_prefix` where the architecture fixes it (Gemma 3: False);
+            None: the tokenizer's own setting.
     """
     import gguf
 
@@ -145,7 +167,8 @@ def write_vocab(writer, vocab: GGUFVocab, *, add_space_prefix: bool | None = Non
     if vocab.scores is not None:
         writer.add_token_scores(list(vocab.scores))
     writer.add_token_types(list(vocab.token_types))
-    if add_space_prefix is not None:
-        writer.add_add_space_prefix(add_space_prefix)
+    writer.add_add_space_prefix(vocab.space_prefix if add_space_prefix is None else add_space_prefix)
     special = gguf.SpecialVocab(vocab.folder, load_merges=vocab.kind is TokenizerKind.BYTE_LEVEL_BPE, n_vocab=len(vocab.tokens))
+    special.add_special_token.setdefault("bos", vocab.add_bos)  # what the tokenizer does, where its config is silent
+    special.add_special_token.setdefault("eos", vocab.add_eos)
     special.add_to_gguf(writer, quiet=True)
