@@ -79,20 +79,56 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def cmd_merge(args) -> int:
+# Printed by every `qlora merge --into nf4` (issue 20): what re-quantizing the merge cost where it was measured.
+NF4_MERGE_WARNING = (
+    "warning: --into nf4 re-quantizes the merged weights to NF4+DQ, which rounds most of the LoRA update away and adds "
+    "new rounding error. Measured (benchmarks/shipping_costs.py, reports/shipping_costs.md): {cost}. The lossless ways "
+    "to ship are the adapter on its NF4+DQ base, the bf16 merge (qlora merge), or a GGUF (qlora export)."
+)
+NF4_MERGE_COST = "MEASUREMENT PENDING"
+
+
+def _base_config(args, overrides, source: Path):
+    """The base model of the adapter folder `source`: model=... if given, else the one its config names."""
     from qlora.config import ModelConfig, ModelSource
-    from qlora.pipeline.user_checkpoints import MergeJob, adapter_base
+    from qlora.pipeline.user_checkpoints import adapter_base
+
+    if "model" in overrides.given:
+        return None  # the caller takes params.models["causal"]
+    recorded = adapter_base(source)
+    if recorded is None:
+        raise UsageError(f"model: expected the adapter's base (model=<folder or hub id>): {source}/adapter_config.json names none")
+    return ModelConfig(recorded.rstrip("/").split("/")[-1], ModelSource.PRETRAINED, path=recorded)
+
+
+def cmd_merge(args) -> int:
+    from qlora.models.export import MergeTarget
+    from qlora.pipeline.user_checkpoints import MergeJob
 
     params, overrides = _config(args)
-    if "model" in overrides.given:
-        base = params.models["causal"]
-    else:
-        recorded = adapter_base(args.adapter)
-        if recorded is None:
-            raise UsageError(f"model: expected the adapter's base (model=<folder or hub id>): {args.adapter}/adapter_config.json names none")
-        base = ModelConfig(recorded.rstrip("/").split("/")[-1], ModelSource.PRETRAINED, path=recorded)
-    out = MergeJob(base, args.adapter, args.out).run(_env_tracking(args.no_mlflow), cache_dir(), progress=not args.quiet)
-    print(f"{args.out}: {base.name} + {args.adapter} merged in bf16, {_mb(out['weight_mb'])}, {out['seconds']:.1f} s")
+    base = _base_config(args, overrides, args.adapter) or params.models["causal"]
+    into = MergeTarget(args.into)
+    if into is MergeTarget.NF4:
+        print(NF4_MERGE_WARNING.format(cost=NF4_MERGE_COST), file=sys.stderr)
+    out = MergeJob(base, args.adapter, args.out, into).run(_env_tracking(args.no_mlflow), cache_dir(), progress=not args.quiet)
+    what = "merged in bf16" if into is MergeTarget.BF16 else "merged and re-quantized to NF4+DQ"
+    print(f"{args.out}: {base.name} + {args.adapter} {what}, {_mb(out['weight_mb'])}, {out['seconds']:.1f} s")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from qlora.models.gguf_export import GGUFType
+    from qlora.pipeline.user_checkpoints import ExportGGUFJob
+
+    params, overrides = _config(args)
+    is_adapter = not (args.source / "config.json").is_file() and (args.source / "adapter_config.json").is_file()
+    base = (_base_config(args, overrides, args.source) or params.models["causal"]) if is_adapter else None
+    if not is_adapter and not (args.source / "config.json").is_file():
+        raise UsageError(f"SOURCE: expected an adapter folder (adapter_config.json) or a model folder (config.json): {args.source}")
+    r = ExportGGUFJob(args.source, base, GGUFType(args.type), args.gguf, args.overwrite).run(_env_tracking(args.no_mlflow), cache_dir())
+    kinds = ", ".join(f"{n} {k}" for k, n in r.tensor_types.items())
+    print(f"{args.gguf}: {r.architecture}, {r.parameters / 1e6:,.1f}M parameters as {r.type.value} ({r.tensors} tensors: {kinds}), "
+          f"{_mb(r.file_bytes / 2**20)}, {r.seconds:.1f} s")  # fmt: skip
     return 0
 
 
