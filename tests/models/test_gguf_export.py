@@ -225,17 +225,22 @@ def test_qwen2_and_gemma3_bf16_round_trip_is_exact(tmp_path, tokenizer, build, a
     assert_same_weights_and_logits(merged, load_gguf(tmp_path / "m.gguf", torch.bfloat16), ids_of(tokenizer))
 
 
-def test_adapter_folder_exports_the_same_tensors_as_the_model(tmp_path, prepared, tokenizer):
+def test_adapter_and_checkpoint_folders_export_the_same_tensors_as_the_model(tmp_path, prepared, tokenizer):
+    """A PEFT adapter folder (merged into the base it names) and a 4-bit checkpoint with its adapter/ give
+    the bytes the model object gives."""
     base = tmp_path / "base"
     tiny_llama(len(tokenizer)).save_pretrained(base)
     tokenizer.save_pretrained(base)
     save_pretrained(prepared, tmp_path / "adapter", what=Save.ADAPTER, base_model=str(base))
-    from_folder = export_gguf(tmp_path / "adapter", tmp_path / "a.gguf", GGUFType.Q8_0)
-    from_model = export_gguf(prepared, tmp_path / "b.gguf", GGUFType.Q8_0, tokenizer=tokenizer)
-    assert from_folder.tensor_types == from_model.tensor_types
-    a, b = gguf.GGUFReader(from_folder.path), gguf.GGUFReader(from_model.path)
-    assert [t.name for t in a.tensors] == [t.name for t in b.tensors]
-    assert all(np.array_equal(x.data, y.data) for x, y in zip(a.tensors, b.tensors))
+    save_pretrained(prepared, tmp_path / "checkpoint", tokenizer=tokenizer)  # NF4+DQ model + adapter/
+    from_model = export_gguf(prepared, tmp_path / "m.gguf", GGUFType.Q8_0, tokenizer=tokenizer)
+    expected = gguf.GGUFReader(from_model.path)
+    for source in ("adapter", "checkpoint"):
+        result = export_gguf(tmp_path / source, tmp_path / f"{source}.gguf", GGUFType.Q8_0)
+        assert result.tensor_types == from_model.tensor_types
+        got = gguf.GGUFReader(result.path)
+        assert [t.name for t in got.tensors] == [t.name for t in expected.tensors]
+        assert all(np.array_equal(x.data, y.data) for x, y in zip(got.tensors, expected.tensors)), source
 
 
 def test_unknown_architecture_is_refused_before_loading(tmp_path, tokenizer):
