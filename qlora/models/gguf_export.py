@@ -105,6 +105,9 @@ def check_architecture(config: dict) -> _Architecture:
     if arch is None:
         raise ValueError(f"GGUF export knows model_type llama, qwen2 and gemma3_text; this model is {model_type!r} "
                          f"({(config.get('architectures') or ['?'])[0]})")  # fmt: skip
+    head = (config.get("architectures") or ["ForCausalLM"])[0]
+    if not head.endswith("ForCausalLM"):
+        raise ValueError(f"GGUF export writes causal LMs; this model is a {head}")
     rope = _rope(config)
     if rope["rope_type"] not in ("default", "linear"):
         raise ValueError(f"rope type {rope['rope_type']!r}: GGUF export writes default and linear rope scaling only")
@@ -284,6 +287,7 @@ def _merged(model: nn.Module, gtype: GGUFType) -> nn.Module:
 
 def _config_of(model: nn.Module) -> dict:
     config = model.config.to_dict()
+    config["architectures"] = [type(model).__name__]
     config.setdefault("tie_word_embeddings", bool(getattr(model.config, "tie_word_embeddings", False)))
     return config
 

@@ -256,6 +256,12 @@ def test_unknown_architecture_is_refused_before_loading(tmp_path, tokenizer):
 
     with pytest.raises(ValueError, match="this model is 'gpt2'"):
         export_gguf(gpt2(), tmp_path / "m.gguf", tokenizer=tokenizer)
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    classifier = LlamaForSequenceClassification(LlamaConfig(vocab_size=400, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                            num_attention_heads=4, num_key_value_heads=2))  # fmt: skip
+    with pytest.raises(ValueError, match="^GGUF export writes causal LMs; this model is a LlamaForSequenceClassification$"):
+        export_gguf(classifier, tmp_path / "m.gguf", tokenizer=tokenizer)
 
 
 def test_output_safety(tmp_path, prepared, tokenizer):
