@@ -212,7 +212,7 @@ def _add_tensors(writer, model: nn.Module, config: dict, arch: _Architecture, gt
         gguf_name = names.get_name(name, try_suffixes=(".weight", ".bias"))
         if gguf_name is None:
             raise ValueError(f"{name}: no GGUF tensor name for it in the {arch.gguf_name} layout")
-        data = tensor.detach().to(torch.float32)
+        data = tensor.detach().to(_round_to(gtype)).to(torch.float32)
         if arch.permute_qk and name.endswith(("q_proj.weight", "q_proj.bias")):
             data = permute_rotary(data, heads)
         elif arch.permute_qk and name.endswith(("k_proj.weight", "k_proj.bias")):
@@ -279,10 +279,14 @@ def _merged(model: nn.Module, gtype: GGUFType) -> nn.Module:
     from qlora.models.surgery import merge_and_unload
     from qlora.nn.linear import QLoRALinear
 
-    dtype = {GGUFType.BF16: torch.bfloat16, GGUFType.F16: torch.float16}.get(gtype, torch.float32)
     if any(isinstance(m, QLoRALinear) for m in model.modules()):
-        model = merge_and_unload(model, dtype)
-    return model.to(dtype) if gtype in (GGUFType.BF16, GGUFType.F16) else model
+        model = merge_and_unload(model, _round_to(gtype))  # a copy: the caller's model stays as it is
+    return model
+
+
+def _round_to(gtype: GGUFType) -> torch.dtype:
+    """What every tensor is rounded to before it is written (16-bit types: the whole merged model, norms too)."""
+    return {GGUFType.BF16: torch.bfloat16, GGUFType.F16: torch.float16}.get(gtype, torch.float32)
 
 
 def _config_of(model: nn.Module) -> dict:

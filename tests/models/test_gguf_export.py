@@ -310,3 +310,13 @@ def test_smollm2_export_matches_the_merged_model_and_the_source_files_keys(tmp_p
     relative = float((a - b).norm() / a.norm())
     assert relative < 0.04, relative  # measured 0.026 (2026-12-06)
     assert (a.argmax(-1) == b.argmax(-1)).float().mean() >= 0.85  # measured 18/19
+
+
+def test_the_callers_model_is_left_as_it_was(tmp_path, prepared, tokenizer):
+    plain = tiny_llama(len(tokenizer))
+    before = {k: v.clone() for k, v in plain.state_dict().items()}
+    export_gguf(plain, tmp_path / "plain.gguf", GGUFType.BF16, tokenizer=tokenizer)
+    assert all(v.dtype == torch.float32 and torch.equal(v, before[k]) for k, v in plain.state_dict().items())
+    state = {k: v.clone() for k, v in prepared.state_dict().items()}
+    export_gguf(prepared, tmp_path / "prepared.gguf", GGUFType.Q4_0, tokenizer=tokenizer)
+    assert all(torch.equal(v, state[k]) for k, v in prepared.state_dict().items())
