@@ -292,7 +292,9 @@ def _markdown(rows, out, args) -> str:
         f"Command: `{' '.join(['python', 'benchmarks/shipping_costs.py', *sys.argv[1:]])}` "
         f"(training {(train or {}).get('seconds', 0) / 60:.1f} min + evaluation {sum(out['seconds'].values()) / 60:.1f} min, "
         f"as measured when each part ran, on {cpu['cpus']} CPUs: {cpu['model']}; flags {cpu['flags']}; "
-        f"torch {torch.__version__}, {platform.python_version()}).",
+        f"torch {torch.__version__}, {platform.python_version()}). --model-dir: SmolLM2 as "
+        "`qlora.data.gguf_model.materialise_smollm2` writes it; --data-dir: what `prepare_data` writes for the profile's `data` "
+        "section (findings/params.yaml); without them the benchmark makes both in --work.",
         "",
         "The trained model: an adapter on SmolLM2-135M-Instruct stored NF4+DQ (block 64), "
         + (f"trained here for {train['steps']} steps (findings profile's `qlora_nf4_dq` row: LoRA r={train['lora_rank']}, "
