@@ -82,8 +82,8 @@ def cmd_eval(args) -> int:
 # Printed by every `qlora merge --into nf4` (issue 20): what re-quantizing the merge cost where it was measured.
 NF4_MERGE_WARNING = (
     "warning: --into nf4 re-quantizes the merged weights to NF4+DQ, which rounds most of the LoRA update away and adds "
-    "new rounding error. Measured (benchmarks/shipping_costs.py, reports/shipping_costs.md): {cost}. The lossless ways "
-    "to ship are the adapter on its NF4+DQ base, the bf16 merge (qlora merge), or a GGUF (qlora export)."
+    "new rounding error. Measured (benchmarks/shipping_costs.py, reports/shipping_costs.md): {cost}. The ways that keep "
+    "the gain: the adapter on its NF4+DQ base, the bf16 merge (qlora merge), a bf16 or q8_0 GGUF (qlora export)."
 )
 NF4_MERGE_COST = ("on SmolLM2-135M after 40 QLoRA steps it kept 2.6% [2.2%, 3.0%] of the fine-tuning gain in held-out NLL "
                   "(+1.60 nats/token [+1.30, +1.94] vs the adapter on its NF4+DQ base, n=160), where the bf16 merge kept 100%, "
