@@ -17,6 +17,7 @@ _LAZY = {
     "CodedScales": "qlora.quant.state",
     "DataType": "qlora.quant.dtypes",
     "DoubleQuant": "qlora.quant.dtypes",
+    "GGUFType": "qlora.models.gguf_export",
     "LoRAConfig": "qlora.config",
     "ModelReport": "qlora.models.surgery",
     "NestedAbsmax": "qlora.quant.state",
@@ -29,6 +30,7 @@ _LAZY = {
     "Targets": "qlora.config",
     "bits_per_param": "qlora.quant.dtypes",
     "dequantize": "qlora.quant.api",
+    "export_gguf": "qlora.models.gguf_export",
     "from_pretrained": "qlora.data.embedded",  # qlora.models.pretrained's, + embedded models by name
     "merge_and_unload": "qlora.models.surgery",
     "merge_model": "qlora.models.surgery",

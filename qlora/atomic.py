@@ -3,10 +3,11 @@
 `atomic_dir(path)` yields a temporary sibling folder (`.<name>.tmp-<pid>-<random>`) to fill; when the
 block ends without an exception the contents are fsync'd and the folder renamed to `path` (replacing
 an existing one); on any exception, KeyboardInterrupt included, the temporary folder is removed.
-`atomic_file(path)` does the same for one file. Temporary names carry the writer's pid, so leftovers
-of a process that was killed (SIGKILL leaves no chance to clean up) are recognised and removed by the
-next writer of the same path (`remove_stale`). Outputs get normal permissions (0o666 / 0o777 minus
-the umask), not the owner-only ones of `tempfile`.
+`atomic_file(path)` does the same for one file, `atomic_path(path)` for a writer that opens the file
+itself. Temporary names carry the writer's pid, so leftovers of a process that was killed (SIGKILL
+leaves no chance to clean up) are recognised and removed by the next writer of the same path
+(`remove_stale`). Outputs get normal permissions (0o666 / 0o777 minus the umask), not the owner-only
+ones of `tempfile`.
 """
 
 from __future__ import annotations
@@ -140,6 +141,32 @@ def atomic_dir(path: str | Path, *, overwrite: bool = True) -> Iterator[Path]:
         fsync_dir(path.parent)
     except BaseException:
         _remove(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yields a temporary sibling path for a writer that opens files by name (e.g. `gguf.GGUFWriter`); when
+    the block succeeds the file written there is fsync'd and renamed to `path`, otherwise it is removed.
+
+    Raises:
+        FileNotFoundError: the block ended without writing the temporary path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(path)
+    tmp = _temp_name(path)
+    try:
+        yield tmp
+        if not tmp.is_file():
+            raise FileNotFoundError(f"nothing was written to {tmp} (for {path})")
+        os.chmod(tmp, 0o666 & ~_umask())
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
         raise
 
 

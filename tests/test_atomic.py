@@ -120,3 +120,22 @@ def test_remove_stale_spares_live_writers(tmp_path):
     dead.mkdir()
     assert remove_stale(tmp_path / "out") == [dead]
     assert live.exists()
+
+
+def test_atomic_path_for_writers_that_open_the_file_themselves(tmp_path):
+    from qlora.atomic import atomic_path
+
+    target = tmp_path / "m.gguf"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("writer died")
+    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]
+    with pytest.raises(FileNotFoundError, match="nothing was written"):
+        with atomic_path(target):
+            pass
+    with atomic_path(target) as tmp:
+        assert tmp.parent == target.parent and tmp.name.startswith(".m.gguf.tmp-")
+        tmp.write_text("new")
+    assert target.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]

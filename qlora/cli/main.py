@@ -4,7 +4,8 @@ qlora/pipeline and prints what came out).
     qlora quantize MODEL --out DIR [quant=fp4 ...]        a model folder or hub id -> a 4-bit checkpoint
     qlora finetune --out DIR model=... data.path=my.jsonl  a model + your data -> a PEFT adapter (resumable)
     qlora eval MODEL [--adapter DIR] [--tasks mmlu,...]    MMLU / perplexity / RougeL
-    qlora merge ADAPTER --out DIR [model=BASE]             adapter + base -> a bf16 folder
+    qlora merge ADAPTER --out DIR [--into nf4] [model=BASE] adapter + base -> a bf16 folder (or, with a warning, NF4)
+    qlora export SOURCE --gguf FILE [--type q8_0]          adapter + base, or a merged folder -> a GGUF file
     qlora info PATH                                        what a checkpoint or adapter folder holds
     qlora pipeline repro|status|sweep|show|plots|mlflow    the DVC pipeline (dvc repro, sweeps)
 
@@ -24,6 +25,8 @@ PROG = "qlora"
 TASKS = ("mmlu", "perplexity", "rouge")
 OVERWRITE_HELP = ("replace --out even if it holds files this command did not write (never allowed: --out equal to, inside or "
                   "holding an input)")
+MERGE_TARGETS = ("bf16", "nf4")  # qlora.models.export.MergeTarget values (kept here: --help imports no torch)
+GGUF_TYPES = ("bf16", "f16", "q8_0", "q4_0")  # qlora.models.gguf_export.GGUFType values
 
 
 class _Parser(argparse.ArgumentParser):
@@ -47,7 +50,7 @@ def _overrides_help(conf: Path | None) -> str:
 def build_parser(conf: Path | None = None) -> argparse.ArgumentParser:
     epilog = _overrides_help(conf)
     fmt = argparse.RawDescriptionHelpFormatter
-    parser = _Parser(prog=PROG, description="QLoRA in 4 bits: quantize, fine-tune on your data, evaluate, merge, inspect.",
+    parser = _Parser(prog=PROG, description="QLoRA in 4 bits: quantize, fine-tune on your data, evaluate, merge, export, inspect.",
                      epilog="Run `qlora <command> --help` for each command.", formatter_class=fmt)  # fmt: skip
     parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser, required=True)
@@ -94,10 +97,24 @@ def build_parser(conf: Path | None = None) -> argparse.ArgumentParser:
 
     p = command("merge", "adapter + base -> a merged bf16 model folder",
                 "Folds the adapter into its base (dequantized exactly as it was trained on) and writes a plain transformers\n"
-                "folder in bf16 with the base's tokenizer. The base defaults to the one the adapter names.")  # fmt: skip
+                "folder in bf16 with the base's tokenizer. The base defaults to the one the adapter names.\n"
+                "--into nf4 re-quantizes the merged weights to NF4+DQ instead: it loses part of what fine-tuning gained\n"
+                "(printed when used; measured in reports/shipping_costs.md).")  # fmt: skip
     p.add_argument("adapter", metavar="ADAPTER", type=Path, help="the adapter folder")
     p.add_argument("--out", required=True, help="the folder to write (new, empty, or an earlier `qlora merge` output)")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    p.add_argument("--into", choices=MERGE_TARGETS, default="bf16", help="bf16 (default) or nf4 (re-quantized: lossy, see above)")
+    p.add_argument("overrides", nargs="*", metavar="OVERRIDE", help="model=<base> when the adapter's recorded base is not available")
+
+    p = command("export", "adapter + base, or a merged folder -> a GGUF file (llama.cpp)",
+                "Merges the adapter into its base (or takes a merged/plain model folder) and writes one GGUF file with the\n"
+                "tokenizer, as llama.cpp's converter writes Llama, Qwen2 and Gemma 3 (other architectures are refused).\n"
+                "Types: bf16 and f16 (lossless for a bf16/f16 merge), q8_0 and q4_0 (ggml's 32-value blocks). An existing\n"
+                "file is replaced only if an earlier `qlora export` wrote it, or with --overwrite.")  # fmt: skip
+    p.add_argument("source", metavar="SOURCE", type=Path, help="a PEFT adapter folder (from `qlora finetune`) or a model folder")
+    p.add_argument("--gguf", required=True, type=Path, help="the .gguf file to write")
+    p.add_argument("--type", choices=GGUF_TYPES, default="q8_0", help="the weights' type (default q8_0)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file that no `qlora export` wrote")
     p.add_argument("overrides", nargs="*", metavar="OVERRIDE", help="model=<base> when the adapter's recorded base is not available")
 
     p = sub.add_parser("info", help="what a checkpoint or adapter folder holds", formatter_class=fmt,
@@ -169,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"{PROG} {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError, FileExistsError) as e:  # ConfigError and BadFileError are ValueErrors
+    except (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError) as e:  # ConfigError, BadFileError: ValueErrors
         print(f"{PROG} {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

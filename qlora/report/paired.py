@@ -282,6 +282,51 @@ def _mean(d: np.ndarray, confidence: float, n_resamples: int, seed: int) -> tupl
     return estimate, low, high, se, method
 
 
+@dataclasses.dataclass(frozen=True)
+class GainShare:
+    """The share of a fine-tuning gain a variant keeps: (untuned - variant) / (untuned - tuned), per-token NLL.
+
+    1 keeps the whole gain, 0 none of it, below 0 is worse than not fine-tuning at all. The interval is a
+    paired bootstrap over items (all three evaluated on the same items, resampled jointly).
+    """
+
+    estimate: float
+    ci_low: float
+    ci_high: float
+    n: int
+    gain: float  # untuned - tuned, nats per token
+    confidence: float
+    method: str
+
+
+def gain_share(row: ItemResults, tuned: ItemResults, untuned: ItemResults, *, confidence: float = 0.95,
+               n_resamples: int = N_RESAMPLES, seed: int = 0) -> GainShare:  # fmt: skip
+    """How much of the gain of `tuned` over `untuned` the variant `row` keeps (held-out NLL or perplexity items).
+
+    Raises:
+        ValueError: not NLL/perplexity items, items that cannot be paired, fewer than 2, or no gain (tuned is
+            not better than untuned on these items: a share of it means nothing).
+    """
+    if row.task not in (Task.HELDOUT_NLL, Task.PERPLEXITY):
+        raise ValueError(f"gain_share compares per-token NLL items, not {row.task.value}")
+    r, a = pair_items(row, tuned)
+    u, _ = pair_items(untuned, tuned)
+    if len(a) < 2:
+        raise ValueError(f"gain_share needs at least 2 shared items, got {len(a)}")
+    t = np.array([x.tokens for x in a], dtype=float)
+    v_sum, a_sum, u_sum = (np.array([x.nll_sum for x in items]) for items in (r, a, u))
+    gain = float((u_sum.sum() - a_sum.sum()) / t.sum())
+    if not gain > 0:
+        raise ValueError(f"tuned is not better than untuned on these items (gain {gain:+.4f} nats/token): no gain to share")
+
+    def statistic(v, a, u, t, axis=-1):
+        return (u.sum(axis=axis) - v.sum(axis=axis)) / (u.sum(axis=axis) - a.sum(axis=axis))
+
+    estimate = float(statistic(v_sum, a_sum, u_sum, t))
+    low, high, method = _bootstrap_ci((v_sum, a_sum, u_sum, t), statistic, confidence, n_resamples, seed)
+    return GainShare(estimate, low, high, len(a), gain, confidence, method)
+
+
 def newcombe_paired_interval(both: int, row_only: int, ref_only: int, neither: int, confidence: float = 0.95) -> tuple[float, float]:
     """Newcombe's hybrid score interval (1998, method 10) for a paired difference of proportions
     p_row - p_ref, from the 2x2 table of (row, reference) outcomes."""

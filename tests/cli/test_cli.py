@@ -16,7 +16,7 @@ from tests.peers import peer
 ROOT = Path(__file__).resolve().parents[2]
 ALPACA = ROOT / "tests" / "data" / "fixtures" / "alpaca20.jsonl"
 CHAT = ROOT / "tests" / "data" / "fixtures" / "chat4.jsonl"
-COMMANDS = ("quantize", "finetune", "eval", "merge", "info", "pipeline")
+COMMANDS = ("quantize", "finetune", "eval", "merge", "export", "info", "pipeline")
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:
@@ -35,7 +35,7 @@ def test_help_lists_the_subcommands_and_each_has_help(capsys):
         code, out, _ = run(capsys, command, "--help")
         assert code == 0 and out.startswith(f"usage: qlora {command}"), command
     code, out, _ = run(capsys, "finetune", "--help")
-    assert "quant={bf16,fp4,fp4_e3m0,int4,int8,nf4,nf4_dq}" in out and "data.path" in out
+    assert "quant={af4,af4_dq,bf16,fp4,fp4_e3m0,fp8_e4m3,fp8_e5m2,int4,int8,mxfp4,nf4,nf4_dq,nf4_dq_e4m4,nvfp4}" in out and "data.path" in out
     assert "model={gemma3_270m,llama2_7b,minilm,qwen25_coder_05b,smollm2}" in out  # tiny_llama is not offered: it could not run
     assert "~5 s per step" in out  # what it costs, before one waits
     assert "5-shot MMLU ~4-10 s per question" in run(capsys, "eval", "--help")[1]
@@ -51,10 +51,15 @@ def test_the_entry_point_runs_as_a_module():
     "argv, code, message",
     [
         (["bogus"], 2, "qlora: error: argument COMMAND: invalid choice: 'bogus' (choose from 'quantize', 'finetune', 'eval', 'merge', "
-                       "'info', 'pipeline')"),
+                       "'export', 'info', 'pipeline')"),
+        (["export", "a"], 2, "qlora export: error: the following arguments are required: --gguf"),
+        (["export", "a", "--gguf", "x.gguf", "--type", "q5_k"], 2,
+         "qlora export: error: argument --type: invalid choice: 'q5_k' (choose from 'bf16', 'f16', 'q8_0', 'q4_0')"),
+        (["merge", "a", "--out", "b", "--into", "fp4"], 2,
+         "qlora merge: error: argument --into: invalid choice: 'fp4' (choose from 'bf16', 'nf4')"),
         (["finetune", "data.path=x.jsonl"], 2, "qlora finetune: error: the following arguments are required: --out"),
-        (["finetune", "--out", "a", "quant=fp5"], 2, "qlora finetune: error: quant=fp5: expected one of bf16, fp4, fp4_e3m0, int4, int8, "
-                                                     "nf4, nf4_dq (conf/quant/)"),
+        (["finetune", "--out", "a", "quant=fp5"], 2, "qlora finetune: error: quant=fp5: expected one of af4, af4_dq, bf16, fp4, fp4_e3m0, "
+                                                     "fp8_e4m3, fp8_e5m2, int4, int8, mxfp4, nf4, nf4_dq, nf4_dq_e4m4, nvfp4 (conf/quant/)"),
         (["finetune", "--out", "a", "train.max_steps=abc", "data.path=x.jsonl"], 2,
          "qlora finetune: error: train.max_steps='abc': expected an integer"),
         (["finetune", "--out", "a", "train.max_stepz=3"], 2, "qlora finetune: error: train.max_stepz: no such key; train has: "),
@@ -180,6 +185,54 @@ def test_quantize_info_eval_merge(capsys, tmp_path, tiny_model_dir):
     model = AutoModelForCausalLM.from_pretrained(merged)
     assert model.model.layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16
     assert (merged / "tokenizer.json").is_file()
+
+
+def test_export_gguf_and_merge_into_nf4(capsys, tmp_path, tiny_model_dir):
+    """`qlora export` of an adapter writes a GGUF transformers loads (its logits those of the merged model, q8_0
+    rounding aside), refuses to replace a file it did not write, and `merge --into nf4` warns with the cost."""
+    gguf = peer("gguf")
+    from transformers import AutoModelForCausalLM
+
+    from qlora.cli.commands import NF4_MERGE_COST
+    from qlora.models.pretrained import from_pretrained
+    from qlora.nn.linear import QLoRALinear
+    from qlora.quant.dtypes import DataType
+
+    adapter = tmp_path / "adapter"
+    assert run(capsys, "finetune", "--out", adapter, f"model={tiny_model_dir}", f"data.path={ALPACA}", "train.max_steps=2", "lora=small",
+               "--quiet", "--no-mlflow")[0] == 0  # fmt: skip
+    out = tmp_path / "model.gguf"
+    code, stdout, err = run(capsys, "export", adapter, "--gguf", out, "--type", "q8_0", "--no-mlflow")
+    assert code == 0, err
+    assert stdout.startswith(f"{out}: llama, 0.0M parameters as q8_0 (21 tensors: 5 F32, 16 Q8_0), ")
+    assert gguf.GGUFReader(out).fields["general.architecture"].contents() == "llama"
+    loaded = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=out.name, dtype=torch.float32).eval()
+    from qlora.models.surgery import merge_and_unload
+
+    merged = merge_and_unload(from_pretrained(tiny_model_dir, adapter=adapter), torch.float32).eval()
+    ids = torch.tensor([[5, 17, 99, 3, 250, 7]])
+    with torch.no_grad():
+        a, b = merged(ids).logits, loaded(ids).logits
+    assert float((a - b).norm() / a.norm()) < 0.02
+
+    notes = tmp_path / "notes.gguf"
+    notes.write_text("not a model")
+    capsys.readouterr()  # the loads' progress bars
+    code, _, err = run(capsys, "export", adapter, "--gguf", notes, "--no-mlflow")
+    assert code == 1 and err.count("\n") == 1 and "not a GGUF file written by qlora export; pass overwrite=True (--overwrite)" in err
+    assert notes.read_text() == "not a model"
+    code, _, err = run(capsys, "export", tmp_path / "nothing", "--gguf", notes, "--no-mlflow")
+    assert code == 2 and err.startswith("qlora export: error: SOURCE: expected an adapter folder")
+
+    nf4 = tmp_path / "nf4"
+    code, stdout, err = run(capsys, "merge", adapter, "--out", nf4, "--into", "nf4", "--quiet", "--no-mlflow")
+    assert code == 0, err
+    assert err.startswith("warning: --into nf4 re-quantizes the merged weights to NF4+DQ") and NF4_MERGE_COST in err
+    assert "merged and re-quantized to NF4+DQ" in stdout
+    model = from_pretrained(nf4)
+    layers = [m for m in model.modules() if isinstance(m, QLoRALinear)]
+    assert len(layers) == 14 and {m.weight.dtype for m in layers} == {DataType.NF4} and all(m.nested_codes is not None for m in layers)
+    assert all(m.lora_a is None for m in layers)  # the update is in the weights now, no adapter
 
 
 def test_pipeline_wraps_dvc(capsys, monkeypatch):

@@ -201,3 +201,27 @@ def test_marks_and_verdicts_need_the_interval_and_the_test_to_agree():
     assert not c.covers_null and not c.significant and c.direction is Direction.NO_DIFFERENCE
     d = dataclasses.replace(c, p_value=0.01)
     assert d.significant and d.direction is Direction.BETTER
+
+
+def _nll_items(sums, tokens):
+    from qlora.eval.items import ItemResults, TokenNLL
+
+    return ItemResults(Task.HELDOUT_NLL, tuple(TokenNLL(f"x{i}", t, s) for i, (s, t) in enumerate(zip(sums, tokens))))
+
+
+def test_gain_share_values_and_interval():
+    from qlora.report.paired import gain_share
+
+    tokens = [10, 20, 30, 40]
+    untuned = _nll_items([30.0, 60.0, 90.0, 120.0], tokens)  # 3.0 nats/token
+    tuned = _nll_items([20.0, 42.0, 57.0, 81.0], tokens)  # 200/100 = 2.0 nats/token: gain 1.0
+    assert gain_share(tuned, tuned, untuned).estimate == 1.0
+    assert gain_share(untuned, tuned, untuned).estimate == 0.0
+    variant = _nll_items([25.0, 50.0, 74.0, 101.0], tokens)  # 250/100 = 2.5: keeps half
+    share = gain_share(variant, tuned, untuned)
+    assert share.estimate == pytest.approx(0.5) and share.gain == pytest.approx(1.0) and share.n == 4
+    assert share.ci_low <= 0.5 <= share.ci_high and share.ci_high - share.ci_low > 0
+    worse = _nll_items([33.0, 66.0, 99.0, 132.0], tokens)  # 3.3: worse than not tuning
+    assert gain_share(worse, tuned, untuned).estimate == pytest.approx(-0.3)
+    with pytest.raises(ValueError, match="tuned is not better than untuned"):
+        gain_share(variant, untuned, tuned)
