@@ -119,3 +119,27 @@ def test_perturb_refuses_bad_input():
         perturb(w, step, noise_generator(0, "x"), width=-1.0)
     with pytest.raises(ValueError, match="steps must be finite"):
         perturb(w, -step, noise_generator(0, "x"))
+
+
+@pytest.mark.slow
+def test_smollm2_steps_follow_the_un_permuted_rows(smollm2_dir):
+    """On the real Q4_1 file: every linear weight gets its steps in the HF layout (transformers un-permutes
+    Llama's q/k rows; the steps must move with them): each 32-weight block of the loaded model is a whole
+    number of its step from the block's minimum, at most 15 steps wide."""
+    from benchmarks.source_noise import hf_source_steps
+    from qlora.data.offline import smollm2_gguf_path
+    from qlora.models.loading import load_base
+    from qlora.config import ModelKind
+    from qlora.models.surgery import linear_modules
+
+    model = load_base(smollm2_dir, ModelKind.CAUSAL_LM)
+    names = [f"{m}.weight" for m in linear_modules(model)]
+    steps = hf_source_steps(smollm2_gguf_path(), model, names)
+    assert len(names) == 30 * 7 and set(steps) == set(names)
+    for name in names:
+        w, s = model.get_parameter(name).detach().double(), steps[name].double()
+        assert s.shape == w.shape and bool((s > 0).all())
+        w, s = w.reshape(-1, 32), s.reshape(-1, 32)
+        k = (w - w.min(dim=1, keepdim=True).values) / s
+        assert bool((k - k.round()).abs().max() < 1e-3), name
+        assert int(k.round().max()) <= 15
