@@ -15,7 +15,7 @@ same paired comparisons, margins and rules as reports/findings.md, once per draw
     python benchmarks/source_noise_robustness.py [--models causal gemma3_270m qwen25_coder_05b]
         [--seeds 0 1 2] [--windows 64] [--window-tokens 256] [--width 1.0]
         [--params findings/params.yaml] [--work-dir DIR] [--out reports/source_noise_robustness]
-        [--check-pipeline-path WINDOWS]
+        [--check-pipeline-path WINDOWS] [--render-only --not-done TEXT]
 
 --work-dir holds the materialised models, the joined GGUF files and the prepared data (made when
 missing; outside the repository). --check-pipeline-path also scores the unperturbed BF16 and NF4+DQ
@@ -173,6 +173,11 @@ def run_model(params, key: str, args, texts: list[str]) -> dict:
         picked = {q: quants[q] for q in ("bf16", "nf4_dq") if q in quants}
         result["pipeline_path_check"] = check_pipeline_path(folder, reference, base, picked, windows[: args.check_pipeline_path],
                                                             params.eval.batch_size)  # fmt: skip
+    result["step_over_weight_rms"] = float(torch.cat([steps[n].flatten() for n in names]).double().pow(2).mean().sqrt()) / math.sqrt(
+        sum(float(base[n].double().pow(2).sum()) for n in names) / sum(base[n].numel() for n in names))
+    if args.setup_only:  # the GGUF mapping is checked (hf_source_steps) and the steps measured; nothing is evaluated
+        result["survival"], result["seconds"] = {}, round(time.time() - started)
+        return result
     draws: list[tuple[str, int | None]] = [(REFERENCE, None)] + [(f"seed {s}", s) for s in args.seeds]
     for draw, seed in draws:
         weights = base if seed is None else {n: perturb(base[n], steps[n], noise_generator(seed, n), width=args.width) for n in names}
@@ -260,12 +265,22 @@ def markdown(report: dict) -> str:
     lines += ["## Does each verdict survive?", "",
               "| model | claim | reference verdict | verdicts over draws | survives |", "|---|---|---|---|---|"]  # fmt: skip
     for m in report["models"]:
+        if not m["draws"]:
+            lines.append(f"| {m['model']} | (a), (b) | not evaluated (set-up only, below) | – | – |")
         for claim, s in m["survival"].items():
             lines.append(f"| {m['model']} | ({claim}) | {s['reference']} | {', '.join(s['draws'])} | {'yes' if s['survives'] else '**no**'} |")
-    for m in report["models"]:
+    for m in [m for m in report["models"] if not m["draws"]]:
+        lines += ["", f"## {m['model']}: set-up only (not evaluated)", "",
+                  f"GGUF `{m['gguf']}`; {m['linear_weights']} linear weights mapped to their GGUF tensors (each de-quantized tensor, "
+                  f"after transformers' processor, equals the loaded weight bit for bit), by source type: "
+                  f"{', '.join(f'{k} {v}' for k, v in sorted(m['source_types'].items()))}; rms step / rms weight "
+                  f"{m['step_over_weight_rms']:.4f}. Command: `{m['command']}`"]  # fmt: skip
+    for m in [m for m in report["models"] if m["draws"]]:
         lines += ["", f"## {m['model']}", "", f"GGUF `{m['gguf']}`; {m['linear_weights']} linear weights perturbed, by source type: "
                   f"{', '.join(f'{k} {v}' for k, v in sorted(m['source_types'].items()))}; {m['windows']} windows x {m['window_tokens']} "
-                  f"tokens; draws: seeds {', '.join(map(str, m['seeds']))}. Command: `{m['command']}`", ""]  # fmt: skip
+                  f"tokens; {'rms step / rms weight ' + format(m['step_over_weight_rms'], '.4f') + '; ' if 'step_over_weight_rms' in m else ''}"
+                  f"draws: seeds {', '.join(map(str, m['seeds']))}. "
+                  f"Command: `{m['command']}`", ""]  # fmt: skip
         quants = list(next(iter(m["draws"].values()))["perplexity"])
         ref_ppl = m["draws"][REFERENCE]["perplexity"]
         lines += ["| draw | noise rms / weight rms | " + " | ".join(SHORT.get(q, q) for q in quants) + " |",
@@ -311,11 +326,19 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("reports/source_noise_robustness"))
     ap.add_argument("--check-pipeline-path", type=int, default=0, metavar="WINDOWS")
     ap.add_argument("--not-done", default="", help="a sentence for the report: what was left out")
+    ap.add_argument("--setup-only", action="store_true", help="map and check the source steps, evaluate nothing")
+    ap.add_argument("--render-only", action="store_true", help="rewrite OUT.md from OUT.json (with --not-done), run nothing")
     args = ap.parse_args()
+    json_path = args.out.with_suffix(".json")
+    if args.render_only:
+        report = json.loads(json_path.read_text())
+        report["not_done"] = args.not_done or report["not_done"]
+        json_path.write_text(json.dumps(report, indent=1) + "\n")
+        args.out.with_suffix(".md").write_text(markdown(report))
+        return
     torch.manual_seed(0)
     params = load_params(args.params)
     texts = perplexity_texts(params, args.work_dir)
-    json_path = args.out.with_suffix(".json")
     # a model run earlier with the same noise width keeps its results (models can be run one at a time)
     kept = json.loads(json_path.read_text())["models"] if json_path.is_file() else []
     kept = [m for m in kept if m["key"] not in args.models and m["width"] == args.width]
