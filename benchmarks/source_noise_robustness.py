@@ -269,12 +269,6 @@ def markdown(report: dict) -> str:
             lines.append(f"| {m['model']} | (a), (b) | not evaluated (set-up only, below) | – | – |")
         for claim, s in m["survival"].items():
             lines.append(f"| {m['model']} | ({claim}) | {s['reference']} | {', '.join(s['draws'])} | {'yes' if s['survives'] else '**no**'} |")
-    for m in [m for m in report["models"] if not m["draws"]]:
-        lines += ["", f"## {m['model']}: set-up only (not evaluated)", "",
-                  f"GGUF `{m['gguf']}`; {m['linear_weights']} linear weights mapped to their GGUF tensors (each de-quantized tensor, "
-                  f"after transformers' processor, equals the loaded weight bit for bit), by source type: "
-                  f"{', '.join(f'{k} {v}' for k, v in sorted(m['source_types'].items()))}; rms step / rms weight "
-                  f"{m['step_over_weight_rms']:.4f}. Command: `{m['command']}`"]  # fmt: skip
     for m in [m for m in report["models"] if m["draws"]]:
         lines += ["", f"## {m['model']}", "", f"GGUF `{m['gguf']}`; {m['linear_weights']} linear weights perturbed, by source type: "
                   f"{', '.join(f'{k} {v}' for k, v in sorted(m['source_types'].items()))}; {m['windows']} windows x {m['window_tokens']} "
@@ -308,6 +302,12 @@ def markdown(report: dict) -> str:
             lines.append(f"- In-memory quantization vs the pipeline's files (quantize_checkpoint + load_for_inference), unperturbed: {checks}")
         secs = [s for d in m["draws"].values() for s in d["seconds"].values()]
         lines.append(f"- {len(secs)} evaluations, {min(secs):.0f}-{max(secs):.0f} s each; the model's run took {m['seconds'] / 60:.1f} min")
+    for m in [m for m in report["models"] if not m["draws"]]:
+        lines += ["", f"## {m['model']}: set-up only (not evaluated)", "",
+                  f"GGUF `{m['gguf']}`; {m['linear_weights']} linear weights mapped to their GGUF tensors (each de-quantized tensor, "
+                  f"after transformers' processor, equals the loaded weight bit for bit), by source type: "
+                  f"{', '.join(f'{k} {v}' for k, v in sorted(m['source_types'].items()))}; rms step / rms weight "
+                  f"{m['step_over_weight_rms']:.4f}. Command: `{m['command']}`"]  # fmt: skip
     lines += ["", "Not done here: " + report["not_done"], ""]
     return "\n".join(lines)
 
