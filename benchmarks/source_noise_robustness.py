@@ -15,7 +15,7 @@ same paired comparisons, margins and rules as reports/findings.md, once per draw
     python benchmarks/source_noise_robustness.py [--models causal gemma3_270m qwen25_coder_05b]
         [--seeds 0 1 2] [--windows 64] [--window-tokens 256] [--width 1.0]
         [--params findings/params.yaml] [--work-dir DIR] [--out reports/source_noise_robustness]
-        [--check-pipeline-path WINDOWS] [--render-only --not-done TEXT]
+        [--check-pipeline-path WINDOWS] [--setup-only] [--render-only --not-done TEXT --reading TEXT]
 
 --work-dir holds the materialised models, the joined GGUF files and the prepared data (made when
 missing; outside the repository). --check-pipeline-path also scores the unperturbed BF16 and NF4+DQ
@@ -262,6 +262,8 @@ def markdown(report: dict) -> str:
              f"{'yes' if 'avx512_bf16' in cpu['flags'] or 'amx' in cpu['flags'] else 'no'}. Flags: `{cpu['flags']}`  ",
              "Windows: the findings profile's perplexity text and data seed, cut by each model's tokenizer (`perplexity_windows`; "
              f"counts per model below). Margins: {Margins().describe()}.", ""]  # fmt: skip
+    if report.get("reading"):
+        lines += ["## Reading", "", report["reading"], ""]
     lines += ["## Does each verdict survive?", "",
               "| model | claim | reference verdict | verdicts over draws | survives |", "|---|---|---|---|---|"]  # fmt: skip
     for m in report["models"]:
@@ -327,12 +329,14 @@ def main() -> None:
     ap.add_argument("--check-pipeline-path", type=int, default=0, metavar="WINDOWS")
     ap.add_argument("--not-done", default="", help="a sentence for the report: what was left out")
     ap.add_argument("--setup-only", action="store_true", help="map and check the source steps, evaluate nothing")
-    ap.add_argument("--render-only", action="store_true", help="rewrite OUT.md from OUT.json (with --not-done), run nothing")
+    ap.add_argument("--reading", default="", help="with --render-only: the report's reading of the numbers (markdown)")
+    ap.add_argument("--render-only", action="store_true", help="rewrite OUT.md from OUT.json (with --not-done, --reading), run nothing")
     args = ap.parse_args()
     json_path = args.out.with_suffix(".json")
     if args.render_only:
         report = json.loads(json_path.read_text())
         report["not_done"] = args.not_done or report["not_done"]
+        report["reading"] = args.reading or report.get("reading", "")
         json_path.write_text(json.dumps(report, indent=1) + "\n")
         args.out.with_suffix(".md").write_text(markdown(report))
         return
