@@ -115,6 +115,17 @@ def perturb(weight: torch.Tensor, step: torch.Tensor, generator: torch.Generator
     return (weight.double() + width * step.double() * u).to(weight.dtype)
 
 
+def grid_residual(weight: torch.Tensor, step: torch.Tensor, group: int = 16) -> float:
+    """How far `weight` is from lying on its steps' grid: the largest |k - round(k)| over elements, where
+    k = (w - min of the element's group) / step and groups are `group` consecutive elements of a row
+    (16 divides every block and sub-block above). 0 for weights on the grid (up to float rounding);
+    about 0.5 for weights with the wrong steps or off the grid. Elements with step 0 are skipped."""
+    w, s = weight.double().reshape(-1, group), step.double().reshape(-1, group)
+    k = (w - w.min(dim=1, keepdim=True).values) / s.clamp_min(torch.finfo(torch.float64).tiny)
+    dev = (k - k.round()).abs()
+    return float(dev[s > 0].max()) if bool((s > 0).any()) else 0.0
+
+
 def hf_source_steps(gguf_path: str | Path, model: torch.nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
     """The source step of each weight `names` of `model` (a transformers model loaded from `gguf_path`),
     in the model's layout.

@@ -42,7 +42,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks.source_noise` when run as a script
 
-from benchmarks.source_noise import hf_source_steps, noise_generator, perturb, source_types  # noqa: E402
+from benchmarks.source_noise import grid_residual, hf_source_steps, noise_generator, perturb, source_types  # noqa: E402
 from qlora.config import Method, ModelKind, ModelSource, QuantConfig  # noqa: E402
 from qlora.report.findings import Claim, Finding, Margins, assess  # noqa: E402
 from qlora.report.labels import DataTypeLabel  # noqa: E402
@@ -173,6 +173,7 @@ def run_model(params, key: str, args, texts: list[str]) -> dict:
         picked = {q: quants[q] for q in ("bf16", "nf4_dq") if q in quants}
         result["pipeline_path_check"] = check_pipeline_path(folder, reference, base, picked, windows[: args.check_pipeline_path],
                                                             params.eval.batch_size)  # fmt: skip
+    result["grid_residual"] = max(grid_residual(base[n], steps[n]) for n in names)  # ~0: every weight on its steps' grid
     result["step_over_weight_rms"] = float(torch.cat([steps[n].flatten() for n in names]).double().pow(2).mean().sqrt()) / math.sqrt(
         sum(float(base[n].double().pow(2).sum()) for n in names) / sum(base[n].numel() for n in names))
     if args.setup_only:  # the GGUF mapping is checked (hf_source_steps) and the steps measured; nothing is evaluated
@@ -309,7 +310,8 @@ def markdown(report: dict) -> str:
                   f"GGUF `{m['gguf']}`; {m['linear_weights']} linear weights mapped to their GGUF tensors (each de-quantized tensor, "
                   f"after transformers' processor, equals the loaded weight bit for bit), by source type: "
                   f"{', '.join(f'{k} {v}' for k, v in sorted(m['source_types'].items()))}; rms step / rms weight "
-                  f"{m['step_over_weight_rms']:.4f}. Command: `{m['command']}`"]  # fmt: skip
+                  f"{m['step_over_weight_rms']:.4f}; every weight lies on its steps' grid (largest |k - round(k)| of "
+                  f"k = (w - group min) / step over groups of 16: {m['grid_residual']:.1e}). Command: `{m['command']}`"]  # fmt: skip
     lines += ["", "Not done here: " + report["not_done"], ""]
     return "\n".join(lines)
 

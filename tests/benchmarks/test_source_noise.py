@@ -143,3 +143,13 @@ def test_smollm2_steps_follow_the_un_permuted_rows(smollm2_dir):
         k = (w - w.min(dim=1, keepdim=True).values) / s
         assert bool((k - k.round()).abs().max() < 1e-3), name
         assert int(k.round().max()) <= 15
+
+
+def test_grid_residual_is_zero_on_the_grid_and_about_half_off_it():
+    from benchmarks.source_noise import grid_residual
+
+    w, step = _q4_1_weight()
+    assert grid_residual(w, step) < 1e-4
+    assert grid_residual(perturb(w, step, noise_generator(0, "x")), step) > 0.4  # off the grid
+    assert grid_residual(w, step.roll(32, dims=1)) > 0.1  # steps of other blocks
+    assert grid_residual(w, torch.zeros_like(step)) == 0.0
