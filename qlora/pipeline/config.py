@@ -142,6 +142,8 @@ class PipelineConfig:
         profile: the name of the experiment profile that produced these params (reports say it).
         findings_path: the report stage's verdicts (the findings profile writes the repository's
             reports/findings.md from its own folder).
+        robustness_path: the committed results of benchmarks/source_noise_robustness.py, which the findings
+            show beside claims (a) and (b) (re-quantization of GGUF-sourced models).
     """
 
     models: dict[str, ModelConfig] = dataclasses.field(
@@ -157,6 +159,7 @@ class PipelineConfig:
     demo: DemoConfig = dataclasses.field(default_factory=DemoConfig)
     profile: str = "cpu"
     findings_path: str = "reports/findings_default.md"  # where the report stage writes the verdicts
+    robustness_path: str = "reports/source_noise_robustness.json"
 
     def __post_init__(self) -> None:
         check_str("profile", self.profile)

@@ -20,6 +20,7 @@ class ReportJob:
     metric_files: tuple[Path, ...]  # the records of this pipeline's rows (base, train, eval): required
     optional_files: tuple[Path, ...]  # the untuned model's evaluation: read when present
     main_files: tuple[Path, ...]  # the main run's training and evaluation records: read when present
+    robustness_path: Path = Path("reports/source_noise_robustness.json")  # shown beside (a), (b) when present
 
     def run(self, tracking: Tracking) -> list[Path]:
         import time
@@ -27,6 +28,7 @@ class ReportJob:
         from qlora.atomic import write_json, write_text
         from qlora.report.failures import split_failed
         from qlora.report.findings import findings
+        from qlora.report.robustness import robustness_section
         from qlora.report.plots import accuracy_bars, gap_vs_step, loss_curves, loss_curves_csv, memory_bars, validation_gaps_csv
         from qlora.report.records import attach_items, load_records, pool_seeds
         from qlora.report.summary import metrics_summary
@@ -48,7 +50,8 @@ class ReportJob:
                   memory_table(trains, profile=self.profile)]  # fmt: skip
         for t in tables:
             written += write_table(t, r)
-        written.append(write_text(self.findings_path, findings(evals, trains, profile=self.profile, failed=failed)))
+        text = findings(evals, trains, profile=self.profile, failed=failed) + robustness_section(self.robustness_path)
+        written.append(write_text(self.findings_path, text))
         written += [loss_curves([t for t in trains if t.model == self.causal_model_name], r / "loss_curves.png"),
                     accuracy_bars([e.record for e in evals], "mmlu", r / "accuracy_mmlu.png"),
                     accuracy_bars([e.record for e in evals], "classification", r / "accuracy_classification.png"),
@@ -73,4 +76,5 @@ def plan_report(params: PipelineConfig) -> ReportJob:
              + [paths.eval_metrics(role, key) for role, key in rows])  # fmt: skip
     untuned = tuple(paths.eval_metrics(CAUSAL, paths.untuned_run(q)) for q in a.untuned_quants)  # dvc.yaml runs these; a library user need not
     main = (paths.train_metrics(CAUSAL, paths.MAIN), paths.eval_metrics(CAUSAL, paths.MAIN))
-    return ReportJob(params.profile, params.models[CAUSAL].name, Path(params.findings_path), tuple(files), untuned, main)
+    return ReportJob(params.profile, params.models[CAUSAL].name, Path(params.findings_path), tuple(files), untuned, main,
+                     Path(params.robustness_path))  # fmt: skip

@@ -24,7 +24,8 @@ def composed(*overrides):
 def test_default_config_is_valid_and_typed():
     cfg = pipeline_config(composed())
     assert cfg.quant.dtype is DataType.NF4 and cfg.quant.double_quant
-    assert sorted(cfg.quants) == ["bf16", "fp4", "fp4_e3m0", "int4", "int8", "nf4", "nf4_dq"]
+    assert sorted(cfg.quants) == ["af4", "bf16", "fp4", "fp4_e3m0", "fp8_e4m3", "fp8_e5m2", "int4", "int8", "mxfp4", "nf4", "nf4_dq",
+                                  "nf4_dq_e4m4", "nvfp4"]
     assert cfg.ablation.encoder["full_bf16"].method is Method.FULL and cfg.ablation.encoder["full_bf16"].lr == 3e-5
     assert cfg.lora.rank == 64 and cfg.lora.alpha == 16 and cfg.lora.dropout == 0.1
 

@@ -289,3 +289,18 @@ def test_new_formats_and_zero_claims():
     nf4 = [p for p in j.parts if p.counts]
     assert len(nf4) == 3 and all(p.verdict is Verdict.HOLDS and p.detail.startswith("367 of 367") for p in nf4)  # NF4, + DQ, + DQ (E4M4)
     assert j.verdict is Verdict.HOLDS and any(p.label.startswith("Int4") for p in j.parts)
+
+
+def test_robustness_section_from_the_benchmark_file(tmp_path):
+    import json
+
+    from qlora.report.robustness import robustness_section
+
+    assert robustness_section(tmp_path / "none.json") == ""
+    part = {"label": "NF4 + DQ vs NF4", "reference": "holds", "draws": ["holds", "does not hold"], "survives": False,
+            "mean_over_draws": 1.006, "t_interval_over_draws": [0.988, 1.024]}  # fmt: skip
+    (tmp_path / "r.json").write_text(json.dumps({"label": "re-quantization of GGUF-sourced models", "width": 1.0,
+                                                 "models": [{"model": "m", "survival": {"b": {"parts": [part]}}}]}))  # fmt: skip
+    text = robustness_section(tmp_path / "r.json")
+    assert "## Robustness of (a) and (b): re-quantization of GGUF-sourced models" in text
+    assert "| m | (b) | NF4 + DQ vs NF4 | holds | holds, does not hold | 1.0060 [0.9880, 1.0240] | **no** |" in text
