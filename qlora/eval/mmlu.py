@@ -178,31 +178,33 @@ class _Rotated:
 
 def _score_contexts(model, tokenizer, contexts, keys, continuations, letter_ids, *, cached: bool, share_prefix: bool,
                     batch_size: int, max_length: int, bar) -> tuple[list, list]:  # fmt: skip
-    """Per context, the log-probabilities of the four letter tokens after it and (with `continuations`)
-    the (summed log-probability, tokens) of each continuation. Contexts with the same key share their
-    common prefix's KV cache."""
+    """Per context, the log-probabilities of the four letter tokens after it and, where `continuations[i]` is
+    given, the (summed log-probability, tokens) of each continuation. Contexts with the same key share their
+    common prefix's KV cache (a question's rotated prompts share everything up to its choices)."""
     groups = _prefix_groups(contexts, keys) if cached and share_prefix else [([], list(range(len(contexts))))]
     letter_lp: list = [None] * len(contexts)
     choice: list = [None] * len(contexts)
     for prefix_ids, members in groups:
         prefix = encode_prefix(model, prefix_ids) if prefix_ids else None
-        # Longest first, so that a batch pads little; the scores do not depend on the batch (tested).
-        order = sorted(members, key=lambda i: -len(contexts[i]))
-        for _, idx in batched(order, batch_size, False, "MMLU"):
-            ids, mask = left_pad([contexts[i][len(prefix_ids) :] for i in idx], pad_id(tokenizer))
-            conts = [continuations[i] for i in idx] if continuations is not None else None
-            if cached:
-                last, logprobs = shared_prefix_logprobs(model, ids, mask, conts, prefix=prefix)
-                scores = None if logprobs is None else [[(float(lp.double().sum()), len(lp)) for lp in per_q] for per_q in logprobs]
-            else:
-                last = causal_logits(model, ids, mask, keep_last=1)[:, -1]  # (B, V)
-                scores = _choice_scores(model, tokenizer, [contexts[i] for i in idx], conts, max_length) if conts else None
-            lp = torch.log_softmax(last.float(), dim=-1)[:, letter_ids.to(last.device)].cpu()  # (B, 4)
-            for row, i in enumerate(idx):
-                letter_lp[i] = tuple(lp[row].tolist())
-                if scores is not None:
-                    choice[i] = scores[row]
-            bar.update(len(idx))
+        # contexts with continuations and those without are batched apart (a batch scores the same number of
+        # continuations per context); longest first, so that a batch pads little (the scores do not depend on it)
+        for subset in ([i for i in members if continuations[i] is not None], [i for i in members if continuations[i] is None]):
+            order = sorted(subset, key=lambda i: -len(contexts[i]))
+            for _, idx in batched(order, batch_size, False, "MMLU"):
+                ids, mask = left_pad([contexts[i][len(prefix_ids) :] for i in idx], pad_id(tokenizer))
+                conts = [continuations[i] for i in idx] if continuations[idx[0]] is not None else None
+                if cached:
+                    last, logprobs = shared_prefix_logprobs(model, ids, mask, conts, prefix=prefix)
+                    scores = None if logprobs is None else [[(float(lp.double().sum()), len(lp)) for lp in per_q] for per_q in logprobs]
+                else:
+                    last = causal_logits(model, ids, mask, keep_last=1)[:, -1]  # (B, V)
+                    scores = _choice_scores(model, tokenizer, [contexts[i] for i in idx], conts, max_length) if conts else None
+                lp = torch.log_softmax(last.float(), dim=-1)[:, letter_ids.to(last.device)].cpu()  # (B, 4)
+                for row, i in enumerate(idx):
+                    letter_lp[i] = tuple(lp[row].tolist())
+                    if scores is not None:
+                        choice[i] = scores[row]
+                bar.update(len(idx))
     return letter_lp, choice
 
 
@@ -298,18 +300,18 @@ def evaluate_mmlu(
     # run once per subject (issue 12 §5); the scores do not change (tested against the whole sequences).
     n_rotations = 4 if rotations else 1
     bar = tqdm(total=len(questions) * n_rotations, desc="MMLU", disable=not progress, unit="prompt")
-    kw = dict(cached=cached, share_prefix=share_prefix, batch_size=batch_size, max_length=max_length, bar=bar)
-    letter_lp, choice = _score_contexts(model, tokenizer, contexts, keys, continuations, letter_ids, **kw)
-    rotated: list = [None] * len(questions)
-    if rotations:  # the same exemplars, the question's choices rotated; letters only
-        rot_contexts, rot_keys = [], []
+    all_contexts, all_keys = list(contexts), list(keys)
+    all_conts = list(continuations) if continuations is not None else [None] * len(questions)
+    if rotations:  # the same exemplars, the question's choices rotated; letters only, in the same pass as the originals
         for r in (1, 2, 3):
             for q, shots, key in zip(questions, shot_lists, keys):
-                rot_contexts.append(tokenizer(format_prompt(_Rotated.of(q, r), shots)).input_ids[-max_length:])
-                rot_keys.append(key)
-        rot_lp, _ = _score_contexts(model, tokenizer, rot_contexts, rot_keys, None, letter_ids, **kw)
-        n = len(questions)
-        rotated = [tuple(rot_lp[r * n + i] for r in range(3)) for i in range(n)]
+                all_contexts.append(tokenizer(format_prompt(_Rotated.of(q, r), shots)).input_ids[-max_length:])
+                all_keys.append(key)
+                all_conts.append(None)
+    letter_lp, choice = _score_contexts(model, tokenizer, all_contexts, all_keys, all_conts, letter_ids, cached=cached,
+                                        share_prefix=share_prefix, batch_size=batch_size, max_length=max_length, bar=bar)  # fmt: skip
+    n = len(questions)
+    rotated = [tuple(letter_lp[(r + 1) * n + i] for r in range(3)) for i in range(n)] if rotations else [None] * n
     bar.close()
 
     items = []
