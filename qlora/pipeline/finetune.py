@@ -24,6 +24,7 @@ from qlora.pipeline import paths
 from qlora.pipeline.config import CAUSAL, ENCODER, PipelineConfig, main_method, RunSpec
 from qlora.pipeline.params import lookup, whole
 from qlora.pipeline.tracking import Tracking, quant_params, stage_row
+from qlora.pipeline.validation import Validation
 from qlora.train.config import Schedule, TrainConfig
 
 
@@ -66,7 +67,7 @@ def finetune(
     progress: bool = True,
     on_step=None,
     seed: int | None = None,
-    validation: "Validation | None" = None,  # noqa: F821
+    validation: Validation | None = None,
     base_reference: str | None = None,
     variant: str = "",
 ) -> FinetuneResult:
@@ -237,7 +238,7 @@ class TrainJob:
     labels_path: Path | None = None  # classification labels (encoder rows)
     seed: int | None = None  # recorded for rows trained once per seed
     log_row: bool = True  # copy the headline numbers onto the row's parent run (False: the caller aggregates seeds)
-    validation: "Validation | None" = None  # noqa: F821 — validate while training; output = the best step's adapter
+    validation: Validation | None = None  # validate while training; output = the best step's adapter
     base_reference: str | None = None  # how the adapter names its base (None: model_name)
     variant: str = ""  # a row trained otherwise than the tables' (RunSpec.variant), recorded with its records
     run_name: str = ""  # the MLflow run's name ("": `train <role> <row>`)
@@ -384,7 +385,6 @@ def plan_train(params: PipelineConfig, role: str, run: str) -> TrainJob | SeedsJ
     from qlora.config import EvalConfig
     from qlora.data.prepared import CLS_LABELS, CLS_TRAIN, INSTRUCT_TRAIN, INSTRUCT_VAL, INSTRUCT_VAL_TASKS
     from qlora.pipeline.params import pick
-    from qlora.pipeline.validation import Validation
 
 
     if role not in (CAUSAL, ENCODER):

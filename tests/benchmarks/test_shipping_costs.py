@@ -27,7 +27,8 @@ def nll(per_token: list[float], tokens: int = 10) -> ItemResults:
 
 def mmlu(correct: list[bool]) -> ItemResults:
     """0-shot items: right or wrong by the choice rule (the letter rule always says "C": not what is scored)."""
-    items = [MMLUItem(f"q{i}", "s", "A", 0, "C", (-1.0, -2.0, -3.0, -4.0), "A" if ok else "B", (-1.0, -2.0, -3.0, -4.0), (1, 1, 1, 1))
+    right, wrong = (-1.0, -2.0, -3.0, -4.0), (-2.0, -1.0, -3.0, -4.0)
+    items = [MMLUItem(f"q{i}", "s", "A", 0, "C", (-3.0, -2.0, -1.0, -4.0), "A" if ok else "B", right if ok else wrong, (1, 1, 1, 1))
              for i, ok in enumerate(correct)]  # fmt: skip
     return ItemResults(Task.MMLU_ZERO_SHOT, tuple(items))
 

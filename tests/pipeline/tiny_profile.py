@@ -52,7 +52,7 @@ def tiny_params(causal: Path, encoder: Path):
     data["models"] = {"causal": {"name": "tiny-llama", "source": "PRETRAINED", "kind": "CAUSAL_LM", "path": str(causal)},
                       "encoder": {"name": "tiny-bert", "source": "PRETRAINED", "kind": "SEQ_CLS", "path": str(encoder)}}  # fmt: skip
     data["ablation"] = {"base_models": ["causal"], "base_quants": list(DTYPES), "encoder_seeds": [0], "causal_seeds": [0],
-                        "untuned_quants": ["bf16"],
+                        "untuned_quants": ["bf16"], "base_mmlu_quants": [],
                         "causal": {"lora_bf16": {"method": "LORA", "quant": "bf16"}, "qlora_fp4": {"method": "QLORA", "quant": "fp4"},
                                    "qlora_nf4_dq": {"method": "QLORA", "quant": "nf4_dq"}},
                         "encoder": {"lora_bf16": {"method": "LORA", "quant": "bf16"}, "qlora_fp4": {"method": "QLORA", "quant": "fp4"},
