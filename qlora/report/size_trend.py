@@ -16,7 +16,6 @@ With a handful of models from different families, size and family are confounded
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -138,7 +137,3 @@ def size_trend(values: Mapping[str, Sequence[float]], sizes: Mapping[str, int], 
         i, j = names.index(small), names.index(large)
         within[f"{large} - {small}"] = _estimate(point[j] - point[i], draws[:, j] - draws[:, i], confidence)
     return SizeTrend(means, slope, spearman, within, {m: int(arrays[m].size) for m in names}, n_resamples, confidence)
-
-
-def finite(x: float | None) -> bool:
-    return x is not None and math.isfinite(x)
