@@ -50,16 +50,17 @@ def outliers_vs_size(models: Sequence[Mapping], layers: Sequence[Mapping], path:
         layers: per-layer rows with `model` and `statistic`.
     """
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for m in models:
+    for i, m in enumerate(models):
         size = m["linear_parameters"]
         ys = [scale * r[statistic] for r in layers if r["model"] == m["model"]]
         ax.scatter([size] * len(ys), ys, s=6, alpha=0.25, color="#4c72b0")
         est = m["means"][statistic]
         ax.errorbar([size], [scale * est["value"]], yerr=[[scale * (est["value"] - est["low"])], [scale * (est["high"] - est["value"])]],
                     fmt="o", color="#c44e52", capsize=4, markersize=6)  # fmt: skip
-        ax.annotate(m["model"], (size, scale * est["value"]), textcoords="offset points", xytext=(6, 6), fontsize=7)
+        ax.annotate(m["model"], (size, scale * est["value"]), textcoords="offset points", xytext=(6, 6 if i % 2 else -12), fontsize=7)
     ax.set_xscale("log")
     ax.set_yscale("symlog", linthresh=1.0)
+    ax.set_ylim(bottom=0)
     ax.set_xlabel("parameters in the blocks' linear weights (log)")
     ax.set_ylabel(label)
     ax.set_title("Weight outliers by model size: layers (dots), model means with 95% bootstrap intervals", fontsize=9)
