@@ -183,3 +183,14 @@ def test_the_memory_job_writes_one_row_per_configuration(tmp_path, monkeypatch):
     assert len(paths.analysis_rows("memory").read_text().splitlines()) == 1 + 8
     assert paths.analysis_plot("memory").read_bytes()[:4] == b"\x89PNG"
     assert Checkpointing(settings.checkpointing) is Checkpointing.NON_REENTRANT
+
+
+def test_the_report_ignores_analyses_its_params_do_not_list(tmp_path, monkeypatch, capsys):
+    job = plan_report(pipeline_config(composed()))
+    monkeypatch.chdir(tmp_path)
+    stale = tmp_path / "metrics" / "analysis" / "memory.json"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("{}")
+    with pytest.raises(FileNotFoundError, match="missing records"):
+        job.run(tracking=None)
+    assert "ignoring metrics/analysis/memory.json: not an analysis of this pipeline's params" in capsys.readouterr().out

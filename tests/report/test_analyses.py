@@ -126,3 +126,10 @@ def test_markdown_has_both_sections_and_nothing_without_results():
     assert analyses_markdown({}) == ""
     only = analyses_markdown({"outliers": copy.deepcopy(outliers_result())})
     assert "## (h)" not in only and "## (i)" in only
+
+
+def test_load_results_reads_the_files_that_exist(tmp_path):
+    from qlora.report.analyses import load_results
+
+    (tmp_path / "memory.json").write_text('{"configurations": []}')
+    assert load_results([tmp_path / "memory.json", tmp_path / "outliers.json"]) == {"memory": {"configurations": []}}
