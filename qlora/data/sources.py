@@ -9,14 +9,16 @@ from qlora.atomic import atomic_dir
 from qlora.config import ModelConfig, ModelKind, ModelSource
 
 # the embedded causal LMs shipped as GGUF files split over several packages (see qlora.data.offline)
-_SPLIT_GGUF = {ModelSource.GEMMA3_270M: "GEMMA3_270M_GGUF", ModelSource.QWEN25_CODER_05B: "QWEN25_CODER_05B_GGUF"}
+_SPLIT_GGUF = {ModelSource.GEMMA3_270M: "GEMMA3_270M_GGUF", ModelSource.QWEN25_CODER_05B: "QWEN25_CODER_05B_GGUF",
+               ModelSource.QWEN25_CODER_15B: "QWEN25_CODER_15B_GGUF"}  # fmt: skip
+GGUF_SOURCES = (ModelSource.SMOLLM2, *_SPLIT_GGUF)  # the embedded causal LMs that are GGUF files
 
 
 def materialise(config: ModelConfig, out_dir: str | Path, *, gguf_cache_dir: str | Path | None = None) -> Path:
     """Writes `out_dir` (config.json, model.safetensors, tokenizer files) atomically; replaces it.
 
-    SMOLLM2 converts the package's GGUF (~30 s); GEMMA3_270M and QWEN25_CODER_05B join their packages'
-    GGUF parts (sha256-checked) and convert them (~90 s each); MINILM copies the package's folder;
+    SMOLLM2 converts the package's GGUF (~30 s); GEMMA3_270M, QWEN25_CODER_05B and QWEN25_CODER_15B join
+    their packages' GGUF parts (sha256-checked) and convert them (~90 s each for the first two); MINILM copies the package's folder;
     PRETRAINED loads a hub id or folder with transformers (hub access needed for ids) and saves it.
 
     Args:
@@ -60,6 +62,23 @@ def materialise(config: ModelConfig, out_dir: str | Path, *, gguf_cache_dir: str
                 first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
                 raise FileNotFoundError(f"{config.path}: neither a model folder here nor a hub id available ({first.strip()[:200]})") from None
     return out_dir
+
+
+def gguf_path(source: ModelSource, cache_dir: str | Path) -> Path:
+    """The GGUF file of an embedded causal LM (`GGUF_SOURCES`): SmolLM2's inside its package, the others
+    joined from their packages' parts into `cache_dir` (sha256-checked; reused when already there).
+
+    Raises:
+        ValueError: a source that is no GGUF file.
+        FileNotFoundError: its package (or a part's) is not installed (the message names it).
+    """
+    from qlora.data import offline
+
+    if source is ModelSource.SMOLLM2:
+        return offline.smollm2_gguf_path()
+    if source not in _SPLIT_GGUF:
+        raise ValueError(f"model source {source.value!r} is no embedded GGUF file; those are {', '.join(s.value for s in GGUF_SOURCES)}")
+    return offline.assemble_gguf(getattr(offline, _SPLIT_GGUF[source]), cache_dir)
 
 
 def looks_like_a_path(text: str) -> bool:

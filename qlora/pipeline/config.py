@@ -9,10 +9,11 @@ paper's tables, per-row learning rates and seeds. Everything is validated when c
 from __future__ import annotations
 
 import dataclasses
+import enum
 from typing import Optional
 
 from qlora.checks import ConfigError, check_float, check_int, check_str, parse_enum
-from qlora.config import DataConfig, EvalConfig, LoRAConfig, Method, ModelConfig, ModelKind, ModelSource, QuantConfig, Targets
+from qlora.config import Checkpointing, DataConfig, EvalConfig, LoRAConfig, Method, ModelConfig, ModelKind, ModelSource, QuantConfig, Targets
 from qlora.train.config import TrainConfig
 
 CAUSAL, ENCODER = "causal", "encoder"  # the two roles every pipeline has (keys of PipelineConfig.models)
@@ -79,6 +80,8 @@ class AblationConfig:
         untuned_quants: the causal base is also evaluated untuned (Tables 3 and 4's reference) stored as each
             of these data types, so that every fine-tuning effect is a difference in differences (each row's
             gain over its own untuned base); each must be one of `base_quants`.
+        analyses: the measurements of stage `analysis` (values of `Analysis`; none by default, the findings
+            profile runs them all), set up by the `analysis` section.
     """
 
     base_models: tuple[str, ...] = ("causal",)
@@ -89,8 +92,16 @@ class AblationConfig:
     causal_seeds: tuple[int, ...] = (0,)
     untuned_quants: tuple[str, ...] = ("bf16",)
     base_mmlu_quants: tuple[str, ...] = ()
+    analyses: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if isinstance(self.analyses, str) or len(set(self.analyses)) != len(self.analyses):
+            raise ConfigError("analyses", self.analyses, "a list without repeats (possibly empty)")
+        allowed = [a.value for a in Analysis]
+        for i, name in enumerate(self.analyses):
+            if name not in allowed:  # exact: the value names the stage's output files
+                raise ConfigError(f"analyses[{i}]", name, f"one of {', '.join(allowed)}")
+        object.__setattr__(self, "analyses", tuple(self.analyses))
         object.__setattr__(self, "base_mmlu_quants", tuple(self.base_mmlu_quants))
         for key in ("base_models", "base_quants", "encoder_seeds", "causal_seeds", "untuned_quants"):
             values = getattr(self, key)
@@ -102,6 +113,93 @@ class AblationConfig:
         for key in ("encoder_seeds", "causal_seeds"):
             for seed in getattr(self, key):
                 check_int(key, seed, minimum=0)
+
+
+class Analysis(enum.Enum):
+    """The measurements of stage `analysis` (`ablation.analyses`), each behind one claim of the findings."""
+
+    MEMORY = "memory"  # claim (h): where a QLoRA training step's memory goes
+    OUTLIERS = "outliers"  # claim (i): weight outliers against model size
+
+
+@dataclasses.dataclass  # not frozen: Hydra/OmegaConf schemas must accept merges
+class MemoryAnalysisConfig:
+    """Claim (h): the memory of a QLoRA training step of `models.causal`, by part, per configuration.
+
+    Attributes:
+        quant: the base's data type (a key of `quants`; the paper's NF4 + DQ).
+        ranks / seq_lens: the grid (LoRA rank x tokens per sequence); every point with gradient
+            checkpointing off and `checkpointing`.
+        micro_batch_size: sequences per micro-batch (activations grow with it).
+        micro_batches: measured micro-batches per configuration, after one warm-up step.
+        checkpointing: the gradient checkpointing compared with none.
+        seed: adapter init and the token ids (random: memory depends on shapes only).
+    """
+
+    quant: str = "nf4_dq"
+    ranks: tuple[int, ...] = (8, 16, 64)
+    seq_lens: tuple[int, ...] = (128, 256, 512)
+    micro_batch_size: int = 1
+    micro_batches: int = 2
+    checkpointing: Checkpointing = Checkpointing.NON_REENTRANT
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_str("quant", self.quant)
+        for key in ("ranks", "seq_lens"):
+            values = getattr(self, key)
+            if isinstance(values, (str, int)) or not values or len(set(values)) != len(values):
+                raise ConfigError(key, values, "a non-empty list without repeats")
+            object.__setattr__(self, key, tuple(check_int(f"{key}[{i}]", v, minimum=1) for i, v in enumerate(values)))
+        check_int("micro_batch_size", self.micro_batch_size, minimum=1)
+        check_int("micro_batches", self.micro_batches, minimum=1)
+        check_int("seed", self.seed, minimum=0)
+        object.__setattr__(self, "checkpointing", parse_enum("checkpointing", self.checkpointing, Checkpointing))
+        if self.checkpointing is Checkpointing.OFF:
+            raise ConfigError("checkpointing", self.checkpointing.name, "REENTRANT or NON_REENTRANT (compared with OFF)")
+
+
+@dataclasses.dataclass  # not frozen: Hydra/OmegaConf schemas must accept merges
+class OutlierAnalysisConfig:
+    """Claim (i): per-layer weight statistics of the embedded causal LMs, read from their GGUF files.
+
+    Attributes:
+        models: embedded GGUF models (SMOLLM2, GEMMA3_270M, QWEN25_CODER_05B, QWEN25_CODER_15B); one whose
+            package is not installed is reported as not measured.
+        block_size / sigmas: an outlier lies beyond `sigmas` standard deviations of its block of `block_size`.
+        n_resamples / seed: the bootstrap over layers of the trend's interval.
+    """
+
+    models: tuple[ModelSource, ...] = (ModelSource.SMOLLM2, ModelSource.GEMMA3_270M, ModelSource.QWEN25_CODER_05B,
+                                       ModelSource.QWEN25_CODER_15B)  # fmt: skip
+    block_size: int = 64
+    sigmas: float = 6.0
+    n_resamples: int = 2000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        gguf = (ModelSource.SMOLLM2, ModelSource.GEMMA3_270M, ModelSource.QWEN25_CODER_05B, ModelSource.QWEN25_CODER_15B)
+        if isinstance(self.models, str) or not self.models:
+            raise ConfigError("models", self.models, "a non-empty list of embedded GGUF models")
+        models = tuple(parse_enum(f"models[{i}]", m, ModelSource) for i, m in enumerate(self.models))
+        for i, m in enumerate(models):
+            if m not in gguf:
+                raise ConfigError(f"models[{i}]", m.name, f"an embedded GGUF model: {', '.join(g.name for g in gguf)}")
+        if len(set(models)) != len(models):
+            raise ConfigError("models", [m.name for m in models], "a list without repeats")
+        object.__setattr__(self, "models", models)
+        check_int("block_size", self.block_size, minimum=2)
+        check_float("sigmas", self.sigmas, minimum=0, exclusive_minimum=True)
+        check_int("n_resamples", self.n_resamples, minimum=100)
+        check_int("seed", self.seed, minimum=0)
+
+
+@dataclasses.dataclass  # not frozen: Hydra/OmegaConf schemas must accept merges
+class AnalysisConfig:
+    """The settings of stage `analysis`, one section per `Analysis` (run those in `ablation.analyses`)."""
+
+    memory: MemoryAnalysisConfig = dataclasses.field(default_factory=MemoryAnalysisConfig)
+    outliers: OutlierAnalysisConfig = dataclasses.field(default_factory=OutlierAnalysisConfig)
 
 
 @dataclasses.dataclass  # not frozen: Hydra/OmegaConf schemas must accept merges
@@ -157,6 +255,7 @@ class PipelineConfig:
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     ablation: AblationConfig = dataclasses.field(default_factory=AblationConfig)
     demo: DemoConfig = dataclasses.field(default_factory=DemoConfig)
+    analysis: AnalysisConfig = dataclasses.field(default_factory=AnalysisConfig)
     profile: str = "cpu"
     findings_path: str = "reports/findings_default.md"  # where the report stage writes the verdicts
     robustness_path: str = "reports/source_noise_robustness.json"
@@ -203,6 +302,7 @@ class PipelineConfig:
                     raise ConfigError(f"{where}.quant", spec.quant, f"a bf16 base for a {spec.method.name} row")
         if self.demo.model not in self.models:
             raise ConfigError("demo.model", self.demo.model, f"one of the models: {', '.join(sorted(self.models))}")
+        self._quant("analysis.memory.quant", self.analysis.memory.quant)
 
     def _model(self, key: str, name: str, kind: ModelKind) -> ModelConfig:
         if name not in self.models:

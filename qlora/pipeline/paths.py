@@ -79,3 +79,17 @@ def eval_items(role: str, run: str) -> Path:
 def seed_dir(row_dir: Path, seed: int) -> Path:
     """An encoder row's folder holds one adapter per seed."""
     return row_dir / f"s{seed}"
+
+
+def analysis_metrics(name: str) -> Path:
+    """Stage `analysis@<name>`'s results (the report's findings sections (h), (i) read them)."""
+    return METRICS / "analysis" / f"{name}.json"
+
+
+def analysis_rows(name: str) -> Path:
+    """Stage `analysis@<name>`'s rows: one per configuration (memory) or per layer (outliers)."""
+    return METRICS / "analysis" / f"{name}.csv"
+
+
+def analysis_plot(name: str) -> Path:
+    return REPORTS / f"analysis_{name}.png"

@@ -20,12 +20,14 @@ class ReportJob:
     metric_files: tuple[Path, ...]  # the records of this pipeline's rows (base, train, eval): required
     optional_files: tuple[Path, ...]  # the untuned model's evaluation: read when present
     main_files: tuple[Path, ...]  # the main run's training and evaluation records: read when present
+    analysis_files: tuple[Path, ...] = ()  # stage analysis's results (findings h, i): read when present
     robustness_path: Path = Path("reports/source_noise_robustness.json")  # shown beside (a), (b) when present
 
     def run(self, tracking: Tracking) -> list[Path]:
         import time
 
         from qlora.atomic import write_json, write_text
+        from qlora.report.analyses import analyses_markdown, load_results
         from qlora.report.failures import split_failed
         from qlora.report.findings import findings
         from qlora.report.robustness import robustness_section
@@ -39,6 +41,8 @@ class ReportJob:
         present = {*m.glob("base/*.json"), *m.glob("train/*.json"), *m.glob("eval/*.json"), *m.glob("main/*.json")}
         for stale in sorted(present - {*self.metric_files, *self.optional_files, *self.main_files}):
             print(f"report: ignoring {stale}: not a row of this pipeline's params (left by a removed row?)")
+        for stale in sorted(set(m.glob("analysis/*.json")) - set(self.analysis_files)):
+            print(f"report: ignoring {stale}: not an analysis of this pipeline's params (ablation.analyses)")
         missing = [str(f) for f in self.metric_files if not f.is_file()]
         if missing:
             raise FileNotFoundError(f"report: missing records {', '.join(missing)}: run their stages first (dvc repro)")
@@ -50,7 +54,8 @@ class ReportJob:
                   memory_table(trains, profile=self.profile)]  # fmt: skip
         for t in tables:
             written += write_table(t, r)
-        text = findings(evals, trains, profile=self.profile, failed=failed) + robustness_section(self.robustness_path)
+        text = (findings(evals, trains, profile=self.profile, failed=failed) + analyses_markdown(load_results(self.analysis_files))
+                + robustness_section(self.robustness_path))
         written.append(write_text(self.findings_path, text))
         written += [loss_curves([t for t in trains if t.model == self.causal_model_name], r / "loss_curves.png"),
                     accuracy_bars([e.record for e in evals], "mmlu", r / "accuracy_mmlu.png"),
@@ -76,5 +81,6 @@ def plan_report(params: PipelineConfig) -> ReportJob:
              + [paths.eval_metrics(role, key) for role, key in rows])  # fmt: skip
     untuned = tuple(paths.eval_metrics(CAUSAL, paths.untuned_run(q)) for q in a.untuned_quants)  # dvc.yaml runs these; a library user need not
     main = (paths.train_metrics(CAUSAL, paths.MAIN), paths.eval_metrics(CAUSAL, paths.MAIN))
-    return ReportJob(params.profile, params.models[CAUSAL].name, Path(params.findings_path), tuple(files), untuned, main,
+    analyses = tuple(paths.analysis_metrics(name) for name in a.analyses)  # stage analysis runs these; a library user need not
+    return ReportJob(params.profile, params.models[CAUSAL].name, Path(params.findings_path), tuple(files), untuned, main, analyses,
                      Path(params.robustness_path))  # fmt: skip

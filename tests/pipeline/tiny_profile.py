@@ -51,12 +51,12 @@ def tiny_params(causal: Path, encoder: Path):
         data = OmegaConf.to_container(compose(config_name="config", overrides=["lora=small"]), resolve=True)
     data["models"] = {"causal": {"name": "tiny-llama", "source": "PRETRAINED", "kind": "CAUSAL_LM", "path": str(causal)},
                       "encoder": {"name": "tiny-bert", "source": "PRETRAINED", "kind": "SEQ_CLS", "path": str(encoder)}}  # fmt: skip
-    data["ablation"] = {"base_models": ["causal"], "base_quants": list(DTYPES), "encoder_seeds": [0], "causal_seeds": [0],
+    data["ablation"].update({"base_models": ["causal"], "base_quants": list(DTYPES), "encoder_seeds": [0], "causal_seeds": [0],
                         "untuned_quants": ["bf16"], "base_mmlu_quants": [],
                         "causal": {"lora_bf16": {"method": "LORA", "quant": "bf16"}, "qlora_fp4": {"method": "QLORA", "quant": "fp4"},
                                    "qlora_nf4_dq": {"method": "QLORA", "quant": "nf4_dq"}},
                         "encoder": {"lora_bf16": {"method": "LORA", "quant": "bf16"}, "qlora_fp4": {"method": "QLORA", "quant": "fp4"},
-                                    "qlora_nf4_dq": {"method": "QLORA", "quant": "nf4_dq"}}}  # fmt: skip
+                                    "qlora_nf4_dq": {"method": "QLORA", "quant": "nf4_dq"}}})  # fmt: skip
     for section in ("train", "train_encoder"):
         data[section].update(max_steps=4, micro_batch_size=2, save_every=0, lr=1e-2)
     data["eval"].update(base_mmlu_questions=4, mmlu_questions=4, mmlu_shots=1, rouge_examples=2, max_new_tokens=2, batch_size=4)
