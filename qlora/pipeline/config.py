@@ -242,6 +242,8 @@ class PipelineConfig:
             reports/findings.md from its own folder).
         robustness_path: the committed results of benchmarks/source_noise_robustness.py, which the findings
             show beside claims (a) and (b) (re-quantization of GGUF-sourced models).
+        shipping_path: the committed results of benchmarks/shipping_costs.py, which the findings show as
+            claim (m) (what merging and GGUF export cost against the adapter).
     """
 
     models: dict[str, ModelConfig] = dataclasses.field(
@@ -259,6 +261,7 @@ class PipelineConfig:
     profile: str = "cpu"
     findings_path: str = "reports/findings_default.md"  # where the report stage writes the verdicts
     robustness_path: str = "reports/source_noise_robustness.json"
+    shipping_path: str = "reports/shipping_costs.json"
 
     def __post_init__(self) -> None:
         check_str("profile", self.profile)

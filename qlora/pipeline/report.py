@@ -22,6 +22,7 @@ class ReportJob:
     main_files: tuple[Path, ...]  # the main run's training and evaluation records: read when present
     analysis_files: tuple[Path, ...] = ()  # stage analysis's results (findings h, i): read when present
     robustness_path: Path = Path("reports/source_noise_robustness.json")  # shown beside (a), (b) when present
+    shipping_path: Path = Path("reports/shipping_costs.json")  # claim (m), when present
 
     def run(self, tracking: Tracking) -> list[Path]:
         import time
@@ -31,6 +32,7 @@ class ReportJob:
         from qlora.report.failures import split_failed
         from qlora.report.findings import findings
         from qlora.report.robustness import robustness_section
+        from qlora.report.shipping import shipping_section
         from qlora.report.plots import accuracy_bars, gap_vs_step, loss_curves, loss_curves_csv, memory_bars, validation_gaps_csv
         from qlora.report.records import attach_items, load_records, pool_seeds
         from qlora.report.summary import metrics_summary
@@ -55,7 +57,7 @@ class ReportJob:
         for t in tables:
             written += write_table(t, r)
         text = (findings(evals, trains, profile=self.profile, failed=failed) + analyses_markdown(load_results(self.analysis_files))
-                + robustness_section(self.robustness_path))
+                + robustness_section(self.robustness_path) + shipping_section(self.shipping_path))
         written.append(write_text(self.findings_path, text))
         written += [loss_curves([t for t in trains if t.model == self.causal_model_name], r / "loss_curves.png"),
                     accuracy_bars([e.record for e in evals], "mmlu", r / "accuracy_mmlu.png"),
@@ -83,4 +85,4 @@ def plan_report(params: PipelineConfig) -> ReportJob:
     main = (paths.train_metrics(CAUSAL, paths.MAIN), paths.eval_metrics(CAUSAL, paths.MAIN))
     analyses = tuple(paths.analysis_metrics(name) for name in a.analyses)  # stage analysis runs these; a library user need not
     return ReportJob(params.profile, params.models[CAUSAL].name, Path(params.findings_path), tuple(files), untuned, main, analyses,
-                     Path(params.robustness_path))  # fmt: skip
+                     Path(params.robustness_path), Path(params.shipping_path))  # fmt: skip

@@ -304,3 +304,22 @@ def test_robustness_section_from_the_benchmark_file(tmp_path):
     text = robustness_section(tmp_path / "r.json")
     assert "## Robustness of (a) and (b): re-quantization of GGUF-sourced models" in text
     assert "| m | (b) | NF4 + DQ vs NF4 | holds | holds, does not hold | 1.0060 [0.9880, 1.0240] | **no** |" in text
+
+
+def test_shipping_section_from_the_benchmark_file(tmp_path):
+    import json
+
+    from qlora.report.shipping import keeps_gain_verdict, shipping_section
+
+    assert shipping_section(tmp_path / "none.json") == ""
+    assert [keeps_gain_verdict(*ci) for ci in ((0.95, 1.01), (0.02, 0.03), (0.85, 0.97))] == ["holds", "does not hold", "inconclusive"]
+    row = {"key": "gguf_q4_0", "label": "GGUF q4_0", "nll": 2.4, "nll_n": 160, "d_nll": 0.33, "d_nll_ci": [0.23, 0.44],
+           "gain_kept": 0.8, "gain_kept_ci": [0.686, 0.871], "d_mmlu": 0.0, "d_mmlu_ci": [-0.075, 0.075], "mmlu_n": 100}  # fmt: skip
+    rows = [{"key": "untuned", "nll": 3.7164}, {"key": "adapter", "nll": 2.0761, "nll_n": 160, "mmlu_n": 100}, row]
+    (tmp_path / "s.json").write_text(json.dumps({"rows": rows, "train": {"steps": 40, "lora_rank": 64, "lr": 5e-4}}))
+    text = shipping_section(tmp_path / "s.json")
+    assert "3.7164 -> 2.0761 nats/token" in text and "trained 40 steps" in text
+    assert "| GGUF q4_0 | 2.4000 | +0.3300 [+0.2300, +0.4400] (160) | 80.0% [68.6%, 87.1%] | +0.0 pp [-7.5, +7.5] (100) | **does not hold** |" in text
+    (tmp_path / "bad.json").write_text(json.dumps({"rows": [row]}))
+    with pytest.raises(ValueError, match="expected rows 'adapter' and 'untuned'"):
+        shipping_section(tmp_path / "bad.json")
