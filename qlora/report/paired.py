@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+import re
 import statistics
 import warnings
 from collections.abc import Callable, Sequence
@@ -188,8 +189,37 @@ def _detectable(se: float, confidence: float) -> float:
     return (_z(confidence) + float(stats.norm.ppf(POWER))) * se
 
 
+_SEED_ID = re.compile(r"^s(\d+):(.+)$")
+
+
+def broadcast_seeds(row: ItemResults, ref: ItemResults) -> tuple[ItemResults, ItemResults]:
+    """`row` and `ref` with ids that can pair when one side is pooled over training seeds and the other is not.
+
+    A row trained once per seed has ids "s<seed>:<id>" (`records.pool_seeds`); a row trained once (an untuned
+    base) has plain ids. The unpooled side is repeated once per seed with the same prefixes, so each seed is
+    compared with the same items of the unpooled row. Anything else is returned unchanged.
+    """
+
+    def seeds(items: ItemResults) -> list[str] | None:
+        matches = [_SEED_ID.match(i) for i in items.ids]
+        if not matches or not all(matches):
+            return None
+        return sorted({m.group(1) for m in matches}, key=int)
+
+    def plain(items: ItemResults) -> bool:
+        return not any(_SEED_ID.match(i) for i in items.ids)
+
+    row_seeds, ref_seeds = seeds(row), seeds(ref)
+    if row_seeds and ref_seeds is None and plain(ref):
+        return row, ItemResults.concat([ref.with_prefix(f"s{k}:") for k in row_seeds])
+    if ref_seeds and row_seeds is None and plain(row):
+        return ItemResults.concat([row.with_prefix(f"s{k}:") for k in ref_seeds]), ref
+    return row, ref
+
+
 def pair_items(row: ItemResults, ref: ItemResults, *, strict: bool = True) -> tuple[list, list]:
-    """The items of `row` and `ref` with the same ids, aligned in the reference's order.
+    """The items of `row` and `ref` with the same ids, aligned in the reference's order (a side pooled over
+    training seeds pairs with a side that is not as `broadcast_seeds` says).
 
     Args:
         strict: the two must hold exactly the same ids; otherwise the shared ones are used.
@@ -200,6 +230,7 @@ def pair_items(row: ItemResults, ref: ItemResults, *, strict: bool = True) -> tu
     """
     if row.task is not ref.task:
         raise ValueError(f"cannot pair {row.task.value} items with {ref.task.value} items")
+    row, ref = broadcast_seeds(row, ref)
     row_by_id = row.by_id()
     shared = [i for i in ref.ids if i in row_by_id]
     if not shared or (strict and not len(shared) == len(row) == len(ref)):

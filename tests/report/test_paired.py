@@ -225,3 +225,20 @@ def test_gain_share_values_and_interval():
     assert gain_share(worse, tuned, untuned).estimate == pytest.approx(-0.3)
     with pytest.raises(ValueError, match="tuned is not better than untuned"):
         gain_share(variant, untuned, tuned)
+
+
+def test_a_row_pooled_over_seeds_pairs_each_seed_with_an_unpooled_base():
+    from qlora.eval.items import ItemResults, TokenNLL
+    from qlora.report.paired import broadcast_seeds
+
+    base = ItemResults(Task.HELDOUT_NLL, tuple(TokenNLL(f"t/{i}", 10, 30.0 + i) for i in range(4)))
+    tuned = ItemResults.concat([ItemResults(Task.HELDOUT_NLL, tuple(TokenNLL(f"s{k}:t/{i}", 10, 20.0 + i + k) for i in range(4)))
+                                for k in (0, 2)])  # fmt: skip
+    row, ref = broadcast_seeds(tuned, base)
+    assert row is tuned and ref.ids == tuple(f"s{k}:t/{i}" for k in (0, 2) for i in range(4))
+    c = compare(tuned, base)  # seed 0: -10 nats per example, seed 2: -8
+    assert c.n == 8 and c.estimate == pytest.approx(-0.9)
+    assert compare(base, tuned).estimate == pytest.approx(0.9)
+    other = ItemResults(Task.HELDOUT_NLL, tuple(TokenNLL(f"u/{i}", 10, 30.0) for i in range(4)))
+    with pytest.raises(ValueError, match="item ids do not match"):
+        compare(tuned, other)
