@@ -254,7 +254,8 @@ def evaluate_mmlu(
 
     Returns:
         score: accuracy by `scoring` with its Wilson interval; groups: per subject; extra:
-        subject_mean (of the headline rule), mean_shots, letter_accuracy, letter_subject_mean and, with
+        subject_mean (of the headline rule), mean_shots, letter_accuracy and letter_subject_mean (with
+        rotations, or when LETTER is the headline: the unrotated letter rule measures a letter preference) and, with
         choice_loglik, choice_accuracy, choice_ci_low, choice_ci_high, choice_subject_mean;
         items: one `MMLUItem` per question, in question order (ids from `question_ids`).
 
@@ -326,8 +327,10 @@ def evaluate_mmlu(
     task = Task.MMLU if k > 0 else Task.MMLU_ZERO_SHOT
     item_results = ItemResults(task, tuple(items))
     letter_correct = [it.letter_correct for it in items]
-    extra = {"mean_shots": sum(shots_used) / len(items), "letter_accuracy": sum(letter_correct) / len(items),
-             "letter_subject_mean": _subject_mean(questions, letter_correct)}  # fmt: skip
+    extra = {"mean_shots": sum(shots_used) / len(items)}
+    if rotations or scoring is MMLUScoring.LETTER:  # the letter rule unrotated is a headline only where asked for
+        extra["letter_accuracy"] = sum(letter_correct) / len(items)
+        extra["letter_subject_mean"] = _subject_mean(questions, letter_correct)
     headline, metric = letter_correct, Metric.ACCURACY
     if choice_loglik:
         choice_correct = [it.choice_correct for it in items]

@@ -12,7 +12,7 @@ import dataclasses
 import enum
 from typing import Optional
 
-from qlora.checks import ConfigError, check_float, check_int, check_str, parse_enum
+from qlora.checks import ConfigError, check_bool, check_float, check_int, check_str, parse_enum
 from qlora.config import Checkpointing, DataConfig, EvalConfig, LoRAConfig, Method, ModelConfig, ModelKind, ModelSource, QuantConfig, Targets
 from qlora.train.config import TrainConfig
 
@@ -29,6 +29,8 @@ class RunSpec:
         targets / rank: this row's adapters where they differ from the lora section's (findings f: attention
             only; g: other ranks); such a row needs a `variant` name (the tables show the lora section's rows).
         variant: the row's name in the records ("" for the table's rows).
+        mmlu: evaluate k-shot MMLU after training (Table 4). False for rows whose claims are decided on
+            held-out NLL alone (findings f, g: the paper's Figures 2 and 3 are not MMLU), saving its cost.
     """
 
     method: Method = Method.QLORA
@@ -37,6 +39,7 @@ class RunSpec:
     targets: Optional[Targets] = None
     rank: Optional[int] = None
     variant: Optional[str] = None  # None: "" (the key may be left out)
+    mmlu: Optional[bool] = None  # None: True (the key may be left out)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", parse_enum("method", self.method, Method))
@@ -52,6 +55,7 @@ class RunSpec:
         if self.rank is not None:
             check_int("rank", self.rank, minimum=1)
         object.__setattr__(self, "variant", check_str("variant", self.variant or "", nonempty=False))
+        object.__setattr__(self, "mmlu", True if self.mmlu is None else check_bool("mmlu", self.mmlu))
         if (self.targets is not None or self.rank is not None) != bool(self.variant):
             raise ConfigError("variant", self.variant, "a name (e.g. attention, r8) exactly when the row sets targets or rank")
 

@@ -31,6 +31,7 @@ class ReportJob:
         from qlora.report.analyses import analyses_markdown, load_results
         from qlora.report.failures import split_failed
         from qlora.report.findings import findings
+        from qlora.report.mmlu_checks import mmlu_checks, render_checks
         from qlora.report.robustness import robustness_section
         from qlora.report.shipping import shipping_section
         from qlora.report.plots import accuracy_bars, gap_vs_step, loss_curves, loss_curves_csv, memory_bars, validation_gaps_csv
@@ -56,7 +57,8 @@ class ReportJob:
                   memory_table(trains, profile=self.profile)]  # fmt: skip
         for t in tables:
             written += write_table(t, r)
-        text = (findings(evals, trains, profile=self.profile, failed=failed) + analyses_markdown(load_results(self.analysis_files))
+        text = (findings(evals, trains, profile=self.profile, failed=failed) + render_checks(mmlu_checks(evals))
+                + analyses_markdown(load_results(self.analysis_files))
                 + robustness_section(self.robustness_path) + shipping_section(self.shipping_path))
         written.append(write_text(self.findings_path, text))
         written += [loss_curves([t for t in trains if t.model == self.causal_model_name], r / "loss_curves.png"),

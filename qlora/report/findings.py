@@ -41,7 +41,7 @@ from qlora.quant.dtypes import DataType
 from qlora.report.labels import DataTypeLabel
 from qlora.eval.items import ItemResults
 from qlora.report.failures import FailedRun
-from qlora.report.gains import gain_difference, gain_items, gain_share, over_seeds
+from qlora.report.gains import gain_difference, gain_items, gain_share, over_seeds, reference_gain
 from qlora.report.paired import Effect, PairedComparison, Verdict, at_least, equivalence, superiority, t_interval
 from qlora.report.records import EvalRecord, Evaluation, TrainRecord
 from qlora.report.tables import StatsConfig, as_evaluations, find
@@ -342,6 +342,12 @@ def _gain_part(label: str, task: Task, metric: Metric, rows: tuple, kind: str, r
                     counts=counts)  # fmt: skip
     g = gain_items(*(e.items for e in rows), metric)
     kw = dict(confidence=stats.confidence, n_resamples=stats.n_resamples, seed=stats.seed)
+    if kind == "share":
+        est, low, high = reference_gain(g, **kw)
+        if low <= 0:  # a share of no gain (or of a loss) is not a measurement: nothing to recover
+            return Part(label, Verdict.INCONCLUSIVE, counts=counts,
+                        detail=f"no gain to share: the reference row's own gain over its untuned base is {est:+.3f} "
+                               f"[{low:+.3f}, {high:+.3f}] nats/token ({len(g.ref)} items), its interval reaching 0")  # fmt: skip
     compare = (lambda x: gain_share(x, **kw)) if kind == "share" else (lambda x: gain_difference(x, task, metric, **kw))
     c = compare(g)
     verdict = rule(c)

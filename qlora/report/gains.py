@@ -117,6 +117,13 @@ def gain_share(g: GainItems, *, confidence: float = 0.95, n_resamples: int = 200
                             discordant=None, confidence=confidence, method=method)  # fmt: skip
 
 
+def reference_gain(g: GainItems, *, confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """The reference's own NLL gain over its base (base - tuned, per token; positive: fine-tuning helped) and
+    its interval: (estimate, low, high). A share of a gain means something only where this is above 0."""
+    est, low, high, _, _ = _weighted(-g.ref, g.weight, confidence, n_resamples, seed, g.clusters)
+    return est, low, high
+
+
 def gain_difference(g: GainItems, task: Task, metric: Metric, *, confidence: float = 0.95, n_resamples: int = 2000,
                     seed: int = 0) -> PairedComparison:  # fmt: skip
     """(row tuned - row base) - (reference tuned - reference base): per token for NLL (negative: the row

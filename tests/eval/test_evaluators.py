@@ -123,6 +123,11 @@ def test_mmlu_choice_loglik_picks_favoured_text(tok):
     assert blue_sum == pytest.approx(len(blue) * per_token, rel=1e-5)
     z = evaluate_mmlu(model, tok, qs, None, k=0, batch_size=4, progress=False, scoring=MMLUScoring.CHOICE)
     assert z.value == pytest.approx(5 / 8) and z.metric is Metric.CHOICE_ACCURACY and z.items == r.items
+    # Table 2's way: the choice rule without rotations; the unrotated letter rule (a letter preference) is not reported
+    u = evaluate_mmlu(model, tok, qs, None, k=0, batch_size=4, progress=False, scoring=MMLUScoring.CHOICE, rotations=False)
+    assert u.value == z.value and [it.choice_pred for it in u.items.items] == ["C"] * 8
+    assert "letter_accuracy" not in u.extra and "letter_subject_mean" not in u.extra and "letter_accuracy" in z.extra
+    assert all(it.rotated_letter_logprobs is None for it in u.items.items)
 
 
 def test_mmlu_batching_and_subsample_invariance(tok):

@@ -105,6 +105,7 @@ BAD_OVERRIDES = [
     ("ablation.causal.qlora_fp4.quant=bf16", "ablation.causal.qlora_fp4.quant"),
     ("ablation.causal.qlora_fp4.quant=nf5", "ablation.causal.qlora_fp4.quant"),
     ("ablation.causal.qlora_fp4.method=NONE", "ablation.causal.qlora_fp4.method"),
+    ("+ablation.causal.qlora_fp4.mmlu=maybe", "ablation.causal.qlora_fp4.mmlu"),
     ("ablation.encoder.full_bf16.lr=0", "ablation.encoder.full_bf16.lr"),
     ("ablation.encoder.full_bf16.lr=nan", "ablation.encoder.full_bf16.lr"),
     ("ablation.encoder_seeds=[]", "ablation.encoder_seeds"),

@@ -153,16 +153,16 @@ def test_rows_trained_per_seed_must_also_decide_over_seeds(per_seed, expected):
 
 # --- fine-tuning gains over each row's own untuned base (differences in differences) ----------------------
 
-def _gains(model, qlora_share, fp4_share, n=240, tasks=8):
-    """Held-out NLL (content fields) of each untuned base and each tuned row; LoRA BF16 gains 0.5 nats/token
-    over its base, QLoRA NF4+DQ `qlora_share` of that over its own (worse) base, FP4 `fp4_share`."""
+def _gains(model, qlora_share, fp4_share, n=240, tasks=8, lora_gain=0.5):
+    """Held-out NLL (content fields) of each untuned base and each tuned row; LoRA BF16 gains `lora_gain`
+    nats/token over its base, QLoRA NF4+DQ `qlora_share` of 0.5 over its own (worse) base, FP4 `fp4_share`."""
     from qlora.eval.items import ItemResults, TokenNLL
 
     tokens = [10 + i % 7 for i in range(n)]
     noise = lambda seed: fx.normal(n, 0, 0.05, seed=seed)  # noqa: E731
     base = {"bf16": fx.normal(n, 2.0, 0.3, seed=40)}
     base["nf4_dq"], base["fp4"] = base["bf16"] + 0.25, base["bf16"] + 0.35  # quantization costs before training
-    tuned = {"bf16": base["bf16"] - 0.5 + noise(41), "nf4_dq": base["nf4_dq"] - 0.5 * qlora_share + noise(42),
+    tuned = {"bf16": base["bf16"] - lora_gain + noise(41), "nf4_dq": base["nf4_dq"] - 0.5 * qlora_share + noise(42),
              "fp4": base["fp4"] - 0.5 * fp4_share + noise(43)}  # fmt: skip
 
     def items(rates):
@@ -203,6 +203,20 @@ def test_claims_c_and_d_compare_gains_over_own_bases(share, fp4_share, c_verdict
     assert tuning.verdict is Verdict.HOLDS
     text = findings(_gains("m", share, fp4_share), [], profile="t")
     assert "recovers " in text and "resampled whole" in text
+
+
+@pytest.mark.parametrize("lora_gain", [0.0, -0.3])
+def test_a_share_of_no_gain_is_not_measured(lora_gain):
+    """When the reference (LoRA BF16) gains nothing over its base, or gets worse, the share of its gain that
+    QLoRA recovers is a ratio of noise: the part says so instead of deciding."""
+    found = {f.claim: f for f in assess(_gains("m", 1.0, 0.6, lora_gain=lora_gain), [])}
+    share = found[Claim.C].parts[0]
+    assert share.verdict is Verdict.INCONCLUSIVE and share.comparison is None
+    assert share.detail.startswith("no gain to share: the reference row's own gain over its untuned base is ")
+    own = float(share.detail.split(" is ")[1].split(" ")[0])
+    assert own == pytest.approx(lora_gain, abs=0.02)
+    # the same data with a real gain decides
+    assert {f.claim: f for f in assess(_gains("m", 1.0, 0.6), [])}[Claim.C].parts[0].comparison is not None
 
 
 def test_holm_leaves_a_marginal_part_inconclusive():

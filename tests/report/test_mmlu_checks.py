@@ -1,0 +1,57 @@
+"""The report's MMLU checks flag a row that answers one letter, or whose top scores tie, and only then."""
+
+import pytest
+
+from qlora.config import Method
+from qlora.eval.items import ItemResults, MMLUItem
+from qlora.eval.result import Metric, Score, Task
+from qlora.report.mmlu_checks import MAX_LETTER_SHARE, Rule, mmlu_checks, render_checks
+from qlora.report.records import EvalRecord, Evaluation
+
+LETTERS = "ABCD"
+
+
+def _item(i, choice, letters, rotated=None):
+    choice_pred = LETTERS[max(range(4), key=lambda j: (choice[j], -j))]
+    scores = letters if rotated is None else None
+    if rotated is not None:  # the letter rule averages the four rotations (qlora.eval.items.letter_scores)
+        rots = (letters, *rotated)
+        scores = [sum(rots[r][(j - r) % 4] for r in range(4)) / 4 for j in range(4)]
+    letter_pred = LETTERS[max(range(4), key=lambda j: (scores[j], -j))]
+    return MMLUItem(f"q{i}", "anatomy", "A", 0, letter_pred, tuple(letters), choice_pred, tuple(choice), (1, 1, 1, 1),
+                    rotated_letter_logprobs=rotated)  # fmt: skip
+
+
+def _eval(items, task=Task.MMLU_ZERO_SHOT):
+    record = EvalRecord("m", "nf4", Method.NONE, "MMLU", Score(task, Metric.CHOICE_ACCURACY, 0.25, len(items), 0.1, 0.4))
+    return Evaluation(record, ItemResults(task, tuple(items)))
+
+
+def test_a_spread_out_row_without_ties_passes():
+    items = [_item(i, [-1.0 - (j == i % 4) * -0.5 + 0.01 * j for j in range(4)], [-1.0, -1.1, -1.2, -1.3]) for i in range(8)]
+    (check,) = mmlu_checks([_eval(items)])  # unrotated letters are not a reported rule
+    assert check.rule == Rule.CHOICE and check.n == 8 and check.letter_share == pytest.approx(0.25) and check.ties == 0
+    assert not check.flagged and "None of the 1 is flagged" in render_checks([check])
+
+
+def test_one_letter_or_a_tie_is_flagged():
+    always_c = [_item(i, [-2.0, -2.0 + 0.001 * i, -1.0, -2.5], [-1.0, -1.1, -1.2, -1.3]) for i in range(10)]
+    (check,) = mmlu_checks([_eval(always_c)])
+    assert check.letter == "C" and check.letter_share == 1.0 > MAX_LETTER_SHARE and check.flagged
+    tied = [_item(0, [-1.0, -1.0, -2.0, -3.0], [0.0] * 4), _item(1, [-3.0, -1.0, -2.0, -3.5], [0.0] * 4),
+            _item(2, [-3.0, -2.0, -1.0, -3.5], [0.0] * 4), _item(3, [-3.0, -2.0, -3.5, -1.0], [0.0] * 4)]  # fmt: skip
+    (check,) = mmlu_checks([_eval(tied)])
+    assert check.ties == 1 and check.letter_share == 0.25 and check.flagged
+    assert "**1 of 1 flagged.**" in render_checks([check]) and "| **yes** |" in render_checks([check])
+
+
+def test_rotated_letters_are_checked_and_cancel_a_letter_preference():
+    prefers_a = [0.0, -5.0, -5.0, -5.0]  # the letter A whatever it names
+    rotated = ([0.0, -5.0, -5.0, -5.0],) * 3
+    items = [_item(i, [-1.0 - 0.1 * ((j - i) % 4) for j in range(4)], prefers_a, rotated) for i in range(4)]
+    checks = {c.rule: c for c in mmlu_checks([_eval(items, Task.MMLU)])}
+    assert set(checks) == {Rule.CHOICE, Rule.LETTER}
+    # averaged over rotations every choice gets the same letter score: a 4-way tie on every question
+    assert checks[Rule.LETTER].ties == 4 and checks[Rule.LETTER].flagged
+    assert checks[Rule.CHOICE].ties == 0 and not checks[Rule.CHOICE].flagged
+    assert mmlu_checks([]) == [] and render_checks([]) == ""
