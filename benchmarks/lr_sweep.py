@@ -51,8 +51,13 @@ def main() -> None:
     ap.add_argument("--val-examples", type=int, default=100)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--render", type=Path, help="re-render a finished sweep's JSON (its results) instead of training")
     args = ap.parse_args()
     params = load_params(args.params)
+    if args.render:
+        results = json.loads(args.render.read_text())["results"]
+        _write(results, args, params, sum(r["seconds"] for r in results))
+        return
     lrs = [float(x) for x in args.lrs.split(",")]
     results, started = [], time.time()
     with tempfile.TemporaryDirectory() as tmp:
@@ -74,15 +79,36 @@ def main() -> None:
                 results.append({"row": row, "lr": lr, "steps": list(r.val_steps), "val_nll": list(r.val_nll), "best_step": r.chosen_step,
                                 "best_val_nll": min(r.val_nll), "final_loss": r.losses[-1], "seconds": round(time.time() - t0, 1)})  # fmt: skip
                 print(json.dumps(results[-1]), flush=True)
-    best = {row: min((r for r in results if r["row"] == row), key=lambda r: r["best_val_nll"]) for row in args.rows.split(",")}
-    agree = len({b["lr"] for b in best.values()}) == 1
+    _write(results, args, params, time.time() - started)
+
+
+def choose(results: list[dict], rows: list[str]) -> dict:
+    """Each row's best lr, and the one lr for all rows: the lowest mean over rows of each row's best validation NLL
+    (rows whose best lrs differ by less than the validation's resolution should not get different lrs: their
+    comparison would then confound the data type with the learning rate). Flags a best at the first validation
+    step (the minimum may lie before it: not resolved by the grid)."""
+    best = {row: min((r for r in results if r["row"] == row), key=lambda r: r["best_val_nll"]) for row in rows}
+    lrs = sorted({r["lr"] for r in results})
+    mean = {lr: sum(r["best_val_nll"] for r in results if r["lr"] == lr) / len(rows) for lr in lrs
+            if sum(1 for r in results if r["lr"] == lr) == len(rows)}  # fmt: skip
+    chosen = min(mean, key=mean.get)
+    first = {r["row"]: r["steps"][0] for r in results}
+    unresolved = sorted({(r["row"], r["lr"]) for r in results if r["best_step"] == first[r["row"]]})
+    return {"best": best, "agree": len({b["lr"] for b in best.values()}) == 1, "mean_best": mean, "chosen": chosen,
+            "unresolved": unresolved}  # fmt: skip
+
+
+def _write(results: list[dict], args, params, seconds: float) -> None:
+    rows = args.rows.split(",")
+    c = choose(results, rows)
     t = params.train
+    out = args.out if args.out.is_absolute() or args.out.parts[:1] == ("..",) else Path("..") / args.out
     lines = [
         "# Learning rate of the findings profile's causal rows, chosen on validation NLL",
         "",
         f"Command: `cd findings && python ../benchmarks/lr_sweep.py --rows {args.rows} --lrs {args.lrs} --steps {args.steps} "
-        f"--every {args.every} --val-examples {args.val_examples} --out ../{args.out.name if args.out.parent.name == 'reports' else args.out}`  ",
-        f"Machine: {_cpu()}; {time.time() - started:.0f} s in all.  ",
+        f"--every {args.every} --val-examples {args.val_examples} --out {out}`  ",
+        f"Machine: {_cpu()}; {seconds:.0f} s in all.  ",
         f"Training: seed 0, batch {t.micro_batch_size} x {t.grad_accum}, {t.schedule.value} schedule, warmup {t.warmup_ratio}, "
         f"max grad norm {t.max_grad_norm}, {args.steps} steps; validation NLL per response token without the template's "
         f"tokens, on {args.val_examples} examples of validation task families (never the test's).",
@@ -93,12 +119,18 @@ def main() -> None:
     for r in results:
         curve = ", ".join(f"{s}: {v:.4f}" for s, v in zip(r["steps"], r["val_nll"]))
         lines.append(f"| {r['row']} | {r['lr']:g} | {curve} | {r['best_val_nll']:.4f} ({r['best_step']}) | {r['final_loss']:.4f} | {r['seconds']:.0f} |")
-    lines += ["", "Best lr per row: " + ", ".join(f"{row} {b['lr']:g}" for row, b in best.items()) + ". "
-              + ("The rows agree: one lr for all rows, as the paper did." if agree else
-                 "The rows disagree: each row gets its own lr (ablation.causal.<row>.lr).")]  # fmt: skip
+    lines += ["", "Best lr per row: " + ", ".join(f"{row} {b['lr']:g} ({b['best_val_nll']:.4f})" for row, b in c["best"].items()) + ". "
+              + ("The rows agree." if c["agree"] else "The rows' best lrs differ."),
+              "", "Mean over rows of each row's best validation NLL, per lr: "
+              + ", ".join(f"{lr:g}: {v:.4f}" for lr, v in c["mean_best"].items())
+              + f". **One lr for all rows, as the paper did: {c['chosen']:g}** (the lowest mean; giving rows different lrs "
+              "would confound the data type with the learning rate).",
+              ]  # fmt: skip
+    if c["unresolved"]:
+        lines += ["", "Best at the first validation step (the minimum may lie earlier; the grid does not resolve it): "
+                  + ", ".join(f"{row} at {lr:g}" for row, lr in c["unresolved"]) + "."]  # fmt: skip
     args.out.write_text("\n".join(lines) + "\n")
-    args.out.with_suffix(".json").write_text(json.dumps({"results": results, "best": best, "agree": agree}, indent=1) + "\n")
-
+    args.out.with_suffix(".json").write_text(json.dumps({"results": results, **c}, indent=1) + "\n")
 
 if __name__ == "__main__":
     main()
