@@ -192,7 +192,7 @@ def run_lm_eval(lm, tasks: Sequence) -> tuple[dict[str, dict], dict[str, float],
 def run_ours(model, tokenizer, questions, pool, k, limit, seed, batch_size, max_length, choice_loglik):
     start = _clock()
     r = evaluate_mmlu(model, tokenizer, questions, pool, k=k, limit=limit, seed=seed, batch_size=batch_size,
-                      max_length=max_length, choice_loglik=choice_loglik, rotations=False, progress=False)  # fmt: skip
+                      max_length=max_length, choice_loglik=choice_loglik, rotations=False, letters=True, progress=False)  # fmt: skip
     return r, _since(start)
 
 

@@ -18,7 +18,8 @@ with, per task, exactly these item keys:
   heldout_nll may add content_tokens, content_nll_sum (the same without the template's trailing tokens)
   and its ids start with the example's task ("<task>/x...")
 - mmlu, mmlu_0shot: id, subject, answer ("A".."D"), shots, letter_pred ("A".."D", see `MMLUItem`),
-  letter_logprobs (4 log-probabilities of the letter tokens), choice_pred, choice_logprob_sums (4 summed
+  letter_logprobs (4 log-probabilities of the letter tokens; both null when the letter rule was not
+  recorded, e.g. Table 2's choice-only zero-shot scoring), choice_pred, choice_logprob_sums (4 summed
   log-probabilities of " {choice}"), choice_tokens (4 token counts); the three choice_* keys are null
   when choice log-likelihoods were not computed; rotated_letter_logprobs (3 x 4 log-probabilities of the
   letters under the cyclic rotations of the choices; may be absent in files written before it existed)
@@ -201,7 +202,8 @@ class MMLUItem:
         letter_pred: the predicted letter by the answer-letter rule: with `rotated_letter_logprobs`, the
             choice whose own letter has the highest log-probability averaged over the four cyclic rotations
             of the choices (a fixed preference for a letter adds the same to every choice and cancels);
-            without, the argmax of `letter_logprobs` (the paper's rule). The first of tied values.
+            without, the argmax of `letter_logprobs` (the paper's rule). The first of tied values. None
+            (with letter_logprobs None) where the letter rule was not recorded; the choice rule then is.
         letter_logprobs: log-probabilities of the four letter tokens after "Answer:", choices in the
             original order (rotation 0); its argmax is the paper's (and lm-evaluation-harness's) prediction.
         choice_pred: argmax of the length-normalised log-likelihood of " {choice}" (None if not computed).
@@ -215,8 +217,8 @@ class MMLUItem:
     subject: str
     answer: str
     shots: int
-    letter_pred: str
-    letter_logprobs: tuple[float, ...]
+    letter_pred: str | None
+    letter_logprobs: tuple[float, ...] | None
     choice_pred: str | None = None
     choice_logprob_sums: tuple[float, ...] | None = None
     choice_tokens: tuple[int, ...] | None = None
@@ -227,11 +229,19 @@ class MMLUItem:
         _check_str("subject", self.subject)
         _check_letter("answer", self.answer)
         _check_int("shots", self.shots)
-        _check_letter("letter_pred", self.letter_pred)
-        self._check_four("letter_logprobs", self.letter_logprobs, _check_float)
         choice = (self.choice_pred, self.choice_logprob_sums, self.choice_tokens)
         if any(v is None for v in choice) and any(v is not None for v in choice):
             raise ValueError("choice_pred, choice_logprob_sums and choice_tokens must all be set or all be None")
+        if (self.letter_pred is None) != (self.letter_logprobs is None):
+            raise ValueError("letter_pred and letter_logprobs must both be set or both be None")
+        if self.letter_pred is None:
+            if self.choice_pred is None:
+                raise ValueError("an MMLU item needs the letter rule or the choice rule (letter_pred and choice_pred are None)")
+            if self.rotated_letter_logprobs is not None:
+                raise ValueError("rotated_letter_logprobs without letter_logprobs")
+        else:
+            _check_letter("letter_pred", self.letter_pred)
+            self._check_four("letter_logprobs", self.letter_logprobs, _check_float)
         if self.choice_pred is not None:
             _check_letter("choice_pred", self.choice_pred)
             self._check_four("choice_logprob_sums", self.choice_logprob_sums, _check_float)
@@ -246,7 +256,7 @@ class MMLUItem:
                 for i, v in enumerate(values):
                     _check_float(f"rotated_letter_logprobs[{r - 1}][{i}]", v)
             object.__setattr__(self, "rotated_letter_logprobs", tuple(tuple(v) for v in rot))
-        if self.letter_pred != LETTERS[first_max(self.letter_scores)]:
+        if self.letter_pred is not None and self.letter_pred != LETTERS[first_max(self.letter_scores)]:
             raise ValueError(f"letter_pred {self.letter_pred!r} is not the first maximum of the letter scores {self.letter_scores}")
         if self.choice_pred is not None and self.choice_pred != LETTERS[first_max(self.choice_scores)]:
             raise ValueError(f"choice_pred {self.choice_pred!r} is not the first maximum of the length-normalised choice "
@@ -264,19 +274,22 @@ class MMLUItem:
         return LETTERS.index(self.answer)
 
     @property
-    def letter_scores(self) -> tuple[float, ...]:
-        """Per original choice, the score behind `letter_pred` (see `letter_scores`)."""
+    def letter_scores(self) -> tuple[float, ...] | None:
+        """Per original choice, the score behind `letter_pred` (see `letter_scores`); None if not recorded."""
+        if self.letter_logprobs is None:
+            return None
         return letter_scores(self.letter_logprobs, self.rotated_letter_logprobs)
 
     @property
-    def raw_letter_pred(self) -> str:
+    def raw_letter_pred(self) -> str | None:
         """The argmax of `letter_logprobs` (the original order): the paper's and lm-evaluation-harness's rule."""
-        return LETTERS[first_max(self.letter_logprobs)]
+        return None if self.letter_logprobs is None else LETTERS[first_max(self.letter_logprobs)]
 
     @property
-    def letter_correct(self) -> float:
-        """1 if the letter rule picks the answer, 1/k when it ties with k-1 others, else 0."""
-        return tie_aware_correct(self.letter_scores, self.answer_index)
+    def letter_correct(self) -> float | None:
+        """1 if the letter rule picks the answer, 1/k when it ties with k-1 others, else 0; None if not recorded."""
+        scores = self.letter_scores
+        return None if scores is None else tie_aware_correct(scores, self.answer_index)
 
     @property
     def choice_scores(self) -> tuple[float, ...] | None:

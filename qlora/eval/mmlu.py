@@ -223,6 +223,7 @@ def evaluate_mmlu(
     choice_loglik: bool = True,
     scoring: MMLUScoring | None = None,
     rotations: bool = True,
+    letters: bool | None = None,
     use_cache: bool = True,
     share_prefix: bool = True,
     progress: bool = True,
@@ -246,6 +247,9 @@ def evaluate_mmlu(
             log-likelihoods are computed, else LETTER.
         rotations: also ask each question with its choices rotated (3 more prompts, letters only) and
             predict by the letter log-probabilities averaged over the rotations (see the module doc).
+        letters: record the letter rule in the items (letter_pred, letter_logprobs); None: where it is
+            reported — with rotations, or as the headline. Unrotated under CHOICE scoring it measures a
+            letter preference (SmolLM2 zero-shot answers "A" to every question), so it is left out.
         use_cache: score the choices from the context's KV cache where the model has one (one
             forward pass over each context instead of five); False runs each context + choice whole.
         share_prefix: with the cache, run the prompt prefix that the questions of a subject share
@@ -255,7 +259,7 @@ def evaluate_mmlu(
     Returns:
         score: accuracy by `scoring` with its Wilson interval; groups: per subject; extra:
         subject_mean (of the headline rule), mean_shots, letter_accuracy and letter_subject_mean (with
-        rotations, or when LETTER is the headline: the unrotated letter rule measures a letter preference) and, with
+        `letters`) and, with
         choice_loglik, choice_accuracy, choice_ci_low, choice_ci_high, choice_subject_mean;
         items: one `MMLUItem` per question, in question order (ids from `question_ids`).
 
@@ -275,6 +279,10 @@ def evaluate_mmlu(
         raise ValueError(f"scoring must be an MMLUScoring ({[m.value for m in MMLUScoring]}), got {scoring!r}")
     if scoring is MMLUScoring.CHOICE and not choice_loglik:
         raise ValueError("scoring=CHOICE needs choice_loglik=True")
+    if letters is None:
+        letters = rotations or scoring is MMLUScoring.LETTER
+    if not letters and (rotations or scoring is MMLUScoring.LETTER):
+        raise ValueError("letters=False leaves nothing to rotate or to score by letter: use rotations=False and scoring=CHOICE")
     questions = subsample(questions, limit, seed)
     if not questions:
         raise ValueError("no MMLU questions to evaluate")
@@ -322,13 +330,13 @@ def evaluate_mmlu(
             sums, counts = zip(*choice[i])
             kw = {"choice_pred": LETTERS[first_max([s / c for s, c in choice[i]])], "choice_logprob_sums": sums,
                   "choice_tokens": counts}  # fmt: skip
-        pred = LETTERS[first_max(letter_scores(letter_lp[i], rotated[i]))]
-        items.append(MMLUItem(name, q.subject, LETTERS[q.answer], shots_used[i], pred, letter_lp[i], rotated_letter_logprobs=rotated[i], **kw))
+        pred, lp = (LETTERS[first_max(letter_scores(letter_lp[i], rotated[i]))], letter_lp[i]) if letters else (None, None)
+        items.append(MMLUItem(name, q.subject, LETTERS[q.answer], shots_used[i], pred, lp, rotated_letter_logprobs=rotated[i], **kw))
     task = Task.MMLU if k > 0 else Task.MMLU_ZERO_SHOT
     item_results = ItemResults(task, tuple(items))
     letter_correct = [it.letter_correct for it in items]
     extra = {"mean_shots": sum(shots_used) / len(items)}
-    if rotations or scoring is MMLUScoring.LETTER:  # the letter rule unrotated is a headline only where asked for
+    if letters:
         extra["letter_accuracy"] = sum(letter_correct) / len(items)
         extra["letter_subject_mean"] = _subject_mean(questions, letter_correct)
     headline, metric = letter_correct, Metric.ACCURACY

@@ -43,6 +43,8 @@ def _values(items: ItemResults, metric: Metric) -> dict[str, tuple[float, float]
         elif metric is Metric.CHOICE_ACCURACY:
             out[it.id] = (float(it.choice_correct), 1.0)
         elif metric is Metric.ACCURACY:
+            if it.letter_correct is None:
+                raise ValueError("letter accuracy needs the letter rule in every MMLU item (this evaluation recorded the choice rule only)")
             out[it.id] = (float(it.letter_correct), 1.0)
         else:
             raise ValueError(f"no gain comparison for metric {metric.value}")

@@ -393,6 +393,8 @@ def _correct(items: list, metric: Metric) -> np.ndarray:
         if any(it.choice_correct is None for it in items):
             raise ValueError("choice accuracy needs choice log-likelihoods in every MMLU item")
         return np.array([float(it.choice_correct) for it in items])
+    if any(it.letter_correct is None for it in items):
+        raise ValueError("letter accuracy needs the letter rule in every MMLU item (this evaluation recorded the choice rule only)")
     return np.array([float(it.letter_correct) for it in items])
 
 

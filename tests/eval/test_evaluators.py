@@ -127,7 +127,11 @@ def test_mmlu_choice_loglik_picks_favoured_text(tok):
     u = evaluate_mmlu(model, tok, qs, None, k=0, batch_size=4, progress=False, scoring=MMLUScoring.CHOICE, rotations=False)
     assert u.value == z.value and [it.choice_pred for it in u.items.items] == ["C"] * 8
     assert "letter_accuracy" not in u.extra and "letter_subject_mean" not in u.extra and "letter_accuracy" in z.extra
-    assert all(it.rotated_letter_logprobs is None for it in u.items.items)
+    assert all(it.letter_pred is None and it.letter_logprobs is None and it.letter_correct is None for it in u.items.items)
+    kept = evaluate_mmlu(model, tok, qs, None, k=0, batch_size=4, progress=False, rotations=False, letters=True)
+    assert [it.letter_logprobs for it in kept.items.items] == [it.letter_logprobs for it in r.items.items]
+    with pytest.raises(ValueError, match="letters=False"):
+        evaluate_mmlu(model, tok, qs, None, k=0, progress=False, letters=False)  # rotations on: letters needed
 
 
 def test_mmlu_batching_and_subsample_invariance(tok):

@@ -89,6 +89,10 @@ def test_rotations_cancel_a_letter_preference():
     (lambda: MMLUItem("q", "s", "A", 0, "A", (0.0,) * 3), "letter_logprobs must hold 4 values"),
     (lambda: MMLUItem("q", "s", "A", 0, "A", (0.0,) * 4, choice_pred="A"), "must all be set or all be None"),
     (lambda: MMLUItem("q", "s", "A", 0, "B", (0.0, -1.0, -2.0, -3.0)), "letter_pred 'B' is not the first maximum"),
+    (lambda: MMLUItem("q", "s", "A", 0, None, (0.0,) * 4), "both be set or both be None"),
+    (lambda: MMLUItem("q", "s", "A", 0, None, None), "needs the letter rule or the choice rule"),
+    (lambda: MMLUItem("q", "s", "A", 0, None, None, "A", (-1.0, -2.0, -3.0, -4.0), (1, 1, 1, 1), ((0.0,) * 4,) * 3),
+     "rotated_letter_logprobs without letter_logprobs"),
     (lambda: ItemResults(Task.MMLU, (TokenNLL("w", 1, 1.0),)), "must be a MMLUItem"),
     (lambda: ItemResults(Task.ROUGE_L, ()), "no items"),
     (lambda: ItemResults(Task.ROUGE_L, (RougeItem("p", 0.5), RougeItem("p", 0.25))), "1 item id.* more than once, e.g. 'p'"),
@@ -135,3 +139,16 @@ def test_non_finite_and_broken_json_are_refused(tmp_path):
     path.write_text(path.read_text().replace("Infinity", "1.0")[:-10])
     with pytest.raises(ValueError, match="not valid JSON"):
         ItemResults.load(path)
+
+
+def test_a_choice_only_item_has_no_letter_rule(tmp_path):
+    """Table 2's zero-shot items record the choice rule only: no letter prediction to read, none to compare."""
+    from qlora.report.paired import compare
+
+    item = MMLUItem("q", "s", "B", 0, None, None, "B", (-2.0, -1.0, -3.0, -9.0), (1, 1, 1, 1))
+    assert item.choice_correct == 1.0 and item.letter_correct is None and item.letter_scores is None and item.raw_letter_pred is None
+    results = ItemResults(Task.MMLU_ZERO_SHOT, (item, dataclasses.replace(item, id="r")))
+    results.save(tmp_path / "i.json")
+    assert ItemResults.load(tmp_path / "i.json") == results  # round trip with null letter fields
+    with pytest.raises(ValueError, match="letter accuracy needs the letter rule"):
+        compare(results, results, metric="accuracy")
