@@ -2,6 +2,7 @@
 adapter of an uninterrupted run (the same ranks: bit for bit)."""
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -32,10 +33,10 @@ def test_a_rank_killed_mid_run_fails_the_job_and_a_rerun_resumes_to_the_same_ada
     proc = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     pids, killed_at = {}, None
     for line in proc.stdout:
-        if line.startswith("rank "):
-            _, rank, _, pid = line.split()
+        # the ranks share one pipe with torch's stderr: an announcement may share its line with other output
+        for rank, pid in re.findall(r"rank (\d+) pid (\d+)", line):
             pids[int(rank)] = int(pid)
-        if line.strip() == "step 2":
+        if re.search(r"\bstep 2\b", line):
             os.kill(pids[1], signal.SIGKILL)  # rank 1, possibly inside a collective or rank 0's checkpoint write
             killed_at = time.monotonic()
             break
