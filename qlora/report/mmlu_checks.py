@@ -10,6 +10,7 @@ letter takes more than `MAX_LETTER_SHARE` of the predictions or any question's t
 from __future__ import annotations
 
 import dataclasses
+import enum
 from collections import Counter
 from collections.abc import Sequence
 
@@ -20,7 +21,7 @@ from qlora.report.records import Evaluation
 MAX_LETTER_SHARE = 0.6  # issue 22's bound: above it a row mostly answers one letter
 
 
-class Rule:
+class Rule(enum.Enum):
     CHOICE = "choice log-likelihood"
     LETTER = "letter, 4 rotations"
 
@@ -31,7 +32,7 @@ class MMLUCheck:
 
     row: str  # model, method, data type, variant
     task: Task
-    rule: str
+    rule: Rule
     n: int
     letter: str  # the most predicted letter
     letter_share: float
@@ -42,7 +43,7 @@ class MMLUCheck:
         return self.letter_share > MAX_LETTER_SHARE or self.ties > 0
 
 
-def _check(row: str, task: Task, rule: str, scores: Sequence[Sequence[float]]) -> MMLUCheck:
+def _check(row: str, task: Task, rule: Rule, scores: Sequence[Sequence[float]]) -> MMLUCheck:
     preds = Counter(LETTERS[first_max(s)] for s in scores)
     letter, count = preds.most_common(1)[0]
     ties = sum(1 for s in scores if sum(1 for v in s if v == max(s)) > 1)
@@ -80,6 +81,6 @@ def render_checks(checks: Sequence[MMLUCheck]) -> str:
              f"letter takes more than {100 * MAX_LETTER_SHARE:g}% of the answers or any tie occurs. "
              + (f"**{len(flagged)} of {len(checks)} flagged.**" if flagged else f"None of the {len(checks)} is flagged."),
              "", "| row | task | rule | n | most predicted letter | ties | flagged |", "|---|---|---|---:|---|---:|---|"]  # fmt: skip
-    lines += [f"| {c.row} | {c.task.value} | {c.rule} | {c.n:,} | {c.letter} ({100 * c.letter_share:.1f}%) | {c.ties} | "
+    lines += [f"| {c.row} | {c.task.value} | {c.rule.value} | {c.n:,} | {c.letter} ({100 * c.letter_share:.1f}%) | {c.ties} | "
               f"{'**yes**' if c.flagged else 'no'} |" for c in checks]  # fmt: skip
     return "\n".join(lines) + "\n"

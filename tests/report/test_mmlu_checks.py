@@ -42,7 +42,8 @@ def test_one_letter_or_a_tie_is_flagged():
             _item(2, [-3.0, -2.0, -1.0, -3.5], [0.0] * 4), _item(3, [-3.0, -2.0, -3.5, -1.0], [0.0] * 4)]  # fmt: skip
     (check,) = mmlu_checks([_eval(tied)])
     assert check.ties == 1 and check.letter_share == 0.25 and check.flagged
-    assert "**1 of 1 flagged.**" in render_checks([check]) and "| **yes** |" in render_checks([check])
+    text = render_checks([check])
+    assert "**1 of 1 flagged.**" in text and "| **yes** |" in text and "| choice log-likelihood | 4 | A (25.0%) | 1 |" in text
 
 
 def test_rotated_letters_are_checked_and_cancel_a_letter_preference():
