@@ -21,10 +21,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 def main(argv: list[str] | None = None) -> int:
     from qlora.atomic import write_text
+    from qlora.data.mmlu import load_mmlu
     from qlora.pipeline import paths
     from qlora.report.analyses import analyses_markdown, load_results
     from qlora.report.findings import findings
-    from qlora.report.mmlu_checks import mmlu_checks, render_checks
+    from qlora.report.mmlu_checks import identical_choices, mmlu_checks, render_checks
     from qlora.report.records import attach_items, load_records, pool_seeds
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     head = (f"> **Partial findings run: {a.label}.** Made by `scripts/partial_findings.py` from the records "
             f"{', '.join(f'`{f}`' for f in a.records + a.analyses)}; the other stages of the findings profile had not run, "
             "so the claims that need them are missing here. The full run writes reports/findings.md.\n\n")  # fmt: skip
-    text = (findings(evals, trains, profile="findings (partial)") + render_checks(mmlu_checks(evals))
+    text = (findings(evals, trains, profile="findings (partial)") + render_checks(mmlu_checks(evals, identical_choices(load_mmlu())))
             + analyses_markdown(load_results(a.analyses)))
     write_text(a.out, head + text)
     print(f"wrote {a.out}")

@@ -28,10 +28,11 @@ class ReportJob:
         import time
 
         from qlora.atomic import write_json, write_text
+        from qlora.data.mmlu import load_mmlu
         from qlora.report.analyses import analyses_markdown, load_results
         from qlora.report.failures import split_failed
         from qlora.report.findings import findings
-        from qlora.report.mmlu_checks import mmlu_checks, render_checks
+        from qlora.report.mmlu_checks import identical_choices, mmlu_checks, render_checks
         from qlora.report.robustness import robustness_section
         from qlora.report.shipping import shipping_section
         from qlora.report.plots import accuracy_bars, gap_vs_step, loss_curves, loss_curves_csv, memory_bars, validation_gaps_csv
@@ -57,7 +58,7 @@ class ReportJob:
                   memory_table(trains, profile=self.profile)]  # fmt: skip
         for t in tables:
             written += write_table(t, r)
-        text = (findings(evals, trains, profile=self.profile, failed=failed) + render_checks(mmlu_checks(evals))
+        text = (findings(evals, trains, profile=self.profile, failed=failed) + render_checks(mmlu_checks(evals, identical_choices(load_mmlu())))
                 + analyses_markdown(load_results(self.analysis_files))
                 + robustness_section(self.robustness_path) + shipping_section(self.shipping_path))
         written.append(write_text(self.findings_path, text))

@@ -4,7 +4,9 @@ question, or a rule that breaks ties by position, measures a letter preference, 
 
 Rules: CHOICE (the length-normalised choice log-likelihood, every row that computed it) and LETTER (only where
 the choices were also asked rotated: the unrotated letter rule is not reported). A rule is flagged when one
-letter takes more than `MAX_LETTER_SHARE` of the predictions or any question's top scores tie.
+letter takes more than `MAX_LETTER_SHARE` of the predictions or any question's top scores tie — except a tie
+between choices whose texts are identical (MMLU lists "manipulative" twice in one public_relations question):
+that tie is the data's, counted apart and not flagged, when the questions are given (`identical_choices`).
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-from qlora.eval.items import LETTERS, MMLUItem, first_max
+from qlora.eval.items import LETTERS, MMLUItem, first_max, text_id
 from qlora.eval.result import Task
 from qlora.report.records import Evaluation
 
@@ -36,18 +38,49 @@ class MMLUCheck:
     n: int
     letter: str  # the most predicted letter
     letter_share: float
-    ties: int  # questions whose top scores tie exactly
+    ties: int  # questions whose top scores tie exactly (but for data_ties)
+    data_ties: int = 0  # questions whose top scores tie between choices of identical text
 
     @property
     def flagged(self) -> bool:
         return self.letter_share > MAX_LETTER_SHARE or self.ties > 0
 
 
-def _check(row: str, task: Task, rule: Rule, scores: Sequence[Sequence[float]]) -> MMLUCheck:
+def identical_choices(questions: Sequence) -> dict[str, tuple[frozenset[int], ...]]:
+    """Per question id (without its "#k" repeat suffix) with two or more choices of the same text: the groups of
+    choice indices that share a text. `questions`: e.g. `qlora.data.mmlu.load_mmlu()`."""
+    out = {}
+    for q in questions:  # the id of `qlora.eval.mmlu.question_ids`, without the suffix it adds to a repeat
+        qid = text_id(q.subject, q.question, *q.choices)
+        groups: dict[str, set[int]] = {}
+        for j, text in enumerate(q.choices):
+            groups.setdefault(text.strip(), set()).add(j)
+        same = tuple(frozenset(g) for g in groups.values() if len(g) > 1)
+        if same:
+            out[qid.split("#")[0]] = same
+    return out
+
+
+def _tie(scores: Sequence[float]) -> frozenset[int] | None:
+    """The indices sharing the top score, where more than one does."""
+    top = frozenset(j for j, v in enumerate(scores) if v == max(scores))
+    return top if len(top) > 1 else None
+
+
+def _check(row: str, task: Task, rule: Rule, items: Sequence[MMLUItem], scores: Sequence[Sequence[float]],
+           same: Mapping[str, tuple[frozenset[int], ...]]) -> MMLUCheck:  # fmt: skip
     preds = Counter(LETTERS[first_max(s)] for s in scores)
     letter, count = preds.most_common(1)[0]
-    ties = sum(1 for s in scores if sum(1 for v in s if v == max(s)) > 1)
-    return MMLUCheck(row, task, rule, len(scores), letter, count / len(scores), ties)
+    ties = data = 0
+    for it, s in zip(items, scores):
+        tie = _tie(s)
+        if tie is None:
+            continue
+        if any(tie <= group for group in same.get(it.id.split("#")[0], ())):
+            data += 1
+        else:
+            ties += 1
+    return MMLUCheck(row, task, rule, len(scores), letter, count / len(scores), ties, data)
 
 
 def _row(e: Evaluation) -> str:
@@ -56,17 +89,19 @@ def _row(e: Evaluation) -> str:
     return name + (f", {r.variant}" if r.variant else "")
 
 
-def mmlu_checks(evals: Sequence[Evaluation]) -> list[MMLUCheck]:
-    """The checks of every MMLU evaluation with per-item results (seeds pooled: items of every seed)."""
+def mmlu_checks(evals: Sequence[Evaluation], same: Mapping[str, tuple[frozenset[int], ...]] | None = None) -> list[MMLUCheck]:
+    """The checks of every MMLU evaluation with per-item results (seeds pooled: items of every seed). `same`: the
+    questions' identical choices (`identical_choices`); without it every tie is counted as a tie."""
+    same = same or {}
     out = []
     for e in evals:
         if e.items is None or e.record.task not in (Task.MMLU, Task.MMLU_ZERO_SHOT):
             continue
         items: list[MMLUItem] = list(e.items.items)
         if all(it.choice_scores is not None for it in items):
-            out.append(_check(_row(e), e.record.task, Rule.CHOICE, [it.choice_scores for it in items]))
+            out.append(_check(_row(e), e.record.task, Rule.CHOICE, items, [it.choice_scores for it in items], same))
         if all(it.rotated_letter_logprobs is not None for it in items):
-            out.append(_check(_row(e), e.record.task, Rule.LETTER, [it.letter_scores for it in items]))
+            out.append(_check(_row(e), e.record.task, Rule.LETTER, items, [it.letter_scores for it in items], same))
     return out
 
 
@@ -77,10 +112,12 @@ def render_checks(checks: Sequence[MMLUCheck]) -> str:
     flagged = [c for c in checks if c.flagged]
     lines = ["", "## MMLU: do the items measure anything?", "",
              f"Per MMLU evaluation and rule (seeds pooled): the most predicted letter and its share of the questions, and "
-             f"the questions whose top scores tie exactly (a tie counts 1/k in every accuracy). A rule is flagged when one "
-             f"letter takes more than {100 * MAX_LETTER_SHARE:g}% of the answers or any tie occurs. "
+             f"the questions whose top scores tie exactly (a tie counts 1/k in every accuracy; a tie between choices whose "
+             f"texts are identical is the data's and counted apart). A rule is flagged when one letter takes more than "
+             f"{100 * MAX_LETTER_SHARE:g}% of the answers or any other tie occurs. "
              + (f"**{len(flagged)} of {len(checks)} flagged.**" if flagged else f"None of the {len(checks)} is flagged."),
-             "", "| row | task | rule | n | most predicted letter | ties | flagged |", "|---|---|---|---:|---|---:|---|"]  # fmt: skip
-    lines += [f"| {c.row} | {c.task.value} | {c.rule.value} | {c.n:,} | {c.letter} ({100 * c.letter_share:.1f}%) | {c.ties} | "
+             "", "| row | task | rule | n | most predicted letter | ties | ties between identical choice texts | flagged |",
+             "|---|---|---|---:|---|---:|---:|---|"]  # fmt: skip
+    lines += [f"| {c.row} | {c.task.value} | {c.rule.value} | {c.n:,} | {c.letter} ({100 * c.letter_share:.1f}%) | {c.ties} | {c.data_ties} | "
               f"{'**yes**' if c.flagged else 'no'} |" for c in checks]  # fmt: skip
     return "\n".join(lines) + "\n"

@@ -1,5 +1,7 @@
 """The report's MMLU checks flag a row that answers one letter, or whose top scores tie, and only then."""
 
+import dataclasses
+
 import pytest
 
 from qlora.config import Method
@@ -56,3 +58,26 @@ def test_rotated_letters_are_checked_and_cancel_a_letter_preference():
     assert checks[Rule.LETTER].ties == 4 and checks[Rule.LETTER].flagged
     assert checks[Rule.CHOICE].ties == 0 and not checks[Rule.CHOICE].flagged
     assert mmlu_checks([]) == [] and render_checks([]) == ""
+
+
+def test_a_tie_between_identical_choice_texts_is_the_datas_and_not_flagged():
+    from qlora.data.mmlu import MMLUQuestion
+    from qlora.eval.mmlu import question_ids
+    from qlora.report.mmlu_checks import identical_choices
+
+    dup = MMLUQuestion("Such tactics are", ("open", "manipulative", "fair", "manipulative"), 1, "public_relations")
+    plain = MMLUQuestion("Pick one", ("a", "b", "c", "d"), 0, "anatomy")
+    same = identical_choices([dup, plain])
+    dup_id, plain_id = question_ids([dup, plain])
+    assert same == {dup_id: (frozenset({1, 3}),)}
+    # B and D (the same text) tie at the top: the data's tie; the plain question's A/B tie is a real one
+    items = [dataclasses.replace(_item(0, [-2.0, -1.0, -3.0, -1.0], [0.0] * 4), id=dup_id),
+             dataclasses.replace(_item(1, [-1.0, -1.0, -3.0, -4.0], [0.0] * 4), id=plain_id)]  # fmt: skip
+    (check,) = mmlu_checks([_eval(items)], same)
+    assert (check.ties, check.data_ties) == (1, 1) and check.flagged
+    untied = [items[0], dataclasses.replace(_item(1, [-1.0, -2.0, -3.0, -4.0], [0.0] * 4), id=plain_id)]
+    (check,) = mmlu_checks([_eval(untied)], same)
+    assert (check.ties, check.data_ties, check.letter_share) == (0, 1, 0.5) and not check.flagged
+    assert "| 0 | 1 | no |" in render_checks([check])
+    (check,) = mmlu_checks([_eval(untied)])  # without the questions every tie counts
+    assert (check.ties, check.data_ties) == (1, 0) and check.flagged
