@@ -24,7 +24,7 @@ import numpy as np
 
 from qlora.eval.items import ItemResults
 from qlora.eval.result import Metric, Task
-from qlora.report.paired import (Effect, PairedComparison, _bootstrap_ci, _clustered, _detectable, _mean, _weighted,
+from qlora.report.paired import (Effect, PairedComparison, _bootstrap_ci, _clustered, _detectable, _mean, _weighted, credit,
                                  t_interval)  # fmt: skip
 
 
@@ -40,12 +40,8 @@ def _values(items: ItemResults, metric: Metric) -> dict[str, tuple[float, float]
             out[it.id] = (it.nll_sum, float(it.tokens))
         elif metric is Metric.ROUGE_L_F:
             out[it.id] = (it.score, 1.0)
-        elif metric is Metric.CHOICE_ACCURACY:
-            out[it.id] = (float(it.choice_correct), 1.0)
-        elif metric is Metric.ACCURACY:
-            if it.letter_correct is None:
-                raise ValueError("letter accuracy needs the letter rule in every MMLU item (this evaluation recorded the choice rule only)")
-            out[it.id] = (float(it.letter_correct), 1.0)
+        elif metric in (Metric.CHOICE_ACCURACY, Metric.ACCURACY):
+            out[it.id] = (credit(it, metric), 1.0)
         else:
             raise ValueError(f"no gain comparison for metric {metric.value}")
     return out

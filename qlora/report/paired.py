@@ -385,17 +385,26 @@ def mcnemar_p(row_only: int, ref_only: int) -> float:
     return float(stats.binomtest(row_only, row_only + ref_only, 0.5).pvalue)
 
 
-def _correct(items: list, metric: Metric) -> np.ndarray:
-    """Per item, its credit in [0, 1] (MMLU: 1/k for a k-way tie at the top)."""
-    if isinstance(items[0], LabelItem):
-        return np.array([float(it.correct) for it in items])
+def credit(item, metric: Metric) -> float:
+    """An item's credit in [0, 1] by `metric`'s rule (MMLU: 1/k for a k-way tie at the top; a label item: 0 or 1).
+
+    Raises:
+        ValueError: the item did not record the rule (choice log-likelihoods, or the letter rule).
+    """
+    if isinstance(item, LabelItem):
+        return float(item.correct)
     if metric is Metric.CHOICE_ACCURACY:
-        if any(it.choice_correct is None for it in items):
-            raise ValueError("choice accuracy needs choice log-likelihoods in every MMLU item")
-        return np.array([float(it.choice_correct) for it in items])
-    if any(it.letter_correct is None for it in items):
-        raise ValueError("letter accuracy needs the letter rule in every MMLU item (this evaluation recorded the choice rule only)")
-    return np.array([float(it.letter_correct) for it in items])
+        if item.choice_correct is None:
+            raise ValueError(f"choice accuracy needs choice log-likelihoods in every MMLU item ({item.id} has none)")
+        return float(item.choice_correct)
+    if item.letter_correct is None:
+        raise ValueError(f"letter accuracy needs the letter rule in every MMLU item ({item.id}: this evaluation recorded the choice rule only)")
+    return float(item.letter_correct)
+
+
+def _correct(items: list, metric: Metric) -> np.ndarray:
+    """Per item, its credit in [0, 1] (`credit`)."""
+    return np.array([credit(it, metric) for it in items])
 
 
 def compare(row: ItemResults, ref: ItemResults, *, metric: Metric | None = None, confidence: float = 0.95,

@@ -152,3 +152,10 @@ def test_a_choice_only_item_has_no_letter_rule(tmp_path):
     assert ItemResults.load(tmp_path / "i.json") == results  # round trip with null letter fields
     with pytest.raises(ValueError, match="letter accuracy needs the letter rule"):
         compare(results, results, metric="accuracy")
+    from qlora.eval.result import Metric
+    from qlora.report.gains import gain_items
+
+    # the gains (claims c, d) refuse it by the same rule, naming the item; the choice rule is read
+    with pytest.raises(ValueError, match="letter accuracy needs the letter rule in every MMLU item \\(q:"):
+        gain_items(results, results, results, results, Metric.ACCURACY)
+    assert gain_items(results, results, results, results, Metric.CHOICE_ACCURACY) is not None
