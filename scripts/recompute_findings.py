@@ -37,7 +37,31 @@ A row fails (exit status 1) when
   decision boundary (1 or 0, or a margin's edge). A borderline flip is reported as "borderline", not a
   failure.
 
-Rows it cannot recompute (differences of gains, held-out NLL, RougeL, classification, the data-type and
+Fine-tuning rows (claims (0), (c), (d)), from the evaluations of the tuned rows (one file per seed, folder
+`eval`) and of their untuned bases (one file, no seed):
+
+* "A vs untuned B | -0.5476 nats/token" (claim (0)): A's change over its untuned base, held-out NLL with
+  the template's tokens left out (content_nll_sum / content_tokens) unless the row says "with the
+  template's tokens". Pooled over seeds per token: sum over every seed's items of A's NLL / their tokens
+  minus the base's (the base paired with each seed, so counted once per seed). Every seed scores the same
+  examples with the same tokens, so this equals the mean of the per-seed values. Rule "beats": below 0.
+* "<task>: A's gain - B's gain | +0.80 pp" (differences in differences): (A - A's base) - (B - B's base)
+  pooled over seeds; MMLU credit by the choice rule (letter rule when the row says "letter"), in pp;
+  RougeL as points (100 x the items' F in [0, 1]). Rule: "matches" within the header's margin (accuracy
+  ±m pp, RougeL ±m points) when the claim says "matches", else "beats".
+* "share of B's gain that A recovers (>= 90%)": 100 x A's change / B's change ("recovers X% of the
+  gain"); holds when the interval lies at or above the threshold, and only when B's own gain has an
+  interval above 0. A row "no gain to share: ... is +0.548 [..]" is checked as B's own gain (the NLL drop)
+  with that decision: its interval reaching 0 leaves the share inconclusive.
+* the interval: a cluster bootstrap drawing whole held-out tasks (the id's part before "/") for held-out
+  NLL and RougeL, and whole questions (all seeds of a question together) for MMLU; 2,000 resamples.
+* the comparison's "(per-seed mean over S seeds: V, t interval [lo, hi])": the same statistic per seed
+  (seed s of A paired with seed s of B), its mean and 95% Student t interval over seeds, checked to the
+  printed digits like the statistic; where it is shown the decision must follow from it too, else
+  inconclusive (the report's rule).
+* n: the (seed, item) pairs and, where printed ("in 8 tasks"), the number of tasks.
+
+Rows it cannot recompute (tuned rows compared without an untuned base, classification, the data-type and
 analysis rows) are listed as skipped and do not fail. The claim-level verdicts (### <model>: <verdict>)
 are recomputed from the rows ("holds" only if every counted part holds, "does not hold" if any does not)
 where every counted row of that claim and model was recomputed. As a note (never a failure), each decided
@@ -159,6 +183,17 @@ def accuracy_margin_from_header(header: str) -> float | None:
     return float(m.group(1)) if m else None
 
 
+def rouge_margin_from_header(header: str) -> float | None:
+    m = re.search(r"RougeL\s*±\s*([\d.]+)\s*points", header)
+    return float(m.group(1)) if m else None
+
+
+def share_threshold_from_header(header: str) -> float | None:
+    """"recovers at least 90% of LoRA BF16's held-out NLL gain" -> 90.0 (percent)."""
+    m = re.search(r"recovers at least\s*([\d.]+)\s*%", header)
+    return float(m.group(1)) if m else None
+
+
 # --- the per-item files --------------------------------------------------------------------------------
 
 
@@ -260,6 +295,15 @@ def bootstrap_weights(n: int, rng: np.random.Generator, resamples: int = RESAMPL
     return rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(float)
 
 
+def cluster_bootstrap_weights(labels: list[str], rng: np.random.Generator, resamples: int = RESAMPLES) -> np.ndarray:
+    """resamples x items: each resample draws as many clusters as there are, with replacement, and every item
+    counts as often as its cluster was drawn (a cluster bootstrap: whole held-out tasks, whole questions)."""
+    names = sorted(set(labels))
+    index = {c: k for k, c in enumerate(names)}
+    counts = rng.multinomial(len(names), np.full(len(names), 1.0 / len(names)), size=resamples)
+    return counts[:, np.array([index[c] for c in labels])].astype(float)
+
+
 def perplexity_ratio(nll_a, tok_a, nll_b, tok_b, weights=None):
     """exp(sum nll / sum tokens) of A over that of B; with `weights` (resamples x n) one ratio per resample."""
     if weights is None:
@@ -272,6 +316,40 @@ def percentile_interval(values: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+def student_t_quantile(p: float, df: int) -> float:
+    """The p-quantile (p > 0.5) of Student's t with an integer df, from the closed-form two-sided
+    probability P(|T| <= t) (Abramowitz & Stegun 26.7.3-4) inverted by bisection (no scipy)."""
+
+    def central(t: float) -> float:
+        theta = math.atan(t / math.sqrt(df))
+        c2, s = math.cos(theta) ** 2, math.sin(theta)
+        term = total = 1.0
+        if df % 2:  # odd
+            for k in range(1, (df - 3) // 2 + 1):
+                term *= 2 * k / (2 * k + 1) * c2
+                total += term
+            return 2 / math.pi * (theta + (s * math.cos(theta) * total if df > 1 else 0.0))
+        for k in range(1, (df - 2) // 2 + 1):
+            term *= (2 * k - 1) / (2 * k) * c2
+            total += term
+        return s * total
+
+    target, lo, hi = 2 * p - 1, 0.0, 1e4
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if central(mid) < target else (lo, mid)
+    return (lo + hi) / 2
+
+
+def t_interval(values) -> tuple[float, float, float]:
+    """(mean, lower, upper): the 95% t interval of the mean of per-seed values."""
+    v = np.asarray(values, float)
+    mean = float(v.mean())
+    if v.size < 2:
+        return mean, math.nan, math.nan
+    half = student_t_quantile(0.975, v.size - 1) * float(v.std(ddof=1)) / math.sqrt(v.size)
+    return mean, mean - half, mean + half
+
 # --- decisions -----------------------------------------------------------------------------------------
 
 HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
@@ -279,13 +357,13 @@ HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
 
 @dataclasses.dataclass
 class Rule:
-    kind: str  # "beats" or "matches"
-    null: float  # no difference: 1 for a ratio, 0 for a difference
+    kind: str  # "beats", "matches" or "at least" (a share of a gain: holds when the interval lies at or above `null`)
+    null: float  # no difference: 1 for a ratio, 0 for a difference; for "at least": the threshold
     lower_is_better: bool  # for "beats": the first side's better side
     margin: float | None = None  # for "matches": the half-width, in the statistic's units (absolute)
 
     def boundaries(self) -> list[float]:
-        if self.kind == "beats":
+        if self.kind in ("beats", "at least"):
             return [self.null]
         return [self.null - self.margin, self.null + self.margin]
 
@@ -294,6 +372,8 @@ class Rule:
             better = hi < self.null if self.lower_is_better else lo > self.null
             worse = lo > self.null if self.lower_is_better else hi < self.null
             return HOLDS if better else FAILS if worse else INCONCLUSIVE
+        if self.kind == "at least":
+            return HOLDS if lo >= self.null else FAILS if hi < self.null else INCONCLUSIVE
         a, b = self.boundaries()
         if lo >= a and hi <= b:
             return HOLDS
@@ -312,6 +392,8 @@ class Rule:
         if self.kind == "beats":
             on_a_side = (decision == HOLDS) == self.lower_is_better  # the decided side is below the null
             return share(draws >= self.null) if on_a_side else share(draws <= self.null)
+        if self.kind == "at least":
+            return share(draws < self.null) if decision == HOLDS else share(draws >= self.null)
         a, b = self.boundaries()
         if decision == HOLDS:
             return max(share(draws <= a), share(draws >= b))
@@ -321,6 +403,8 @@ class Rule:
     def describe(self) -> str:
         if self.kind == "beats":
             return f"beats ({'<' if self.lower_is_better else '>'} {self.null:g})"
+        if self.kind == "at least":
+            return f"at least {self.null:g}"
         return f"matches ([{self.null - self.margin:g}, {self.null + self.margin:g}])"
 
 
@@ -343,6 +427,60 @@ def parse_printed_verdict(cell: str) -> tuple[str | None, bool]:
     return (head if head in (HOLDS, FAILS, INCONCLUSIVE) else None), counted
 
 
+# --- fine-tuning rows ----------------------------------------------------------------------------------
+
+NUMBER = r"[-+]?\d[\d,]*(?:\.\d+)?"
+PER_SEED = re.compile(r"per-seed mean over (?P<seeds>\d+) seeds:\s*(?P<value>.+?),\s*t interval\s*(?P<interval>\[[^\]]*\])")
+PER_SEED_PAREN = re.compile(r"\s*\(per-seed mean over [^()]*(?:\([^()]*\)[^()]*)*\)")
+TUNED_VS_UNTUNED = re.compile(r"^(?P<a>.+?) vs untuned (?P<b>.+?)$")
+GAIN_MINUS_GAIN = re.compile(r"^(?P<a>.+?)'s gain\s+-\s+(?P<b>.+?)'s gain$")
+SHARE_OF = re.compile(r"share of (?P<b>.+?)'s gain that (?P<a>.+?) recovers")
+UNIT_STAT = re.compile(r"^\s*(?P<value>[-+−]?\d[\d,]*(?:\.\d+)?)\s*(?P<unit>nats/token|pp|RougeL points)\b")
+UNIT_TASK = {"nats/token": "heldout_nll", "pp": "mmlu", "RougeL points": "rougeL"}
+
+
+def task_of(prefix: str) -> str | None:
+    """A row's task prefix ("mmlu", "rougeL", "held-out NLL (template tokens left out)") -> the item files' task."""
+    p = prefix.lower()
+    if "held-out nll" in p or "heldout_nll" in p:
+        return "heldout_nll"
+    if "rouge" in p:
+        return "rougeL"
+    if "mmlu" in p:
+        return "mmlu_0shot" if "0shot" in p or "0-shot" in p or "zero-shot" in p else "mmlu"
+    return None
+
+
+def split_side_display_quant(display: str) -> str:
+    """"QLoRA NF4 + DQ" -> "NF4 + DQ" (the display name of its untuned base, less "untuned ")."""
+    first, _, rest = display.strip().partition(" ")
+    return rest if first.lower() in METHODS and rest else display
+
+
+def parse_interval_loose(text: str) -> tuple[float, float] | None:
+    """"[98.3%, 145.1%]" or "[-0.87, +2.40]" -> (lo, hi)."""
+    m = re.match(r"\s*\[\s*(" + NUMBER + r")\s*%?\s*,\s*(" + NUMBER + r")\s*%?\s*\]", text.replace("−", "-"))
+    return (float(m.group(1).replace(",", "")), float(m.group(2).replace(",", ""))) if m else None
+
+
+def item_value(task: str, item: dict, spec: dict) -> tuple[float, float]:
+    """(numerator, denominator) of one item: held-out NLL (nats, tokens), with or without the template's
+    tokens; MMLU (100 x credit, 1); RougeL (100 x F, 1): the table prints RougeL points."""
+    if task == "heldout_nll":
+        if spec["tokens"] == "content":
+            if item.get("content_nll_sum") is None or item.get("content_tokens") is None:
+                raise ValueError(f"item {item['id']}: no content_nll_sum / content_tokens (template tokens left out)")
+            return float(item["content_nll_sum"]), float(item["content_tokens"])
+        return float(item["nll_sum"]), float(item["tokens"])
+    if task in ("mmlu", "mmlu_0shot"):
+        return 100.0 * mmlu_credit(item, spec["rule"]), 1.0
+    if task == "rougeL":
+        score = float(item["score"])
+        if not 0.0 <= score <= 1.0:
+            raise ValueError(f"item {item['id']}: RougeL score {score} outside [0, 1] (expected an F, not points)")
+        return 100.0 * score, 1.0
+    raise ValueError(f"task {task!r}: no per-item value for fine-tuning rows")
+
 # --- one row -------------------------------------------------------------------------------------------
 
 
@@ -363,6 +501,7 @@ class Result:
     counted: bool = True
     p_value: float | None = None
     holm_note: str = ""
+    digits: int | None = None  # decimals to show the recomputed interval with (default: by the statistic's kind)
 
     @property
     def failed(self) -> bool:
@@ -376,19 +515,22 @@ class Recomputer:
         self.rng = np.random.default_rng(seed)
         self.ppl_margin = perplexity_margin_from_header(findings.header)
         self.acc_margin = accuracy_margin_from_header(findings.header)
+        self.rouge_margin = rouge_margin_from_header(findings.header)
+        self.share_threshold = share_threshold_from_header(findings.header)
         self._cache: dict[Path, list[dict]] = {}
 
     # the items of one row of a table (one side of a comparison)
-    def find(self, task: str, model: str, method: str, quant: str) -> list[ItemFile]:
+    def find(self, task: str, model: str, method: str, quant: str, stage: str | None = None) -> list[ItemFile]:
         hits = [f for f in self.files if f.task == task and model_key(f.model) == model_key(model)
                 and f.method == method and f.quant == quant and f.variant is None]  # fmt: skip
         if task in ("perplexity", "mmlu_0shot"):  # Table 2's evaluations of the untuned base models
-            base = [f for f in hits if "base" in f.path.parts]
-            hits = base or hits
+            stage = stage or "base"
+        if stage:  # e.g. the fine-tuning rows' evaluations (folder "eval"), not the main run's (folder "main")
+            hits = [f for f in hits if stage in f.path.parts] or hits
         return hits
 
-    def load_side(self, task: str, model: str, method: str, quant: str) -> dict[str, dict]:
-        hits = self.find(task, model, method, quant)
+    def load_side(self, task: str, model: str, method: str, quant: str, stage: str | None = None) -> dict[str, dict]:
+        hits = self.find(task, model, method, quant, stage)
         if not hits:
             known = sorted({f.quant for f in self.files if f.task == task and model_key(f.model) == model_key(model)})
             raise LookupError(f"no {task} items for {model} / {method} / {quant} (quants with items: {', '.join(known) or 'none'})")
@@ -437,10 +579,13 @@ class Recomputer:
         res = Result(row, "skipped", printed_decision=decision, counted=counted)
         stat = row.statistic
         comparison = row.comparison
+        spec = self.finetune_spec(row)
+        if spec is not None:
+            return self.recompute_finetune(row, spec)
         ppl = re.match(r"perplexity ratio\s+([\d.]+)\s*$", stat)
         acc = re.match(r"([-+−]?[\d.]+)\s*pp\b", stat)
         if " vs " not in comparison or not (ppl or acc) or "gain" in comparison or "gain" in stat:
-            res.reason = "not a recomputable comparison (only perplexity ratios and accuracy differences)"
+            res.reason = "not a recomputable comparison (only perplexity ratios, accuracy differences and fine-tuning gains)"
             return res
         if "per-seed mean" in comparison:
             res.reason = "rows pooled over seeds with a t interval: not recomputed"
@@ -519,6 +664,260 @@ class Recomputer:
             res.reason = f"note: the printed interval itself implies {res.rule.decide(*res.printed_interval)}"
         return res
 
+    # --- fine-tuning rows: gains over the untuned base, differences in differences, shares of a gain ------
+
+    def finetune_spec(self, row: Row) -> dict | None:
+        """What a fine-tuning row compares (None: not such a row). Keys: kind ("gain": a tuned row vs its
+        untuned base; "did": A's gain - B's gain; "share": the share of B's gain that A recovers; "no gain":
+        that share's row when B's own gain was not established), task, a and b (display names of the tuned
+        rows; b None for "gain"), base_a / base_b (the untuned bases' display names), tokens ("content" or
+        "all" for held-out NLL), per_seed (the printed "(per-seed mean ...)" match or None)."""
+        comparison, stat = row.comparison, row.statistic
+        per_seed = PER_SEED.search(comparison)
+        body = PER_SEED_PAREN.sub("", comparison).strip()
+        prefix, sep, rest = body.partition(": ")
+        if not sep:
+            prefix, rest = "", body
+        spec = {"per_seed": per_seed, "tokens": "all" if "with the template" in prefix.lower() else "content",
+                "rule": "letter" if "letter" in comparison.lower() else "choice", "b": None, "base_b": None}
+        m = TUNED_VS_UNTUNED.match(rest)
+        if m and UNIT_STAT.match(stat):
+            spec.update(kind="gain", a=m.group("a").strip(), base_a="untuned " + m.group("b").strip())
+            spec["task"] = task_of(prefix) or UNIT_TASK[UNIT_STAT.match(stat).group("unit")]
+            return spec
+        m = GAIN_MINUS_GAIN.match(rest)
+        if m and UNIT_STAT.match(stat):
+            spec.update(kind="did", a=m.group("a").strip(), b=m.group("b").strip())
+            spec["task"] = task_of(prefix) or UNIT_TASK[UNIT_STAT.match(stat).group("unit")]
+        elif "share of" in rest and "gain" in rest:
+            m = SHARE_OF.search(rest)
+            sides = (m.group("a").strip(), m.group("b").strip()) if m else self.share_sides(row)
+            if sides is None:
+                return None
+            spec.update(kind="no gain" if stat.lower().startswith("no gain") else "share", a=sides[0], b=sides[1])
+            spec["task"] = task_of(prefix) or "heldout_nll"
+        else:
+            return None
+        spec["base_a"] = "untuned " + split_side_display_quant(spec["a"])
+        spec["base_b"] = "untuned " + split_side_display_quant(spec["b"])
+        return spec
+
+    def share_sides(self, row: Row) -> tuple[str, str] | None:
+        """The sides of a share row that names none ("share of the gain"): those of the row of the same claim
+        and model that does ("share of LoRA BF16's gain that QLoRA NF4 + DQ recovers")."""
+        for other in self.findings.rows:
+            if (other.claim, other.model) == (row.claim, row.model):
+                m = SHARE_OF.search(other.comparison)
+                if m:
+                    return m.group("a").strip(), m.group("b").strip()
+        return None
+
+    def _by_seed(self, task: str, model: str, display: str) -> dict[int | None, dict[str, dict]]:
+        method, quant = split_side(display)
+        out: dict[int | None, dict[str, dict]] = {}
+        for key, item in self.load_side(task, model, method, quant, stage="eval").items():
+            m = re.match(r"s(\d+):(.*)$", key, re.S)
+            seed, item_id = (int(m.group(1)), m.group(2)) if m else (None, key)
+            out.setdefault(seed, {})[item_id] = item
+        return out
+
+    def finetune_data(self, row: Row, spec: dict) -> dict:
+        """The paired per-item values: {"sides": {name: (num[S, n], den[S, n])}, "ids", "seeds", "clusters"}.
+        A side's value over a set of (seed, item) pairs is sum(num) / sum(den): per token for held-out NLL,
+        a mean for MMLU credit (pp) and RougeL (points). Untuned bases (one file, no seed) are repeated for
+        every seed: tuned rows are paired with their base seed by seed and pooled over seeds."""
+        task = spec["task"]
+        names = [n for n in ("a", "base_a", "b", "base_b") if spec[n] is not None]
+        loaded = {n: self._by_seed(task, row.model, spec[n]) for n in names}
+        tuned_seeds = [set(loaded[n]) for n in ("a", "b") if spec[n] is not None]
+        if any(s != tuned_seeds[0] for s in tuned_seeds):
+            raise LookupError(f"the tuned rows have different seeds: {[sorted(s, key=str) for s in tuned_seeds]}")
+        seeds = sorted(tuned_seeds[0], key=lambda s: -1 if s is None else s)
+        for n in names:
+            if set(loaded[n]) != {None} and set(loaded[n]) != set(seeds):
+                raise LookupError(f"{spec[n]}: seeds {sorted(loaded[n], key=str)} do not pair with {seeds}")
+        per_seed = {n: [loaded[n][None if set(loaded[n]) == {None} else s] for s in seeds] for n in names}
+        ids = None
+        for n in names:
+            for items in per_seed[n]:
+                ids = [i for i in (ids if ids is not None else items) if i in items]
+        if not ids:
+            raise LookupError("no item ids in common")
+        sides = {}
+        for n in names:
+            num = np.empty((len(seeds), len(ids)))
+            den = np.empty((len(seeds), len(ids)))
+            for s, items in enumerate(per_seed[n]):
+                for k, i in enumerate(ids):
+                    num[s, k], den[s, k] = item_value(task, items[i], spec)
+            sides[n] = (num, den)
+        clusters = [i if task.startswith("mmlu") else i.rpartition("/")[0] or i for i in ids]
+        return {"sides": sides, "ids": ids, "seeds": seeds, "clusters": clusters}
+
+    def recompute_finetune(self, row: Row, spec: dict) -> Result:
+        decision, counted = parse_printed_verdict(row.verdict)
+        res = Result(row, "skipped", printed_decision=decision, counted=counted)
+        kind, task = spec["kind"], spec["task"]
+        lower_better = task == "heldout_nll"
+        try:
+            data = self.finetune_data(row, spec)
+        except (LookupError, ValueError, KeyError) as e:
+            res.status, res.reason = "MISSING", f"{type(e).__name__}: {e}" if isinstance(e, KeyError) else str(e)
+            return res
+        sides, seeds = data["sides"], data["seeds"]
+        cluster_names = sorted(set(data["clusters"]))
+        weights = cluster_bootstrap_weights(data["clusters"], self.rng)
+
+        def value(name, w=None, s=None):
+            num, den = sides[name]
+            num, den = (num.sum(0), den.sum(0)) if s is None else (num[s], den[s])
+            return num.sum() / den.sum() if w is None else (w @ num) / (w @ den)
+
+        def change(t, w=None, s=None):  # tuned row minus its untuned base
+            return value(t, w, s) - value("base_" + t, w, s)
+
+        def improvement(t, w=None, s=None):  # the gain, positive when the tuned row is better
+            return -change(t, w, s) if lower_better else change(t, w, s)
+
+        if kind == "gain":
+            stat_fn = lambda w=None, s=None: change("a", w, s)  # noqa: E731
+        elif kind == "did":
+            stat_fn = lambda w=None, s=None: change("a", w, s) - change("b", w, s)  # noqa: E731
+        elif kind == "share":
+            stat_fn = lambda w=None, s=None: 100 * change("a", w, s) / change("b", w, s)  # noqa: E731
+        else:  # "no gain": the reference row's own gain
+            stat_fn = lambda w=None, s=None: improvement("b", w, s)  # noqa: E731
+
+        # the rule
+        title = row.claim_title.lower()
+        try:
+            if kind == "gain":
+                res.rule = Rule("beats", 0.0, lower_is_better=lower_better)
+            elif kind == "did":
+                if " match" in title and "beat" not in title and "trail" not in title:
+                    margin = {"mmlu": self.acc_margin, "mmlu_0shot": self.acc_margin, "rougeL": self.rouge_margin}.get(task)
+                    if margin is None:
+                        raise LookupError(f"a 'matches' claim without a margin for {task} in the report's header")
+                    res.rule = Rule("matches", 0.0, lower_better, margin)
+                else:  # "A trails / beats B": the first side's gain is the better one
+                    res.rule = Rule("beats", 0.0, lower_is_better=lower_better)
+            else:
+                m = re.search(r"\(\s*(?:>=|≥)\s*([\d.]+)\s*%\s*\)", row.comparison)
+                threshold = float(m.group(1)) if m else self.share_threshold
+                if threshold is None:
+                    raise LookupError("a share row without a threshold ('(>= 90%)' or the header's 'recovers at least')")
+                share_rule = Rule("at least", threshold, lower_is_better=False)
+                res.rule = share_rule if kind == "share" else Rule("beats", 0.0, lower_is_better=False)
+        except LookupError as e:
+            res.status, res.reason = "MISSING", str(e)
+            return res
+
+        # the statistic, pooled over seeds, its cluster bootstrap and the per-seed values
+        with np.errstate(divide="ignore", invalid="ignore"):
+            res.recomputed = float(stat_fn())
+            draws = np.asarray(stat_fn(weights), float)
+            per_seed = [float(stat_fn(None, s)) for s in range(len(seeds))]
+        draws = draws[np.isfinite(draws)]
+        res.n = len(seeds) * len(data["ids"])
+        res.interval = percentile_interval(draws)
+        seed_mean, t_lo, t_hi = t_interval(per_seed)
+        notes = [f"pooled over {len(seeds)} seed(s) x {len(data['ids'])} items"
+                 + (" per token" + (" (template tokens left out)" if spec["tokens"] == "content" else " (with the template's tokens)")
+                    if task == "heldout_nll" else ""),
+                 f"bootstrap over {len(cluster_names)} " + ("questions" if task.startswith("mmlu") else "tasks") + " (whole)",
+                 f"per-seed {', '.join(f'{v:.4g}' for v in per_seed)}; mean {seed_mean:.4g}, t interval [{t_lo:.4g}, {t_hi:.4g}]"]
+
+        # the printed numbers
+        stat = row.statistic.replace("−", "-")
+        if kind in ("gain", "did"):
+            printed = UNIT_STAT.match(stat).group("value")
+        elif kind == "share":
+            m = re.search(r"recovers\s+(" + NUMBER + r")\s*%", stat)
+            printed = m.group(1) if m else None
+        else:
+            m = re.search(r"gain over its untuned base is\s+(" + NUMBER + r")\s*(\[[^\]]*\])?", stat)
+            printed = m.group(1) if m else None
+            res.printed_interval = parse_interval_loose(m.group(2)) if m and m.group(2) else None
+        if printed is None:
+            res.status, res.reason = "MISMATCH", f"no number in the printed statistic {row.statistic!r}"
+            return res
+        if kind != "no gain":
+            res.printed_interval = parse_interval_loose(row.interval)
+        res.printed_value = float(printed)
+        res.tolerance = half_unit(printed.lstrip("+-"))
+        res.digits = max(len(printed.partition(".")[2]), 1)
+        problems = []
+        if abs(res.recomputed - res.printed_value) > res.tolerance + 1e-12:
+            problems.append(f"statistic {res.recomputed:.6g} vs printed {printed} (tolerance ±{res.tolerance:g})")
+        n_text = row.n if re.match(r"\d", row.n) else (re.search(r"\((\d[\d,]*) items\)", stat) or [None, ""])[1]
+        n_match = re.match(r"(\d[\d,]*)\b(?:\D*?\bin\s+(\d[\d,]*)\s+tasks)?", n_text or "")
+        if n_match:
+            if int(n_match.group(1).replace(",", "")) != res.n:
+                problems.append(f"{res.n} paired items over seeds, printed n {n_text}")
+            if n_match.group(2) and int(n_match.group(2).replace(",", "")) != len(cluster_names):
+                problems.append(f"{len(cluster_names)} tasks, printed {n_match.group(2)}")
+        printed_t = None
+        if spec["per_seed"] is not None:
+            ps = spec["per_seed"]
+            if int(ps.group("seeds")) != len(seeds):
+                problems.append(f"{len(seeds)} seeds, printed {ps.group('seeds')}")
+            mv = re.search(NUMBER, ps.group("value").replace("−", "-"))
+            if mv and abs(seed_mean - float(mv.group(0))) > half_unit(mv.group(0).lstrip("+-")) + 1e-12:
+                problems.append(f"per-seed mean {seed_mean:.6g} vs printed {mv.group(0)}")
+            printed_t = parse_interval_loose(ps.group("interval"))
+            if printed_t:
+                ends = re.findall(NUMBER, ps.group("interval").replace("−", "-"))
+                for got, text in zip((t_lo, t_hi), ends):
+                    if abs(got - float(text)) > half_unit(text.lstrip("+-")) + 1e-12:
+                        problems.append(f"t interval [{t_lo:.6g}, {t_hi:.6g}] vs printed {ps.group('interval')}")
+                        break
+
+        # the decision: the bootstrap interval's, and where the row shows the per-seed t interval that one's too
+        boot = res.rule.decide(*res.interval)
+        res.decision = boot
+        if spec["per_seed"] is not None and len(seeds) > 1:
+            by_t = res.rule.decide(t_lo, t_hi)
+            if by_t != boot:
+                res.decision = INCONCLUSIVE
+                notes.append(f"bootstrap says {boot}, t interval {by_t}: inconclusive")
+        if kind == "share" or kind == "no gain":
+            gain_draws = np.asarray(improvement("b", weights), float)
+            gain_iv = percentile_interval(gain_draws)
+            if kind == "share":
+                notes.insert(0, f"{spec['b']}'s own gain {improvement('b'):+.4f} [{gain_iv[0]:+.4f}, {gain_iv[1]:+.4f}]")
+                if gain_iv[0] <= 0:
+                    res.decision = INCONCLUSIVE
+                    notes.append("no gain to share (the reference gain's interval reaches 0)")
+            else:
+                res.interval = gain_iv
+                if res.decision == HOLDS:  # a gain to share after all: decide the share
+                    with np.errstate(divide="ignore", invalid="ignore"):
+                        share = 100 * change("a", weights) / change("b", weights)
+                    share_iv = percentile_interval(share[np.isfinite(share)])
+                    res.decision = share_rule.decide(*share_iv)
+                    notes.append(f"the reference gain's interval is above 0: share {100 * change('a') / change('b'):.1f}% "
+                                 f"[{share_iv[0]:.1f}, {share_iv[1]:.1f}] decides ({share_rule.describe()})")
+                else:
+                    res.decision = INCONCLUSIVE
+                    notes.append(f"no gain to share: the gain's interval reaches 0, so {share_rule.describe()} is not decided")
+        if res.decision != INCONCLUSIVE and kind != "no gain":
+            res.p_value = res.rule.p_value(draws, res.decision)
+        note = "; ".join(notes)
+        if problems:
+            res.status, res.reason = "MISMATCH", "; ".join(problems) + "; " + note
+            return res
+        if decision is not None and res.decision != decision:
+            near = [iv for iv in (res.printed_interval, printed_t) if iv]
+            if any(self.borderline(res.rule, iv) for iv in near):
+                res.status = "borderline"
+                res.reason = f"recomputed {res.decision}, printed {decision}; a printed interval is near a boundary; {note}"
+            else:
+                res.status = "FLIP"
+                res.reason = f"recomputed intervals say {res.decision}, printed {decision}; {note}"
+            return res
+        res.status, res.reason = "reproduced", note
+        return res
+
     @staticmethod
     def borderline(rule: Rule, interval: tuple[float, float]) -> bool:
         lo, hi = interval
@@ -580,7 +979,7 @@ def _fmt_interval(iv: tuple[float, float] | None, digits: int = 4) -> str:
 def _same(r: Result) -> str:
     if r.decision is None or r.printed_decision is None:
         return "–"
-    what = "side of no difference" if r.rule.kind == "beats" else "inside/outside the margin"
+    what = {"beats": "side of no difference", "at least": "side of the threshold"}.get(r.rule.kind, "inside/outside the margin")
     return f"{'yes' if r.decision == r.printed_decision else 'no'} ({what})"
 
 
@@ -592,14 +991,18 @@ def render(findings_path: str, items_root: str, seed: int, results: list[Result]
         f"Independent of the `qlora` package (scripts/recompute_findings.py): perplexity = exp(Σ nll_sum / Σ tokens) over "
         f"the paired windows, ratio = row / reference; accuracy difference = 100 × mean paired difference of tie-aware "
         f"credit (1/k on a k-way tie). Interval: paired percentile bootstrap over items, {RESAMPLES:,} resamples, "
-        f"numpy default_rng(seed={seed}) (the report's are BCa / Newcombe, so endpoints differ slightly).",
+        f"numpy default_rng(seed={seed}) (the report's are BCa / Newcombe, so endpoints differ slightly). Fine-tuning rows: "
+        f"a tuned row's change over its untuned base (held-out NLL per token, template tokens left out unless the row says "
+        f"otherwise; MMLU choice-rule credit in pp; RougeL points = 100 × F), paired seed by seed and pooled over seeds; "
+        f"differences in differences, shares of a gain; a cluster bootstrap over whole held-out tasks (MMLU: questions, "
+        f"all seeds of one together) and the per-seed mean's t interval.",
         "",
         "| claim | model | comparison | printed statistic | recomputed | \\|difference\\| | printed interval | recomputed interval "
         "| printed verdict | rule | same decision | status | note |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in done:
-        digits = 4 if r.row.statistic.startswith("perplexity") else 2
+        digits = r.digits if r.digits is not None else 4 if r.row.statistic.startswith("perplexity") else 2
         diff = None if r.recomputed is None or r.printed_value is None else abs(r.recomputed - r.printed_value)
         note = "; ".join(x for x in (r.reason, r.holm_note) if x)
         lines.append(

@@ -171,7 +171,7 @@ class Part:
             distance, power_z = (math.log(1 + self.bound) if c.effect is Effect.RATIO else self.bound), float(stats.norm.ppf(0.9))
         else:
             distance, power_z = c.null - self.bound, float(stats.norm.ppf(0.8))
-        unit, used = ("tasks", c.clusters) if c.clusters else (_UNITS[c.task], c.n)
+        unit, used = (c.cluster_unit, c.clusters) if c.clusters else (_UNITS[c.task], c.n)
         need = math.ceil(used * ((z + power_z) * c.se / distance) ** 2)
         return f"80% power at this margin needs ~{need:,} {unit} (used {used:,})"
 
@@ -516,7 +516,11 @@ def _part_row(p: Part) -> str:
         return f"| {p.label} | {p.detail} | – | – | – | {verdict} |"
     c = p.comparison
     stat, ci, mde = _statistic(c)
-    n = f"{c.n:,} {_UNITS[c.task]}" + (f" in {c.clusters} tasks (resampled whole)" if c.clusters else "")
+    n = f"{c.n:,} {_UNITS[c.task]}"
+    if c.cluster_unit == "tasks":
+        n += f" in {c.clusters} tasks (resampled whole)"
+    elif c.cluster_unit == "questions":
+        n += f" ({c.clusters:,} questions x seeds; resampled by question)"
     if p.needed:
         mde += f"; {p.needed}"
     return f"| {p.label} | {stat} | {ci} | {n} | {mde} | {verdict} |"
@@ -544,7 +548,8 @@ def render(found: Sequence[Finding], *, profile: str, margins: Margins = Margins
         "the comparison), else it is inconclusive. "
         "Fine-tuning claims compare gains: each tuned row's improvement over its own untuned base on the same items "
         "(a difference in differences); held-out examples and prompts are resampled by whole held-out task (a cluster "
-        "bootstrap), since items of one task are not independent draws. Within a claim and model, decided parts are "
+        "bootstrap), since items of one task are not independent draws; MMLU questions pooled over seeds are resampled "
+        "by question (a question's answers under the seeds are not independent draws either). Within a claim and model, decided parts are "
         "corrected for multiplicity (Holm). "
         "A \"does not hold\" on a small model is a result, not a bug.",
         "",

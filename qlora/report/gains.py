@@ -62,6 +62,7 @@ class GainItems:
     weight: np.ndarray  # tokens (NLL) or 1
     clusters: list[str | None]
     seeds: list[str]
+    unit: str = "tasks"  # what the clusters are: held-out "tasks", or "questions" (MMLU pooled over seeds)
 
 
 def gain_items(tuned: ItemResults, base: ItemResults, ref_tuned: ItemResults, ref_base: ItemResults, metric: Metric) -> GainItems:
@@ -80,6 +81,9 @@ def gain_items(tuned: ItemResults, base: ItemResults, ref_tuned: ItemResults, re
         raise ValueError(f"the two untuned bases hold different items ({len(b)} vs {len(rb)})")
     row, ref, weight, clusters, seeds = [], [], [], [], []
     by_id = {it.id: it for it in tuned.items}
+    # items with no task of their own (MMLU) answered under several training seeds: a question is one draw, its
+    # answers under the seeds are correlated, so the question is the unit resampled (not the seed x question pair)
+    by_question = all(getattr(it, "cluster", None) is None for it in tuned.items) and len({_split(i)[0] for i in t}) > 1
     for item_id in sorted(t):
         seed, base_id = _split(item_id)
         if base_id not in b:
@@ -90,9 +94,9 @@ def gain_items(tuned: ItemResults, base: ItemResults, ref_tuned: ItemResults, re
         row.append(t[item_id][0] - b[base_id][0])
         ref.append(rt[item_id][0] - rb[base_id][0])
         weight.append(t[item_id][1])
-        clusters.append(getattr(by_id[item_id], "cluster", None))
+        clusters.append(base_id if by_question else getattr(by_id[item_id], "cluster", None))
         seeds.append(seed)
-    return GainItems(np.array(row), np.array(ref), np.array(weight), clusters, seeds)
+    return GainItems(np.array(row), np.array(ref), np.array(weight), clusters, seeds, "questions" if by_question else "tasks")
 
 
 def gain_share(g: GainItems, *, confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0) -> PairedComparison:
@@ -109,7 +113,7 @@ def gain_share(g: GainItems, *, confidence: float = 0.95, n_resamples: int = 200
     n = len(rg)
     se = math.sqrt(n / (n - 1) * float(((rg - estimate * fg) ** 2).sum())) / abs(float(fg.sum()))
     if k is not None:
-        method = method.replace("paired bootstrap", f"paired cluster bootstrap over {k} tasks")
+        method = method.replace("paired bootstrap", f"paired cluster bootstrap over {k} {g.unit}")
     return PairedComparison(task=Task.HELDOUT_NLL, metric=Metric.CONTENT_NLL, effect=Effect.SHARE, estimate=estimate,
                             ci_low=low, ci_high=high, n=len(g.row), mde=_detectable(se, confidence), p_value=None,
                             discordant=None, confidence=confidence, method=method)  # fmt: skip
@@ -118,7 +122,7 @@ def gain_share(g: GainItems, *, confidence: float = 0.95, n_resamples: int = 200
 def reference_gain(g: GainItems, *, confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
     """The reference's own NLL gain over its base (base - tuned, per token; positive: fine-tuning helped) and
     its interval: (estimate, low, high). A share of a gain means something only where this is above 0."""
-    est, low, high, _, _ = _weighted(-g.ref, g.weight, confidence, n_resamples, seed, g.clusters)
+    est, low, high, _, _ = _weighted(-g.ref, g.weight, confidence, n_resamples, seed, g.clusters, g.unit)
     return est, low, high
 
 
@@ -128,9 +132,9 @@ def gain_difference(g: GainItems, task: Task, metric: Metric, *, confidence: flo
     gained more), per item for accuracy and RougeL (positive: the row gained more)."""
     d = g.row - g.ref
     if metric.is_nll:
-        est, low, high, se, method = _weighted(d, g.weight, confidence, n_resamples, seed, g.clusters)
+        est, low, high, se, method = _weighted(d, g.weight, confidence, n_resamples, seed, g.clusters, g.unit)
     elif _clustered(d, g.weight, g.clusters)[2] is not None:
-        est, low, high, se, method = _weighted(d, g.weight, confidence, n_resamples, seed, g.clusters)
+        est, low, high, se, method = _weighted(d, g.weight, confidence, n_resamples, seed, g.clusters, g.unit)
     else:
         est, low, high, se, method = _mean(d, confidence, n_resamples, seed)
     return PairedComparison(task=task, metric=metric, effect=Effect.DIFFERENCE, estimate=est, ci_low=low, ci_high=high,
@@ -147,7 +151,7 @@ def over_seeds(g: GainItems, compare, confidence: float = 0.95) -> tuple[float, 
     values = []
     for s in seeds:
         keep = [i for i, x in enumerate(g.seeds) if x == s]
-        sub = GainItems(g.row[keep], g.ref[keep], g.weight[keep], [g.clusters[i] for i in keep], [s] * len(keep))
+        sub = GainItems(g.row[keep], g.ref[keep], g.weight[keep], [g.clusters[i] for i in keep], [s] * len(keep), g.unit)
         values.append(compare(sub).estimate)
     mean, low, high = t_interval(values, confidence)
     return mean, low, high, len(values)

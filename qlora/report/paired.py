@@ -124,11 +124,20 @@ class PairedComparison:
 
     @property
     def clusters(self) -> int | None:
-        """How many held-out tasks were resampled (a cluster bootstrap), else None: items were."""
+        """How many clusters were resampled whole (held-out tasks, or MMLU questions pooled over seeds), else None:
+        items were."""
         import re
 
-        m = re.search(r"cluster bootstrap over (\d+) tasks", self.method)
+        m = re.search(r"cluster bootstrap over (\d+) (?:tasks|questions)", self.method)
         return int(m.group(1)) if m else None
+
+    @property
+    def cluster_unit(self) -> str | None:
+        """What the clusters are: "tasks" or "questions" (None without clusters)."""
+        import re
+
+        m = re.search(r"cluster bootstrap over \d+ (tasks|questions)", self.method)
+        return m.group(1) if m else None
 
     def margin_bounds(self, margin: float) -> tuple[float, float]:
         """The equivalence region: null ± margin (RATIO: 1 ± a relative margin)."""
@@ -277,12 +286,12 @@ def _clustered(d: np.ndarray, t: np.ndarray, clusters: Sequence[str | None] | No
 
 
 def _weighted(d: np.ndarray, t: np.ndarray, confidence: float, n_resamples: int, seed: int,
-              clusters: Sequence[str | None] | None = None) -> tuple[float, float, float, float, str]:  # fmt: skip
+              clusters: Sequence[str | None] | None = None, unit: str = "tasks") -> tuple[float, float, float, float, str]:  # fmt: skip
     """Token-weighted mean of per-item sums d over token counts t: (estimate, low, high, se, method).
 
     With `clusters` (the group each item was sampled with, e.g. its held-out task), whole clusters are
     resampled: items of one task are not independent draws, and the interval must say how much the
-    result depends on which tasks were held out."""
+    result depends on which tasks were held out. `unit` names the clusters in the method ("tasks", "questions")."""
     d, t, k = _clustered(d, t, clusters)
     n = len(d)
     estimate = float(d.sum() / t.sum())
@@ -296,7 +305,7 @@ def _weighted(d: np.ndarray, t: np.ndarray, confidence: float, n_resamples: int,
 
     low, high, method = _bootstrap_ci((d, t), statistic, confidence, n_resamples, seed)
     if k is not None:
-        method = method.replace("paired bootstrap", f"paired cluster bootstrap over {k} tasks")
+        method = method.replace("paired bootstrap", f"paired cluster bootstrap over {k} {unit}")
     return estimate, low, high, se, method
 
 

@@ -57,7 +57,7 @@ HEADER = """# Findings: synthetic
 
 How to read: paired, 95% interval.
 
-Equivalence margins: perplexity ±0.5% (claim b); differences in differences of accuracy ±1 pp.
+Equivalence margins: perplexity ±0.5% (claim b); after fine-tuning (claim c): QLoRA NF4 + DQ recovers at least 90% of LoRA BF16's held-out NLL gain over its untuned base; differences in differences of accuracy ±1 pp, RougeL ±1 points.
 
 ## Summary
 
@@ -241,15 +241,21 @@ PARTIAL_ROWS = {
 }
 
 
-def test_reproduces_every_perplexity_ratio_of_the_committed_partial_findings(tmp_path):
-    out = tmp_path / "recomputed.md"
+@pytest.fixture(scope="module")
+def partial_report(tmp_path_factory):
+    """The script run once on the committed reports/findings_partial.md: (exit status, report, stderr)."""
+    out = tmp_path_factory.mktemp("partial") / "recomputed.md"
     done = subprocess.run(
         [sys.executable, str(SCRIPT), "--findings", "reports/findings_partial.md", "--items", "findings/items", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    report = out.read_text()
-    assert report == done.stdout
+    return done.returncode, out.read_text() if out.exists() else "", done.stdout, done.stderr
+
+
+def test_reproduces_every_perplexity_ratio_of_the_committed_partial_findings(partial_report):
+    code, report, stdout, stderr = partial_report
+    assert code == 0, stdout[-3000:] + stderr[-3000:]
+    assert report == stdout
     rows = [r for r in _table(report) if r["model"] == "SmolLM2-135M-Instruct" and r["claim"] in ("(a)", "(b)", "(k)", "(l)")]
     got = {(r["claim"], r["comparison"]): r for r in rows}
     assert set(got) == set(PARTIAL_ROWS)
@@ -266,4 +272,225 @@ def test_reproduces_every_perplexity_ratio_of_the_committed_partial_findings(tmp
         assert abs(lo - plo) < 0.005 and abs(hi - phi) < 0.005, (key, row)
     for claim, verdict in (("(a)", "holds"), ("(b)", "holds"), ("(k)", "does not hold"), ("(l)", "does not hold")):
         assert f"| {claim} | SmolLM2-135M-Instruct | {verdict} | {verdict} | yes |" in report
-    assert "Rows recomputed: 12; reproduced: 12," in report
+    assert "Rows recomputed: 18; reproduced: 18," in report
+
+
+# (0) and (c): the committed fine-tuning rows, printed statistic -> (printed number, its half unit)
+PARTIAL_FINETUNE_ROWS = {
+    ("(0)", "LoRA BF16 vs untuned BF16"): ("-0.5476 nats/token", -0.5476, 5e-5, "inconclusive"),
+    ("(0)", "QLoRA NF4 + DQ vs untuned NF4 + DQ"): ("-0.6269 nats/token", -0.6269, 5e-5, "inconclusive"),
+    ("(c)", "held-out NLL (template tokens left out): share of LoRA BF16's gain that QLoRA NF4 + DQ recovers (>= 90%)"):
+        ("no gain to share: the reference row's own gain over its untuned base is +0.548", 0.548, 5e-4, "inconclusive"),
+    ("(c)", "held-out NLL with the template's tokens (shown, not deciding): share of the gain (per-seed mean over 3 seeds: "
+            "recovers 117.8% of the gain, t interval [115.4%, 120.2%])"): ("recovers 117.8% of the gain", 117.8, 5e-2, "holds"),
+    ("(c)", "mmlu: QLoRA NF4 + DQ's gain - LoRA BF16's gain (per-seed mean over 3 seeds: +0.80 pp, t interval [-0.06, +1.66])"):
+        ("+0.80 pp", 0.80, 5e-3, "inconclusive"),
+    ("(c)", "rougeL: QLoRA NF4 + DQ's gain - LoRA BF16's gain (per-seed mean over 3 seeds: -2.76 RougeL points, t interval "
+            "[-16.78, +11.25])"): ("-2.76 RougeL points", -2.76, 5e-3, "inconclusive"),
+}  # fmt: skip
+
+
+def test_reproduces_the_fine_tuning_rows_of_the_committed_partial_findings(partial_report):
+    code, report, stdout, stderr = partial_report
+    assert code == 0, stdout[-3000:] + stderr[-3000:]
+    rows = [r for r in _table(report) if r["model"] == "SmolLM2-135M-Instruct" and r["claim"] in ("(0)", "(c)")]
+    got = {(r["claim"], r["comparison"]): r for r in rows}
+    assert set(got) == set(PARTIAL_FINETUNE_ROWS)
+    for key, (printed, value, half, decision) in PARTIAL_FINETUNE_ROWS.items():
+        row = got[key]
+        assert row["printed statistic"].startswith(printed), key
+        assert abs(float(row["recomputed"]) - value) <= half + 1e-12, (key, row["recomputed"])
+        assert row["status"] == "reproduced", (key, row)
+        assert row["same decision"].startswith("yes"), (key, row)
+        assert row["printed verdict"].startswith(decision) or row["printed verdict"].startswith(f"({decision}"), key
+    # the per-seed means and t intervals the comparisons print are recomputed too (no MISMATCH above), and noted
+    assert "mean 0.8, t interval [-0.06053, 1.661]" in got[("(c)", next(k[1] for k in got if k[1].startswith("mmlu")))]["note"]
+    # the pooled (0) statistics are per token over every seed's examples, template tokens left out
+    assert "pooled over 3 seed(s) x 200 items per token (template tokens left out)" in got[("(0)", "LoRA BF16 vs untuned BF16")]["note"]
+    for claim in ("(0)", "(c)"):
+        assert f"| {claim} | SmolLM2-135M-Instruct | inconclusive | inconclusive | yes |" in report
+
+
+# --- fine-tuning rows on synthetic items: hand-computed differences in differences ------------------------
+
+FT_TASKS = ("t1", "t2", "t3", "t4")
+CONTENT_TOKENS = (2, 3, 5)  # three examples per task: 10 content tokens per task, 40 per seed
+TEMPLATE_TOKENS = 2  # per example: 24 per seed
+
+
+def _write_eval(root: Path, task: str, method: str, quant: str, items: list[dict], seed: int | None = None) -> None:
+    folder = root / "eval" / f"tiny_{method}_{quant}"
+    folder.mkdir(parents=True, exist_ok=True)
+    head = json.dumps({"format": "qlora-items/1", "task": task})[:-1]
+    rows = ",\n".join(json.dumps(i, sort_keys=True) for i in items)
+    tail = "" if seed is None else f"__s{seed}"
+    (folder / f"{task}__{MODEL}__{method}__{quant}{tail}.json").write_text(head + ', "items": [\n' + rows + "\n]}\n")
+
+
+def _heldout(content_per_token: list[float], template_per_token: float) -> list[dict]:
+    """Per task one per-token content NLL; every example of the task has it; the template's tokens cost
+    `template_per_token` each."""
+    items = []
+    for task, x in zip(FT_TASKS, content_per_token):
+        for k, t in enumerate(CONTENT_TOKENS):
+            content = x * t
+            items.append({"content_nll_sum": content, "content_tokens": t, "id": f"{task}/x{k:05d}-{k:012x}",
+                          "nll_sum": content + template_per_token * TEMPLATE_TOKENS, "tokens": t + TEMPLATE_TOKENS})  # fmt: skip
+    return items
+
+
+def _question(k: int, answer: str, credit: float) -> dict:
+    """A choice-rule MMLU item whose credit is 1 (answer on top), 0.5 (a two-way tie with it) or 0."""
+    a = "ABCD".index(answer)
+    other = (a + 1) % 4
+    scores = [-3.0] * 4
+    scores[a] = -1.0 if credit >= 0.5 else -2.0
+    scores[other] = -1.0 if credit <= 0.5 else -2.0
+    return {"answer": answer, "choice_logprob_sums": [2 * s for s in scores], "choice_pred": "ABCD"[int(np.argmax(scores))],
+            "choice_tokens": [2, 2, 2, 2], "id": f"subj/{k:012x}", "letter_logprobs": None, "letter_pred": None,
+            "shots": 5, "subject": "subj"}  # fmt: skip
+
+
+def _prompts(scores_by_task: list[float]) -> list[dict]:
+    return [{"id": f"{task}/{k:012x}", "score": s} for task, s in zip(("ta", "tb"), scores_by_task) for k in range(2)]
+
+
+@pytest.fixture
+def ft_items(tmp_path):
+    """Two seeds of LoRA BF16 and QLoRA NF4 + DQ and their untuned bases, numbers chosen by hand:
+
+    held-out NLL, content per token (per task t1..t4; every task has 10 content tokens, so a task mean):
+      LoRA's change over its base:  seed 0 [-0.2, -0.4, -0.6, -0.8] (-0.5), seed 1 [-0.4 .. -1.0] (-0.7): pooled -0.6
+      QLoRA's change:               seed 0 [-0.1, -0.3, -0.5, -0.7] (-0.4), seed 1 all -0.5:      pooled -0.45
+      share of the gain: 0.45 / 0.6 = 75.0% pooled; per seed 80% and 71.43%: mean 75.71%
+      with the template's tokens (24 per seed, each 0.5 nats cheaper after tuning, 64 tokens per seed):
+      LoRA seed 0 (40 x -0.5 - 12) / 64 = -0.5, seed 1 -0.625; QLoRA -0.4375, -0.5: shares 87.5%, 80%;
+      pooled 0.46875 / 0.5625 = 83.33%
+    MMLU (4 questions, credit 1 / 0.5 tie / 0), in %: BF16 base 12.5; LoRA 25, 25 (gains 12.5, 12.5);
+      NF4 + DQ base 25; QLoRA 50, 75 (gains 25, 50): differences in differences 12.5, 37.5 -> +25.00 pp
+    RougeL (tasks ta, tb, 2 prompts each; F -> points): BF16 base 0.2, LoRA 0.4 / 0.5 (gains 20, 30);
+      NF4 + DQ base 0.1, QLoRA seed 0 ta 0.2 tb 0.3 (gain 15), seed 1 0.3 (gain 20): -5, -10 -> -7.50 points
+    """
+    root = tmp_path / "items"
+    bf16_base, nf4_base = [2.0, 2.5, 3.0, 3.5], [2.1, 2.6, 3.1, 3.6]
+    lora = {0: [-0.2, -0.4, -0.6, -0.8], 1: [-0.4, -0.6, -0.8, -1.0]}
+    qlora = {0: [-0.1, -0.3, -0.5, -0.7], 1: [-0.5] * 4}
+    _write_eval(root, "heldout_nll", "none", "bf16", _heldout(bf16_base, 1.0))
+    _write_eval(root, "heldout_nll", "none", "nf4_dq", _heldout(nf4_base, 1.0))
+    for s in (0, 1):
+        _write_eval(root, "heldout_nll", "lora", "bf16", _heldout([b + c for b, c in zip(bf16_base, lora[s])], 0.5), s)
+        _write_eval(root, "heldout_nll", "qlora", "nf4_dq", _heldout([b + c for b, c in zip(nf4_base, qlora[s])], 0.5), s)
+    answers = "ABCD"
+    mmlu = {("none", "bf16", None): [0.5, 0, 0, 0], ("lora", "bf16", 0): [1, 0, 0, 0], ("lora", "bf16", 1): [0, 1, 0, 0],
+            ("none", "nf4_dq", None): [1, 0, 0, 0], ("qlora", "nf4_dq", 0): [1, 1, 0, 0], ("qlora", "nf4_dq", 1): [1, 1, 1, 0]}
+    for (method, quant, seed), credits in mmlu.items():
+        _write_eval(root, "mmlu", method, quant, [_question(k, answers[k], c) for k, c in enumerate(credits)], seed)
+    rouge = {("none", "bf16", None): [0.2, 0.2], ("lora", "bf16", 0): [0.4, 0.4], ("lora", "bf16", 1): [0.5, 0.5],
+             ("none", "nf4_dq", None): [0.1, 0.1], ("qlora", "nf4_dq", 0): [0.2, 0.3], ("qlora", "nf4_dq", 1): [0.3, 0.3]}
+    for (method, quant, seed), scores in rouge.items():
+        _write_eval(root, "rougeL", method, quant, _prompts(scores), seed)
+    return root
+
+
+ZERO = "(0)", "Fine-tuning worked: LoRA BF16 beats the untuned model on held-out instruction NLL"
+C = "(c)", "4-bit QLoRA with NF4 + DQ matches 16-bit LoRA after fine-tuning"
+SHARE_ROW = ("held-out NLL (template tokens left out): share of LoRA BF16's gain that QLoRA NF4 + DQ recovers (>= 90%) "
+             "(per-seed mean over 2 seeds: recovers 75.7% of the gain, t interval [21.3%, 130.2%]) | recovers 75.0% of the gain "
+             "| [66.0%, 100.0%] | 24 examples in 4 tasks (resampled whole) | – | **inconclusive**")  # fmt: skip
+C_ROWS = [
+    SHARE_ROW,
+    "held-out NLL with the template's tokens (shown, not deciding): share of the gain (per-seed mean over 2 seeds: recovers "
+    "83.8% of the gain, t interval [36.1%, 131.4%]) | recovers 83.3% of the gain | [70.0%, 100.0%] | 24 examples in 4 tasks "
+    "(resampled whole) | – | (inconclusive; not counted)",
+    "mmlu: QLoRA NF4 + DQ's gain - LoRA BF16's gain (per-seed mean over 2 seeds: +25.00 pp, t interval [-133.83, +183.83]) "
+    "| +25.00 pp | [-50.00, +100.00] | 8 questions | – | **inconclusive**",
+    "rougeL: QLoRA NF4 + DQ's gain - LoRA BF16's gain (per-seed mean over 2 seeds: -7.50 RougeL points, t interval "
+    "[-39.27, +24.27]) | -7.50 RougeL points | [-10.00, -5.00] | 8 prompts in 2 tasks (resampled whole) | – | **inconclusive**",
+]  # fmt: skip
+ZERO_ROWS = [
+    "LoRA BF16 vs untuned BF16 | -0.6000 nats/token | [-0.9000, -0.3000] | 24 examples in 4 tasks (resampled whole) | – | **holds**",
+    "QLoRA NF4 + DQ vs untuned NF4 + DQ | -0.4500 nats/token | [-0.6000, -0.3000] | 24 examples in 4 tasks (resampled whole) | – | **holds**",
+]  # fmt: skip
+
+
+def test_fine_tuning_rows_reproduce_hand_computed_differences_in_differences(tmp_path, ft_items):
+    text = _findings([(*ZERO, "holds", ZERO_ROWS), (*C, "inconclusive", C_ROWS)])
+    code, report = _run(tmp_path, text, ft_items)
+    table = _table(report)
+    assert code == 0, report
+    assert [r["status"] for r in table] == ["reproduced"] * 6, report
+    got = [float(r["recomputed"]) for r in table]
+    assert got == pytest.approx([-0.6, -0.45, 75.0, 100 * 0.46875 / 0.5625, 25.0, -7.5], abs=1e-6)  # printed to 6 decimals
+    # (0): a cluster bootstrap over the 4 tasks: every resample is a mean of 4 task changes in [-0.9, -0.3]
+    lo, hi = (float(x) for x in table[0]["recomputed interval"].strip("[]").split(","))
+    assert -0.9 - 1e-9 <= lo < hi <= -0.3 + 1e-9 and table[0]["rule"] == "beats (< 0)"
+    # the per-seed means and t intervals printed in the comparisons (t quantile 12.706 at 1 degree of freedom)
+    assert "mean 75.71, t interval [21.26, 130.2]" in table[2]["note"]
+    assert "mean 25, t interval [-133.8, 183.8]" in table[4]["note"]
+    # rougeL: the bootstrap interval lies outside ±1 (task changes -10 and -5), the t interval does not:
+    # the verdict must follow from both, so inconclusive
+    assert table[5]["rule"] == "matches ([-1, 1])" and "bootstrap says does not hold, t interval inconclusive" in table[5]["note"]
+    assert table[2]["rule"] == "at least 90"
+    assert "| (0) | Tiny-LM-1M | holds | holds | yes |" in report
+    assert "| (c) | Tiny-LM-1M | inconclusive | inconclusive | yes |" in report
+
+
+def test_fine_tuning_rows_flag_tampering(tmp_path, ft_items):
+    tampered = [
+        ZERO_ROWS[0].replace("-0.6000 nats/token", "-0.6002 nats/token"),  # 2 units in the last digit
+        ZERO_ROWS[1].replace("in 4 tasks", "in 5 tasks"),  # the wrong number of clusters
+    ]
+    c_rows = [SHARE_ROW.replace("recovers 75.7% of the gain", "recovers 75.5% of the gain"),  # the per-seed mean
+              C_ROWS[2].replace("t interval [-133.83, +183.83]", "t interval [-13.83, +63.83]"),  # the t interval
+              C_ROWS[3].replace("**inconclusive**", "**holds**")]  # fmt: skip
+    code, report = _run(tmp_path, _findings([(*ZERO, "holds", tampered), (*C, "inconclusive", c_rows)]), ft_items)
+    table = _table(report)
+    assert code == 1
+    assert [r["status"] for r in table] == ["MISMATCH", "MISMATCH", "MISMATCH", "MISMATCH", "FLIP"], report
+    assert "statistic -0.6 vs printed -0.6000" not in table[0]["note"] and "vs printed -0.6002" in table[0]["note"]
+    assert "4 tasks, printed 5" in table[1]["note"]
+    assert "per-seed mean 75.71" in table[2]["note"] and "t interval" in table[3]["note"]
+
+
+NO_GAIN_ROW = ("held-out NLL (template tokens left out): share of LoRA BF16's gain that QLoRA NF4 + DQ recovers (>= 90%) | "
+               "no gain to share: the reference row's own gain over its untuned base is {gain} [{lo}, {hi}] nats/token (24 items), "
+               "its interval reaching 0 | – | – | – | **inconclusive**")  # fmt: skip
+
+
+def test_no_gain_to_share_row_is_checked_as_the_reference_gain(tmp_path, ft_items):
+    # as the fixture stands LoRA's own gain is +0.600 with its interval above 0 (every task gains): there is a
+    # gain to share, and the share (75%, its cluster bootstrap interval wholly below 90%) decides "does not
+    # hold": the printed "no gain to share" flips, though its statistic reproduces
+    row = NO_GAIN_ROW.format(gain="+0.600", lo="+0.300", hi="+0.900")
+    code, report = _run(tmp_path, _findings([(*C, "inconclusive", [row])]), ft_items)
+    table = _table(report)
+    assert code == 1
+    assert float(table[0]["recomputed"]) == pytest.approx(0.6, abs=1e-9)
+    assert table[0]["status"] == "FLIP" and "the reference gain's interval is above 0: share 75.0%" in table[0]["note"]
+    code, report = _run(tmp_path, _findings([(*C, "inconclusive", [row.replace("+0.600 [", "+0.700 [")])]), ft_items)
+    assert code == 1 and _table(report)[0]["status"] == "MISMATCH"
+    # LoRA's changes now per task t1..t4: seed 0 [+0.6, -0.2, -0.6, -1.0], seed 1 [+0.4, -0.4, -0.8, -1.2]:
+    # pooled -0.4 (gain +0.400), but t1 got worse, and resamples rich in t1 reach 0: no gain to share
+    bf16_base = [2.0, 2.5, 3.0, 3.5]
+    for s, change in ((0, [0.6, -0.2, -0.6, -1.0]), (1, [0.4, -0.4, -0.8, -1.2])):
+        _write_eval(ft_items, "heldout_nll", "lora", "bf16", _heldout([b + c for b, c in zip(bf16_base, change)], 0.5), s)
+    row = NO_GAIN_ROW.format(gain="+0.400", lo="-0.100", hi="+0.900")
+    code, report = _run(tmp_path, _findings([(*C, "inconclusive", [row])]), ft_items)
+    table = _table(report)
+    assert code == 0, report
+    assert table[0]["status"] == "reproduced" and float(table[0]["recomputed"]) == pytest.approx(0.4, abs=1e-9)
+    lo, hi = (float(x) for x in table[0]["recomputed interval"].strip("[]").split(","))
+    assert lo <= 0 < hi and "no gain to share" in table[0]["note"]
+
+
+def test_cluster_bootstrap_draws_whole_clusters():
+    labels = ["a", "a", "b", "c", "c", "c"]
+    w = recompute.cluster_bootstrap_weights(labels, np.random.default_rng(0), resamples=500)
+    assert w.shape == (500, 6)
+    assert (w[:, 0] == w[:, 1]).all() and (w[:, 3] == w[:, 4]).all() and (w[:, 4] == w[:, 5]).all()
+    assert (w[:, [0, 2, 3]].sum(axis=1) == 3).all()  # 3 clusters drawn per resample
+
+
+def test_student_t_quantile():
+    for df, q in ((1, 12.7062), (2, 4.3027), (3, 3.1824), (10, 2.2281), (30, 2.0423)):
+        assert recompute.student_t_quantile(0.975, df) == pytest.approx(q, abs=1e-4)
