@@ -519,8 +519,8 @@ def _part_row(p: Part) -> str:
     n = f"{c.n:,} {_UNITS[c.task]}"
     if c.cluster_unit == "tasks":
         n += f" in {c.clusters} tasks (resampled whole)"
-    elif c.cluster_unit == "questions":
-        n += f" ({c.clusters:,} questions x seeds; resampled by question)"
+    elif c.cluster_unit is not None:  # questions or examples pooled over training seeds
+        n += f" ({c.clusters:,} {c.cluster_unit} x seeds; resampled by {c.cluster_unit[:-1]})"
     if p.needed:
         mde += f"; {p.needed}"
     return f"| {p.label} | {stat} | {ci} | {n} | {mde} | {verdict} |"
@@ -548,8 +548,8 @@ def render(found: Sequence[Finding], *, profile: str, margins: Margins = Margins
         "the comparison), else it is inconclusive. "
         "Fine-tuning claims compare gains: each tuned row's improvement over its own untuned base on the same items "
         "(a difference in differences); held-out examples and prompts are resampled by whole held-out task (a cluster "
-        "bootstrap), since items of one task are not independent draws; MMLU questions pooled over seeds are resampled "
-        "by question (a question's answers under the seeds are not independent draws either). Within a claim and model, decided parts are "
+        "bootstrap), since items of one task are not independent draws; MMLU questions and classification examples pooled "
+        "over seeds are resampled whole (an item's results under the seeds are not independent draws either). Within a claim and model, decided parts are "
         "corrected for multiplicity (Holm). "
         "A \"does not hold\" on a small model is a result, not a bug.",
         "",

@@ -24,7 +24,7 @@ import numpy as np
 
 from qlora.eval.items import ItemResults
 from qlora.eval.result import Metric, Task
-from qlora.report.paired import (Effect, PairedComparison, _bootstrap_ci, _clustered, _detectable, _mean, _weighted, credit,
+from qlora.report.paired import (Effect, PairedComparison, _bootstrap_ci, _clustered, _detectable, _mean, _weighted, credit, split_seed,
                                  t_interval)  # fmt: skip
 
 
@@ -45,12 +45,6 @@ def _values(items: ItemResults, metric: Metric) -> dict[str, tuple[float, float]
         else:
             raise ValueError(f"no gain comparison for metric {metric.value}")
     return out
-
-
-def _split(item_id: str) -> tuple[str, str]:
-    """("s<seed>" or "", the base item's id)."""
-    head, sep, rest = item_id.partition(":")
-    return (head, rest) if sep and head.startswith("s") and head[1:].isdigit() else ("", item_id)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,9 +77,9 @@ def gain_items(tuned: ItemResults, base: ItemResults, ref_tuned: ItemResults, re
     by_id = {it.id: it for it in tuned.items}
     # items with no task of their own (MMLU) answered under several training seeds: a question is one draw, its
     # answers under the seeds are correlated, so the question is the unit resampled (not the seed x question pair)
-    by_question = all(getattr(it, "cluster", None) is None for it in tuned.items) and len({_split(i)[0] for i in t}) > 1
+    by_question = all(getattr(it, "cluster", None) is None for it in tuned.items) and len({split_seed(i)[0] for i in t}) > 1
     for item_id in sorted(t):
-        seed, base_id = _split(item_id)
+        seed, base_id = split_seed(item_id)
         if base_id not in b:
             raise ValueError(f"tuned item {item_id!r} has no untuned counterpart {base_id!r}")
         weights = {t[item_id][1], b[base_id][1], rt[item_id][1], rb[base_id][1]}

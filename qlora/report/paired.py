@@ -128,15 +128,15 @@ class PairedComparison:
         items were."""
         import re
 
-        m = re.search(r"cluster bootstrap over (\d+) (?:tasks|questions)", self.method)
+        m = re.search(r"cluster bootstrap over (\d+) (?:tasks|questions|examples)", self.method)
         return int(m.group(1)) if m else None
 
     @property
     def cluster_unit(self) -> str | None:
-        """What the clusters are: "tasks" or "questions" (None without clusters)."""
+        """What the clusters are: "tasks", or "questions" / "examples" pooled over seeds (None without clusters)."""
         import re
 
-        m = re.search(r"cluster bootstrap over \d+ (tasks|questions)", self.method)
+        m = re.search(r"cluster bootstrap over \d+ (tasks|questions|examples)", self.method)
         return m.group(1) if m else None
 
     def margin_bounds(self, margin: float) -> tuple[float, float]:
@@ -416,6 +416,19 @@ def _correct(items: list, metric: Metric) -> np.ndarray:
     return np.array([credit(it, metric) for it in items])
 
 
+def split_seed(item_id: str) -> tuple[str, str]:
+    """("s<seed>" or "", the base item's id): items of rows trained per seed are pooled as "s<seed>:<id>"."""
+    head, sep, rest = item_id.partition(":")
+    return (head, rest) if sep and head.startswith("s") and head[1:].isdigit() else ("", item_id)
+
+
+def seed_clusters(item_ids: Sequence[str]) -> list[str] | None:
+    """Each item's base id where the items pool two or more training seeds (the same question or example under
+    every seed: one draw, its results under the seeds correlated, so it is the unit to resample), else None."""
+    split = [split_seed(i) for i in item_ids]
+    return [base for _, base in split] if len({seed for seed, _ in split}) > 1 else None
+
+
 def compare(row: ItemResults, ref: ItemResults, *, metric: Metric | None = None, confidence: float = 0.95,
             n_resamples: int = N_RESAMPLES, seed: int = 0, strict: bool = True) -> PairedComparison:  # fmt: skip
     """Compares `row` with its reference `ref` on their shared items.
@@ -476,6 +489,13 @@ def compare(row: ItemResults, ref: ItemResults, *, metric: Metric | None = None,
     if not metric.is_accuracy or (task is Task.CLASSIFICATION and metric is not Metric.ACCURACY):
         raise ValueError(f"metric {metric.value} does not fit task {task.value}")
     x, y = _correct(a, metric), _correct(b, metric)
+    pooled = seed_clusters([it.id for it in a])
+    if pooled is not None:  # rows trained per seed: resample whole questions (examples), not seed x item pairs
+        unit = "questions" if task in (Task.MMLU, Task.MMLU_ZERO_SHOT) else "examples"
+        est, low, high, se, method = _weighted(x - y, np.ones(n), confidence, n_resamples, seed, pooled, unit)
+        return PairedComparison(effect=Effect.DIFFERENCE, estimate=est, ci_low=low, ci_high=high, mde=_detectable(se, confidence),
+                                p_value=None, discordant=None, method=f"{method} (per-item credit, ties counted 1/k)",
+                                **common)  # fmt: skip
     if not np.isin(np.concatenate([x, y]), (0.0, 1.0)).all():  # fractional credit (ties): a paired mean difference
         est, low, high, se, method = _mean(x - y, confidence, n_resamples, seed)
         return PairedComparison(effect=Effect.DIFFERENCE, estimate=est, ci_low=low, ci_high=high, mde=_detectable(se, confidence),

@@ -51,3 +51,19 @@ def test_the_findings_table_names_the_question_clusters():
     c = gain_difference(g, Task.MMLU, Metric.CHOICE_ACCURACY)
     row = _part_row(Part("mmlu gain", Verdict.INCONCLUSIVE, c, test=Test.EQUIVALENCE, bound=0.01))
     assert "| 150 questions (50 questions x seeds; resampled by question) |" in row
+
+
+def test_a_paired_accuracy_comparison_of_rows_pooled_over_seeds_resamples_whole_questions():
+    from qlora.report.paired import compare
+
+    rng = np.random.default_rng(2)
+    ids = [f"anatomy/q{i:03d}" for i in range(300)]
+    row, ref = rng.random(300) < 0.45, rng.random(300) < 0.35
+    pooled = lambda right: _mmlu([f"s{s}:{i}" for s in range(3) for i in ids], list(right) * 3)  # noqa: E731
+    c = compare(pooled(row), pooled(ref), metric="choice_accuracy")
+    assert c.cluster_unit == "questions" and c.clusters == 300 and c.p_value is None
+    assert abs(c.estimate - (row.mean() - ref.mean())) < 1e-12
+    one = compare(_mmlu(ids, row), _mmlu(ids, ref), metric="choice_accuracy")  # one seed: McNemar, as before
+    assert one.clusters is None and one.p_value is not None and abs(one.estimate - c.estimate) < 1e-12
+    # three fully correlated seeds carry one seed's information: about the same interval, not sqrt(3) narrower
+    assert 0.8 < (c.ci_high - c.ci_low) / (one.ci_high - one.ci_low) < 1.25
