@@ -86,16 +86,16 @@ def choose(results: list[dict], rows: list[str]) -> dict:
     """Each row's best lr, and the one lr for all rows: the lowest mean over rows of each row's best validation NLL
     (rows whose best lrs differ by less than the validation's resolution should not get different lrs: their
     comparison would then confound the data type with the learning rate). Flags a best at the first validation
-    step (the minimum may lie before it: not resolved by the grid)."""
+    step after step 0 (the minimum may lie before it) and at the last (it may lie after): not resolved by the grid."""
     best = {row: min((r for r in results if r["row"] == row), key=lambda r: r["best_val_nll"]) for row in rows}
     lrs = sorted({r["lr"] for r in results})
     mean = {lr: sum(r["best_val_nll"] for r in results if r["lr"] == lr) / len(rows) for lr in lrs
             if sum(1 for r in results if r["lr"] == lr) == len(rows)}  # fmt: skip
     chosen = min(mean, key=mean.get)
-    first = {r["row"]: r["steps"][0] for r in results}
-    unresolved = sorted({(r["row"], r["lr"]) for r in results if r["best_step"] == first[r["row"]]})
+    unresolved = sorted({(r["row"], r["lr"]) for r in results if r["best_step"] == min(s for s in r["steps"] if s > 0)})
+    late = sorted({(r["row"], r["lr"]) for r in results if r["best_step"] == max(r["steps"])})
     return {"best": best, "agree": len({b["lr"] for b in best.values()}) == 1, "mean_best": mean, "chosen": chosen,
-            "unresolved": unresolved}  # fmt: skip
+            "unresolved": unresolved, "unresolved_late": late}  # fmt: skip
 
 
 def _write(results: list[dict], args, params, seconds: float) -> None:
@@ -129,6 +129,9 @@ def _write(results: list[dict], args, params, seconds: float) -> None:
     if c["unresolved"]:
         lines += ["", "Best at the first validation step (the minimum may lie earlier; the grid does not resolve it): "
                   + ", ".join(f"{row} at {lr:g}" for row, lr in c["unresolved"]) + "."]  # fmt: skip
+    if c["unresolved_late"]:
+        lines += ["", "Best at the last validation step (the minimum may lie later; train longer, validation picks the step): "
+                  + ", ".join(f"{row} at {lr:g}" for row, lr in c["unresolved_late"]) + "."]  # fmt: skip
     args.out.write_text("\n".join(lines) + "\n")
     args.out.with_suffix(".json").write_text(json.dumps({"results": results, **c}, indent=1) + "\n")
 

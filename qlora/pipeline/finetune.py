@@ -142,6 +142,8 @@ def finetune(
 
         validator = Validator(validation, model, pad_token_id, train_config.max_steps, Path(resume_dir) / "validation",
                               save_snapshot, quant.compute_dtype.resolve(device))  # fmt: skip
+        if not (Path(resume_dir) / "validation" / "step00000.json").exists():  # step 0: the adapters as initialised
+            validator.evaluate(0)  # (B = 0: the untuned model), so that "no training" can be the chosen step
         user_on_step = on_step
 
         def on_step(metrics) -> None:  # noqa: F811

@@ -1,6 +1,7 @@
-"""Validation while a causal row trains: the held-out validation NLL every few steps, the adapter of each
-evaluated step kept, and the adapter of the best step is the row's output (the stopping step chosen on
-validation, never on the test items).
+"""Validation while a causal row trains: the held-out validation NLL before training (step 0: the adapters as
+initialised, i.e. the untuned model) and every few steps, the adapter of each evaluated step kept, and the
+adapter of the best step is the row's output (the stopping step chosen on validation, never on the test items;
+step 0 when no training helps).
 
 The validation examples come from whole task families held out apart from the test's
 (`qlora.data.prepare`); their NLL leaves out the template's end-of-turn tokens. Evaluating does not

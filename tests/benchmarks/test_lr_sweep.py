@@ -15,6 +15,13 @@ def test_one_lr_for_all_rows_even_where_their_best_lrs_differ():
     assert {row: b["lr"] for row, b in c["best"].items()} == {"a": 1e-3, "b": 5e-4} and not c["agree"]
     assert c["mean_best"][5e-4] == (2.6 + 2.5) / 2 and c["chosen"] == 5e-4
     assert c["unresolved"] == [("a", 1e-3), ("b", 1e-3)]  # best at the first validation step
+    assert c["unresolved_late"] == [("a", 2e-4), ("b", 2e-4)]  # best at the last: the minimum may lie later
+
+
+def test_step_0_is_the_untrained_model_not_the_first_validation_step():
+    steps = (0, 8, 16, 24, 32)
+    c = choose([_run("a", 1e-3, [3.5, 2.5, 2.8, 2.9, 3.0], steps), _run("a", 5e-4, [3.5, 3.0, 2.9, 2.8, 2.7], steps)], ["a"])
+    assert c["chosen"] == 1e-3 and c["unresolved"] == [("a", 1e-3)] and c["unresolved_late"] == [("a", 5e-4)]
 
 
 def test_an_lr_not_run_for_every_row_is_not_chosen():

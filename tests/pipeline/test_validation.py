@@ -51,7 +51,11 @@ def test_validation_picks_the_best_step_without_changing_training(setup):
     checked = _run(tmp_path, qdir, "checked", val)
     assert checked.record.losses == plain.record.losses  # evaluating draws nothing and trains nothing
     rec = checked.record
-    assert rec.val_steps == (2, 4, 6) and len(rec.val_nll) == 3 and all(v > 0 for v in rec.val_nll)
+    assert rec.val_steps == (0, 2, 4, 6) and len(rec.val_nll) == 4 and all(v > 0 for v in rec.val_nll)
+    # step 0 is the adapters as initialised: every LoRA B is zero, so the model is the untuned one
+    init = load_file(str(tmp_path / "checked.resume" / "validation" / "step00000" / "adapter_model.safetensors"))
+    assert any("lora_B" in k for k in init) and all(not v.any() for k, v in init.items() if "lora_B" in k)
+    assert rec.val_nll[0] != rec.val_nll[-1]
     assert rec.chosen_step == rec.val_steps[rec.val_nll.index(min(rec.val_nll))]
     curve = read_curve(tmp_path / "checked.resume" / "validation", 6)
     assert curve.steps == rec.val_steps and curve.nll == rec.val_nll
