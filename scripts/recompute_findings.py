@@ -648,19 +648,9 @@ class Recomputer:
             problems.append(f"statistic {res.recomputed:.6g} vs printed {printed} (tolerance ±{res.tolerance:g})")
         if printed_n and int(printed_n.group(1).replace(",", "")) != res.n:
             problems.append(f"{res.n} paired items, printed n {row.n}")
-        if problems:
-            res.status, res.reason = "MISMATCH", "; ".join(problems)
-            return res
-        if decision is not None and res.decision != decision:
-            if res.printed_interval and self.borderline(res.rule, res.printed_interval):
-                res.status = "borderline"
-                res.reason = f"recomputed {res.decision}, printed {decision}; the printed interval is near a boundary"
-            else:
-                res.status = "FLIP"
-                res.reason = f"recomputed interval says {res.decision}, printed {decision}"
-            return res
-        res.status = "reproduced"
-        if res.printed_interval and decision is not None and res.rule.decide(*res.printed_interval) != decision:
+        self.settle(res, problems, decision, [res.printed_interval])
+        if res.status == "reproduced" and res.printed_interval and decision is not None \
+                and res.rule.decide(*res.printed_interval) != decision:
             res.reason = f"note: the printed interval itself implies {res.rule.decide(*res.printed_interval)}"
         return res
 
@@ -902,20 +892,23 @@ class Recomputer:
                     notes.append(f"no gain to share: the gain's interval reaches 0, so {share_rule.describe()} is not decided")
         if res.decision != INCONCLUSIVE and kind != "no gain":
             res.p_value = res.rule.p_value(draws, res.decision)
-        note = "; ".join(notes)
+        return self.settle(res, problems, decision, [res.printed_interval, printed_t], "; ".join(notes))
+
+    def settle(self, res: Result, problems: list[str], decision: str | None, printed: list, note: str = "") -> Result:
+        """The row's status: MISMATCH (a statistic or n differs), FLIP or borderline (the recomputed decision
+        differs from the printed one; borderline when a printed interval lies near a decision boundary), else
+        reproduced."""
+        tail = f"; {note}" if note else ""
         if problems:
-            res.status, res.reason = "MISMATCH", "; ".join(problems) + "; " + note
-            return res
-        if decision is not None and res.decision != decision:
-            near = [iv for iv in (res.printed_interval, printed_t) if iv]
-            if any(self.borderline(res.rule, iv) for iv in near):
+            res.status, res.reason = "MISMATCH", "; ".join(problems) + tail
+        elif decision is not None and res.decision != decision:
+            if any(self.borderline(res.rule, iv) for iv in printed if iv):
                 res.status = "borderline"
-                res.reason = f"recomputed {res.decision}, printed {decision}; a printed interval is near a boundary; {note}"
+                res.reason = f"recomputed {res.decision}, printed {decision}; a printed interval is near a boundary{tail}"
             else:
-                res.status = "FLIP"
-                res.reason = f"recomputed intervals say {res.decision}, printed {decision}; {note}"
-            return res
-        res.status, res.reason = "reproduced", note
+                res.status, res.reason = "FLIP", f"recomputed intervals say {res.decision}, printed {decision}{tail}"
+        else:
+            res.status, res.reason = "reproduced", note
         return res
 
     @staticmethod

@@ -24,8 +24,8 @@ import numpy as np
 
 from qlora.eval.items import ItemResults
 from qlora.eval.result import Metric, Task
-from qlora.report.paired import (Effect, PairedComparison, _bootstrap_ci, _clustered, _detectable, _mean, _weighted, credit, split_seed,
-                                 t_interval)  # fmt: skip
+from qlora.report.paired import (Effect, PairedComparison, _bootstrap_ci, _clustered, _detectable, _mean, _weighted, credit,
+                                 seed_clusters, split_seed, t_interval)  # fmt: skip
 
 
 def _values(items: ItemResults, metric: Metric) -> dict[str, tuple[float, float]]:
@@ -77,7 +77,7 @@ def gain_items(tuned: ItemResults, base: ItemResults, ref_tuned: ItemResults, re
     by_id = {it.id: it for it in tuned.items}
     # items with no task of their own (MMLU) answered under several training seeds: a question is one draw, its
     # answers under the seeds are correlated, so the question is the unit resampled (not the seed x question pair)
-    by_question = all(getattr(it, "cluster", None) is None for it in tuned.items) and len({split_seed(i)[0] for i in t}) > 1
+    by_question = all(getattr(it, "cluster", None) is None for it in tuned.items) and seed_clusters(list(t)) is not None
     for item_id in sorted(t):
         seed, base_id = split_seed(item_id)
         if base_id not in b:
