@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 
 from qlora.eval.items import LETTERS, MMLUItem, first_max, text_id
 from qlora.eval.result import Task
+from qlora.report.paired import split_seed
 from qlora.report.records import Evaluation
 
 MAX_LETTER_SHARE = 0.6  # issue 22's bound: above it a row mostly answers one letter
@@ -76,7 +77,7 @@ def _check(row: str, task: Task, rule: Rule, items: Sequence[MMLUItem], scores: 
         tie = _tie(s)
         if tie is None:
             continue
-        if any(tie <= group for group in same.get(it.id.split("#")[0], ())):
+        if any(tie <= group for group in same.get(split_seed(it.id)[1].split("#")[0], ())):  # pooled ids: "s<seed>:<id>"
             data += 1
         else:
             ties += 1

@@ -79,5 +79,8 @@ def test_a_tie_between_identical_choice_texts_is_the_datas_and_not_flagged():
     (check,) = mmlu_checks([_eval(untied)], same)
     assert (check.ties, check.data_ties, check.letter_share) == (0, 1, 0.5) and not check.flagged
     assert "| 0 | 1 | no |" in render_checks([check])
+    pooled = [dataclasses.replace(it, id=f"s{seed}:{it.id}") for seed in (0, 1) for it in untied]  # rows trained per seed
+    (check,) = mmlu_checks([_eval(pooled)], same)
+    assert (check.ties, check.data_ties) == (0, 2) and not check.flagged
     (check,) = mmlu_checks([_eval(untied)])  # without the questions every tie counts
     assert (check.ties, check.data_ties) == (1, 0) and check.flagged
