@@ -57,8 +57,9 @@ Fine-tuning rows (claims (0), (c), (d)), from the evaluations of the tuned rows 
   NLL and RougeL, and whole questions (all seeds of a question together) for MMLU; 2,000 resamples.
 * the comparison's "(per-seed mean over S seeds: V, t interval [lo, hi])": the same statistic per seed
   (seed s of A paired with seed s of B), its mean and 95% Student t interval over seeds, checked to the
-  printed digits like the statistic; where it is shown the decision must follow from it too, else
-  inconclusive (the report's rule).
+  printed digits like the statistic. For every row pooled over two or more seeds the decision must follow
+  from the per-seed t interval too, else inconclusive (the report's rule) — whether or not the row prints
+  it (a row that does not is noted, and a verdict that ignored it shows as a FLIP).
 * n: the (seed, item) pairs and, where printed ("in 8 tasks"), the number of tasks.
 
 Rows it cannot recompute (tuned rows compared without an untuned base, classification, the data-type and
@@ -749,6 +750,9 @@ class Recomputer:
         res = Result(row, "skipped", printed_decision=decision, counted=counted)
         kind, task = spec["kind"], spec["task"]
         lower_better = task == "heldout_nll"
+        if row.statistic.startswith("not measured"):
+            res.reason = f"the report did not measure it ({row.statistic})"
+            return res
         try:
             data = self.finetune_data(row, spec)
         except (LookupError, ValueError, KeyError) as e:
@@ -862,14 +866,17 @@ class Recomputer:
                         problems.append(f"t interval [{t_lo:.6g}, {t_hi:.6g}] vs printed {ps.group('interval')}")
                         break
 
-        # the decision: the bootstrap interval's, and where the row shows the per-seed t interval that one's too
+        # the decision: the bootstrap interval's, and for rows pooled over seeds the per-seed t interval's too
+        # (the report's rule, applied whether or not the row prints that interval)
         boot = res.rule.decide(*res.interval)
         res.decision = boot
-        if spec["per_seed"] is not None and len(seeds) > 1:
+        if len(seeds) > 1 and (spec["per_seed"] is not None or kind != "no gain"):
             by_t = res.rule.decide(t_lo, t_hi)
             if by_t != boot:
                 res.decision = INCONCLUSIVE
                 notes.append(f"bootstrap says {boot}, t interval {by_t}: inconclusive")
+            if spec["per_seed"] is None:
+                notes.append("the report prints no per-seed t interval for this row")
         if kind == "share" or kind == "no gain":
             gain_draws = np.asarray(improvement("b", weights), float)
             gain_iv = percentile_interval(gain_draws)

@@ -42,7 +42,7 @@ from qlora.report.labels import DataTypeLabel
 from qlora.eval.items import ItemResults
 from qlora.report.failures import FailedRun
 from qlora.report.gains import gain_difference, gain_items, gain_share, over_seeds, reference_gain
-from qlora.report.paired import Effect, PairedComparison, Verdict, at_least, equivalence, superiority, t_interval
+from qlora.report.paired import Effect, PairedComparison, Verdict, at_least, broadcast_seeds, equivalence, superiority, t_interval
 from qlora.report.records import EvalRecord, Evaluation, TrainRecord
 from qlora.report.tables import StatsConfig, as_evaluations, find
 
@@ -229,8 +229,9 @@ def split_seeds(items: ItemResults) -> dict[int, ItemResults] | None:
 
 def _over_seeds(row: Evaluation, ref: Evaluation, c: PairedComparison, stats: StatsConfig) -> tuple[PairedComparison, int] | None:
     """The paired effect per training seed, and its mean with a t interval over the seeds (the
-    item-level interval is conditional on the trained models; this one includes run-to-run noise)."""
-    rows, refs = split_seeds(row.items), split_seeds(ref.items)
+    item-level interval is conditional on the trained models; this one includes run-to-run noise). A reference
+    evaluated once (an untuned base) is compared with every seed of the row."""
+    rows, refs = (split_seeds(items) for items in broadcast_seeds(row.items, ref.items))
     if rows is None or refs is None or rows.keys() != refs.keys() or c.effect is Effect.RATIO:
         return None
     effects = [stats.compare(Evaluation(row.record, rows[s]), Evaluation(ref.record, refs[s])).estimate for s in rows]

@@ -151,6 +151,37 @@ def test_rows_trained_per_seed_must_also_decide_over_seeds(per_seed, expected):
     assert "per-seed mean over 3 seeds" in part.label
 
 
+def _tuned_per_seed_and_base(gains_per_seed, n=400):
+    """Held-out NLL of LoRA BF16 trained once per seed (pooled as the report pools them) and of its untuned
+    base, evaluated once: seed s is `gains_per_seed[s]` nats/token better than the base."""
+    import dataclasses
+
+    from qlora.report.records import pool_seeds
+
+    tokens = [20 + i % 5 for i in range(n)]
+    base = fx.normal(n, 2.0, 0.2, seed=50)
+    out = [ev("heldout_nll", "bf16", Method.NONE, fx.heldout(base, tokens), "m")]
+    for seed, gain in enumerate(gains_per_seed):
+        e = ev("heldout_nll", "bf16", Method.LORA, fx.heldout(base - gain + fx.normal(n, 0, 0.02, seed=60 + seed), tokens), "m")
+        out.append(dataclasses.replace(e, record=dataclasses.replace(e.record, seed=seed)))
+    return pool_seeds(out)
+
+
+@pytest.mark.parametrize("gains, expected", [
+    ((0.30, 0.28, 0.32), Verdict.HOLDS),         # every seed gains alike: decided
+    ((0.60, 0.45, -0.10), Verdict.INCONCLUSIVE),  # the pooled items gain, the seeds disagree
+])  # fmt: skip
+def test_a_tuned_row_against_its_untuned_base_must_also_decide_over_seeds(gains, expected):
+    # the untuned base is evaluated once; each seed of the tuned row is compared with it (claim (0))
+    (zero,) = [f for f in assess(_tuned_per_seed_and_base(gains), []) if f.claim is Claim.TUNING]
+    (part,) = zero.parts
+    assert part.comparison.ci_high < 0  # the pooled item-level interval alone would say "holds"
+    assert part.verdict is expected
+    assert part.label.startswith("LoRA BF16 vs untuned BF16 (per-seed mean over 3 seeds: ")
+    mean = sum(gains) / 3
+    assert f"-{mean:.4f} nats/token" in part.label or f"-{mean:.3f}" in part.label
+
+
 # --- fine-tuning gains over each row's own untuned base (differences in differences) ----------------------
 
 def _gains(model, qlora_share, fp4_share, n=240, tasks=8, lora_gain=0.5):
