@@ -204,12 +204,32 @@ def _part(label: str, row: Evaluation | None, ref: Evaluation | None, rule, stat
     verdict = rule(c)
     spread = _over_seeds(row, ref, c, stats)
     if spread is not None:  # rows trained once per seed: the verdict must also survive run-to-run noise
-        over_seeds, k = spread
-        stat, ci, _ = _statistic(over_seeds)
-        label += f" (per-seed mean over {k} seeds: {stat.split(' (')[0]}, t interval {ci})"
-        if rule(over_seeds) is not verdict:
-            verdict = Verdict.INCONCLUSIVE
+        label, verdict = _decided_over_seeds(label, verdict, rule, *spread, stats.confidence)
     return Part(label, verdict, c, test=test, bound=bound)
+
+
+MAX_SEEDS = 50
+
+
+def _decided_over_seeds(label: str, verdict: Verdict, rule, seeded: PairedComparison, k: int, confidence: float) -> tuple[str, Verdict]:
+    """`label` with the per-seed mean and its t interval over the `k` seeds (`seeded`), and the verdict, which
+    must also follow from that interval, else it is inconclusive. Then the label says how many seeds would decide
+    at this mean and spread (a point estimate of what more seeds would show, not a power calculation)."""
+    stat, ci, _ = _statistic(seeded)
+    note = ""
+    if rule(seeded) is not verdict:
+        sd = (seeded.ci_high - seeded.estimate) * math.sqrt(k) / float(stats.t.ppf(0.5 + confidence / 2, k - 1))
+        need = next((n for n in range(k + 1, MAX_SEEDS + 1)
+                     if rule(_t_spread(seeded, sd * float(stats.t.ppf(0.5 + confidence / 2, n - 1)) / math.sqrt(n))) is verdict),
+                    None)  # fmt: skip
+        note = (f"; at this mean and spread {need} seeds would decide" if need else
+                f"; at this mean and spread no number of seeds up to {MAX_SEEDS} would decide")  # fmt: skip
+        verdict = Verdict.INCONCLUSIVE
+    return f"{label} (per-seed mean over {k} seeds: {stat.split(' (')[0]}, t interval {ci}{note})", verdict
+
+
+def _t_spread(c: PairedComparison, half: float) -> PairedComparison:
+    return dataclasses.replace(c, ci_low=c.estimate - half, ci_high=c.estimate + half)
 
 
 def split_seeds(items: ItemResults) -> dict[int, ItemResults] | None:
@@ -355,11 +375,8 @@ def _gain_part(label: str, task: Task, metric: Metric, rows: tuple, kind: str, r
     spread = over_seeds(g, compare, stats.confidence)
     if spread is not None:
         mean, low, high, k = spread
-        seeded = dataclasses.replace(c, estimate=mean, ci_low=low, ci_high=high)
-        stat, ci, _ = _statistic(seeded)
-        label += f" (per-seed mean over {k} seeds: {stat.split(' (')[0]}, t interval {ci})"
-        if rule(seeded) is not verdict:
-            verdict = Verdict.INCONCLUSIVE
+        label, verdict = _decided_over_seeds(label, verdict, rule, dataclasses.replace(c, estimate=mean, ci_low=low, ci_high=high),
+                                             k, stats.confidence)  # fmt: skip
     return Part(label, verdict, c, test=test, bound=bound, counts=counts)
 
 

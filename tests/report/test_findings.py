@@ -180,6 +180,11 @@ def test_a_tuned_row_against_its_untuned_base_must_also_decide_over_seeds(gains,
     assert part.label.startswith("LoRA BF16 vs untuned BF16 (per-seed mean over 3 seeds: ")
     mean = sum(gains) / 3
     assert f"-{mean:.4f} nats/token" in part.label or f"-{mean:.3f}" in part.label
+    # where the seeds do not decide, how many would at this mean and spread: gains 0.60, 0.45, -0.10 have mean
+    # 0.3167 and sd 0.3686; t(n-1) x sd / sqrt(n) < 0.3167 first at n = 8 (2.365 x 0.3686 / 2.828 = 0.308)
+    assert ("seeds would decide" in part.label) is (expected is Verdict.INCONCLUSIVE)
+    if expected is Verdict.INCONCLUSIVE:
+        assert part.label.endswith("; at this mean and spread 8 seeds would decide)")
 
 
 # --- fine-tuning gains over each row's own untuned base (differences in differences) ----------------------

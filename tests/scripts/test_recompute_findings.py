@@ -277,7 +277,8 @@ def test_reproduces_every_perplexity_ratio_of_the_committed_partial_findings(par
 
 # (0) and (c): the committed fine-tuning rows, printed statistic -> (printed number, its half unit)
 PARTIAL_FINETUNE_ROWS = {
-    ("(0)", "LoRA BF16 vs untuned BF16 (per-seed mean over 3 seeds: -0.2956 nats/token, t interval [-0.5951, +0.0038])"):
+    ("(0)", "LoRA BF16 vs untuned BF16 (per-seed mean over 3 seeds: -0.2956 nats/token, t interval [-0.5951, +0.0038]; "
+            "at this mean and spread 4 seeds would decide)"):
         ("-0.2956 nats/token", -0.2956, 5e-5, "inconclusive"),
 }  # fmt: skip
 
