@@ -677,7 +677,8 @@ class Recomputer:
             spec["task"] = task_of(prefix) or UNIT_TASK[UNIT_STAT.match(stat).group("unit")]
             return spec
         m = GAIN_MINUS_GAIN.match(rest)
-        if m and UNIT_STAT.match(stat):
+        unmeasured = stat.startswith("not measured") and task_of(prefix)  # skipped as such, not as "not recomputable"
+        if m and (UNIT_STAT.match(stat) or unmeasured):
             spec.update(kind="did", a=m.group("a").strip(), b=m.group("b").strip())
             spec["task"] = task_of(prefix) or UNIT_TASK[UNIT_STAT.match(stat).group("unit")]
         elif "share of" in rest and "gain" in rest:
