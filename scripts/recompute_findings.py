@@ -62,6 +62,12 @@ Fine-tuning rows (claims (0), (c), (d)), from the evaluations of the tuned rows 
   it (a row that does not is noted, and a verdict that ignored it shows as a FLIP).
 * n: the (seed, item) pairs and, where printed ("in 8 tasks"), the number of tasks.
 
+* adapter variants (claims (f), (g)): "all-linear A" is the row with adapters on every linear layer at the
+  default rank (item files without a variant), "attention-only [A]" the files of variant "attention",
+  "rank N" those of variant "rN" (rank 64, the default, the files without a variant). A side that names
+  no row takes the other side's; where neither does ("rank 8" vs "rank 64"), the row is the one tuned row
+  whose files carry that variant. Every variant row's untuned base is its row's base.
+
 Rows it cannot recompute (tuned rows compared without an untuned base, classification, the data-type and
 analysis rows) are listed as skipped and do not fail. The claim-level verdicts (### <model>: <verdict>)
 are recomputed from the rows ("holds" only if every counted part holds, "does not hold" if any does not)
@@ -263,6 +269,24 @@ def split_side(side: str) -> tuple[str, str]:
     if first.lower() in METHODS and rest:
         return METHODS[first.lower()], normalise_quant(rest)
     return "none", normalise_quant(side)
+
+
+DEFAULT_RANK = 64  # the LoRA rank of the rows without a variant (the paper's and the findings profile's)
+VARIANT_SIDE = re.compile(r"^(?:(?P<all>all-linear)|(?P<attention>attention-only)|rank (?P<rank>\d+))(?:\s+(?P<rest>.*))?$", re.I)
+
+
+def split_variant(side: str) -> tuple[str | None, str]:
+    """"attention-only QLoRA NF4 + DQ" -> ("attention", "QLoRA NF4 + DQ"); "rank 8" -> ("r8", "");
+    "all-linear QLoRA NF4 + DQ" and "rank 64" -> (None, ...): the files without a variant."""
+    m = VARIANT_SIDE.match(side.strip())
+    if not m:
+        return None, side.strip()
+    rest = (m.group("rest") or "").strip()
+    if m.group("attention"):
+        return "attention", rest
+    if m.group("rank") and int(m.group("rank")) != DEFAULT_RANK:
+        return f"r{int(m.group('rank'))}", rest
+    return None, rest
 
 
 # --- statistics ----------------------------------------------------------------------------------------
@@ -521,20 +545,23 @@ class Recomputer:
         self._cache: dict[Path, list[dict]] = {}
 
     # the items of one row of a table (one side of a comparison)
-    def find(self, task: str, model: str, method: str, quant: str, stage: str | None = None) -> list[ItemFile]:
+    def find(self, task: str, model: str, method: str, quant: str, stage: str | None = None,
+             variant: str | None = None) -> list[ItemFile]:  # fmt: skip
         hits = [f for f in self.files if f.task == task and model_key(f.model) == model_key(model)
-                and f.method == method and f.quant == quant and f.variant is None]  # fmt: skip
+                and f.method == method and f.quant == quant and f.variant == variant]  # fmt: skip
         if task in ("perplexity", "mmlu_0shot"):  # Table 2's evaluations of the untuned base models
             stage = stage or "base"
         if stage:  # e.g. the fine-tuning rows' evaluations (folder "eval"), not the main run's (folder "main")
             hits = [f for f in hits if stage in f.path.parts] or hits
         return hits
 
-    def load_side(self, task: str, model: str, method: str, quant: str, stage: str | None = None) -> dict[str, dict]:
-        hits = self.find(task, model, method, quant, stage)
+    def load_side(self, task: str, model: str, method: str, quant: str, stage: str | None = None,
+                  variant: str | None = None) -> dict[str, dict]:  # fmt: skip
+        hits = self.find(task, model, method, quant, stage, variant)
         if not hits:
             known = sorted({f.quant for f in self.files if f.task == task and model_key(f.model) == model_key(model)})
-            raise LookupError(f"no {task} items for {model} / {method} / {quant} (quants with items: {', '.join(known) or 'none'})")
+            what = f"{method} / {quant}" + (f" / variant {variant}" if variant else "")
+            raise LookupError(f"no {task} items for {model} / {what} (quants with items: {', '.join(known) or 'none'})")
         seeded = [f for f in hits if f.seed is not None]
         if seeded and len(seeded) != len(hits):
             raise LookupError(f"{task} items for {model} / {method} / {quant}: seeded and unseeded files mixed")
@@ -690,9 +717,20 @@ class Recomputer:
             spec["task"] = task_of(prefix) or "heldout_nll"
         else:
             return None
-        spec["base_a"] = "untuned " + split_side_display_quant(spec["a"])
-        spec["base_b"] = "untuned " + split_side_display_quant(spec["b"])
+        (spec["variant_a"], a), (spec["variant_b"], b) = split_variant(spec["a"]), split_variant(spec["b"])
+        a, b = a or b, b or a  # "all-linear QLoRA NF4 + DQ's gain - attention-only's gain": one row, two variants
+        spec.update(a=a, b=b, base_a="", base_b="")  # both empty ("rank 8" vs "rank 64"): finetune_data finds the row
+        if a:
+            spec.update(base_a="untuned " + split_side_display_quant(a), base_b="untuned " + split_side_display_quant(b))
         return spec
+
+    def variant_row(self, task: str, model: str, variant: str | None) -> str:
+        """"qlora nf4_dq": the one tuned row (method and quant) whose items carry `variant`."""
+        rows = {(f.method, f.quant) for f in self.files
+                if f.task == task and model_key(f.model) == model_key(model) and f.variant == variant and variant}  # fmt: skip
+        if len(rows) != 1:
+            raise LookupError(f"variant {variant!r} of {model}: {len(rows)} tuned rows with its {task} items, expected one")
+        return " ".join(next(iter(rows)))
 
     def share_sides(self, row: Row) -> tuple[str, str] | None:
         """The sides of a share row that names none ("share of the gain"): those of the row of the same claim
@@ -704,10 +742,10 @@ class Recomputer:
                     return m.group("a").strip(), m.group("b").strip()
         return None
 
-    def _by_seed(self, task: str, model: str, display: str) -> dict[int | None, dict[str, dict]]:
+    def _by_seed(self, task: str, model: str, display: str, variant: str | None = None) -> dict[int | None, dict[str, dict]]:
         method, quant = split_side(display)
         out: dict[int | None, dict[str, dict]] = {}
-        for key, item in self.load_side(task, model, method, quant, stage="eval").items():
+        for key, item in self.load_side(task, model, method, quant, stage="eval", variant=variant).items():
             m = re.match(r"s(\d+):(.*)$", key, re.S)
             seed, item_id = (int(m.group(1)), m.group(2)) if m else (None, key)
             out.setdefault(seed, {})[item_id] = item
@@ -719,8 +757,11 @@ class Recomputer:
         a mean for MMLU credit (pp) and RougeL (points). Untuned bases (one file, no seed) are repeated for
         every seed: tuned rows are paired with their base seed by seed and pooled over seeds."""
         task = spec["task"]
+        if spec["a"] == "":  # "rank 8" vs "rank 64": the tuned row whose files carry the variant
+            a = self.variant_row(task, row.model, spec["variant_a"] or spec["variant_b"])
+            spec.update(a=a, b=a, base_a="untuned " + split_side_display_quant(a), base_b="untuned " + split_side_display_quant(a))
         names = [n for n in ("a", "base_a", "b", "base_b") if spec[n] is not None]
-        loaded = {n: self._by_seed(task, row.model, spec[n]) for n in names}
+        loaded = {n: self._by_seed(task, row.model, spec[n], spec.get(f"variant_{n}")) for n in names}
         tuned_seeds = [set(loaded[n]) for n in ("a", "b") if spec[n] is not None]
         if any(s != tuned_seeds[0] for s in tuned_seeds):
             raise LookupError(f"the tuned rows have different seeds: {[sorted(s, key=str) for s in tuned_seeds]}")

@@ -272,7 +272,7 @@ def test_reproduces_every_perplexity_ratio_of_the_committed_partial_findings(par
         assert abs(lo - plo) < 0.005 and abs(hi - phi) < 0.005, (key, row)
     for claim, verdict in (("(a)", "holds"), ("(b)", "holds"), ("(k)", "does not hold"), ("(l)", "does not hold")):
         assert f"| {claim} | SmolLM2-135M-Instruct | {verdict} | {verdict} | yes |" in report
-    assert "Rows recomputed: 22; reproduced: 22," in report
+    assert "Rows recomputed: 24; reproduced: 24," in report
 
 
 # (0) and (c): the committed fine-tuning rows, printed statistic -> (printed number, its half unit)
@@ -306,13 +306,19 @@ PARTIAL_FINETUNE_ROWS = {
     ("(d)", "rougeL: QLoRA NF4 + DQ's gain - QLoRA FP4's gain (per-seed mean over 3 seeds: +4.98 RougeL points, "
             "t interval [-1.41, +11.37]; at this mean and spread 4 seeds would decide)"):
         ("+4.98 RougeL points", 4.98, 0.005, "inconclusive"),
+    ("(f)", "held-out NLL (template tokens left out): all-linear QLoRA NF4 + DQ's gain - attention-only's gain (per-seed mean "
+            "over 3 seeds: -0.0221 nats/token, t interval [-0.2828, +0.2386])"):
+        ("-0.0221 nats/token", -0.0221, 5e-5, "inconclusive"),
+    ("(f)", "held-out NLL: share of LoRA BF16's gain that attention-only QLoRA NF4 + DQ recovers (>= 90%; shown) (per-seed "
+            "mean over 3 seeds: recovers 139.5% of the gain, t interval [39.9%, 239.1%])"):
+        ("recovers 128.6% of the gain", 128.6, 0.05, "inconclusive"),
 }  # fmt: skip
 
 
 def test_reproduces_the_fine_tuning_rows_of_the_committed_partial_findings(partial_report):
     code, report, stdout, stderr = partial_report
     assert code == 0, stdout[-3000:] + stderr[-3000:]
-    rows = [r for r in _table(report) if r["model"] == "SmolLM2-135M-Instruct" and r["claim"] in ("(0)", "(c)", "(d)")]
+    rows = [r for r in _table(report) if r["model"] == "SmolLM2-135M-Instruct" and r["claim"] in ("(0)", "(c)", "(d)", "(f)")]
     got = {(r["claim"], r["comparison"]): r for r in rows}
     assert set(got) == set(PARTIAL_FINETUNE_ROWS)
     for key, (printed, value, half, decision) in PARTIAL_FINETUNE_ROWS.items():
@@ -340,6 +346,10 @@ def test_reproduces_the_fine_tuning_rows_of_the_committed_partial_findings(parti
     assert "per-seed 3.001, 4.046, 7.886" in rouge and "bootstrap says holds, t interval inconclusive: inconclusive" in rouge
     assert "| (d) | SmolLM2-135M-Instruct | inconclusive | inconclusive | yes |" in report
     assert "skipped (d)" not in report and "not measured" not in report
+    # (f): the attention-only row's files (variant "attention") paired with the all-linear row's; the seeds disagree
+    # in sign (+0.069, -0.137, +0.002)
+    assert "per-seed 0.06901, -0.1369, 0.001553" in got[("(f)", next(k for c, k in PARTIAL_FINETUNE_ROWS if c == "(f)"))]["note"]
+    assert "| (f) | SmolLM2-135M-Instruct | inconclusive | inconclusive | yes |" in report
 
 
 # --- fine-tuning rows on synthetic items: hand-computed differences in differences ------------------------
@@ -349,12 +359,13 @@ CONTENT_TOKENS = (2, 3, 5)  # three examples per task: 10 content tokens per tas
 TEMPLATE_TOKENS = 2  # per example: 24 per seed
 
 
-def _write_eval(root: Path, task: str, method: str, quant: str, items: list[dict], seed: int | None = None) -> None:
-    folder = root / "eval" / f"tiny_{method}_{quant}"
+def _write_eval(root: Path, task: str, method: str, quant: str, items: list[dict], seed: int | None = None,
+                variant: str | None = None) -> None:  # fmt: skip
+    folder = root / "eval" / (f"tiny_{method}_{quant}" + (f"_{variant}" if variant else ""))
     folder.mkdir(parents=True, exist_ok=True)
     head = json.dumps({"format": "qlora-items/1", "task": task})[:-1]
     rows = ",\n".join(json.dumps(i, sort_keys=True) for i in items)
-    tail = "" if seed is None else f"__s{seed}"
+    tail = (f"__{variant}" if variant else "") + ("" if seed is None else f"__s{seed}")
     (folder / f"{task}__{MODEL}__{method}__{quant}{tail}.json").write_text(head + ', "items": [\n' + rows + "\n]}\n")
 
 
@@ -446,6 +457,50 @@ ZERO_ROWS = [
     "QLoRA NF4 + DQ vs untuned NF4 + DQ (per-seed mean over 2 seeds: -0.4500 nats/token, t interval [-1.0853, +0.1853]) "
     "| -0.4500 nats/token | [-0.6000, -0.3000] | 24 examples in 4 tasks (resampled whole) | – | **inconclusive**",
 ]  # fmt: skip
+
+
+# (f) and (g): adapter variants of QLoRA NF4 + DQ (item files "...__qlora__nf4_dq__<variant>__s<seed>"), paired
+# with the all-linear rank-64 row (no variant) of ft_items and the same untuned NF4 + DQ base. Changes per task
+# (every task the same, 10 content tokens each):
+#   attention-only: seed 0 -0.2, seed 1 -0.35; all-linear (ft_items' QLoRA): -0.4, -0.5
+#     (f) all-linear's gain - attention-only's: -0.2, -0.15 -> pooled -0.175; t: -0.175 ± 12.706 x 0.025
+#     share of LoRA BF16's gain (-0.5, -0.7) it recovers: 40%, 50% -> pooled 0.275 / 0.6 = 45.83%
+#   rank 8: seed 0 -0.36, seed 1 -0.5 -> share of rank 64's gain: 90%, 100% -> pooled 0.86 / 0.9 = 95.56%; t: 95 ± 12.706 x 5
+F = "(f)", "Adapters on every linear layer are needed: attention-only adapters fall short (paper Fig. 2)"
+G = "(g)", "Rank matters little once every linear layer has adapters: ranks 8 and 16 recover >= 90% of rank 64's gain (paper Fig. 3)"
+F_ROWS = [
+    "held-out NLL (template tokens left out): all-linear QLoRA NF4 + DQ's gain - attention-only's gain (per-seed mean over "
+    "2 seeds: -0.1750 nats/token, t interval [-0.4927, +0.1427]) | -0.1750 nats/token | [-0.2000, -0.1500] | 24 examples in "
+    "4 tasks (resampled whole) | – | **inconclusive**",
+    "held-out NLL: share of LoRA BF16's gain that attention-only QLoRA NF4 + DQ recovers (>= 90%; shown) (per-seed mean over "
+    "2 seeds: recovers 45.0% of the gain, t interval [-18.5%, 108.5%]) | recovers 45.8% of the gain | [40.0%, 52.0%] | "
+    "24 examples in 4 tasks (resampled whole) | – | (inconclusive; not counted)",
+]  # fmt: skip
+G_ROWS = [
+    "held-out NLL: share of rank 64's gain that rank 8 recovers (>= 90%) (per-seed mean over 2 seeds: recovers 95.0% of the "
+    "gain, t interval [31.5%, 158.5%]) | recovers 95.6% of the gain | [90.0%, 100.0%] | 24 examples in 4 tasks (resampled "
+    "whole) | – | **inconclusive**",
+]  # fmt: skip
+
+
+def test_adapter_variant_rows_pair_the_variant_files_with_the_all_linear_row(tmp_path, ft_items):
+    nf4_base = [2.1, 2.6, 3.1, 3.6]
+    for variant, changes in (("attention", {0: -0.2, 1: -0.35}), ("r8", {0: -0.36, 1: -0.5})):
+        for s, c in changes.items():
+            _write_eval(ft_items, "heldout_nll", "qlora", "nf4_dq", _heldout([b + c for b in nf4_base], 0.5), s, variant)
+    code, report = _run(tmp_path, _findings([(*F, "inconclusive", F_ROWS), (*G, "inconclusive", G_ROWS)]), ft_items)
+    table = _table(report)
+    assert code == 0, report
+    assert [r["status"] for r in table] == ["reproduced"] * 3, report
+    assert [float(r["recomputed"]) for r in table] == pytest.approx([-0.175, 100 * 0.275 / 0.6, 100 * 0.86 / 0.9], abs=1e-6)
+    assert "mean -0.175, t interval [-0.4927, 0.1427]" in table[0]["note"] and table[0]["rule"] == "beats (< 0)"
+    assert "mean 45, t interval" in table[1]["note"] and "mean 95, t interval [31.47, 158.5]" in table[2]["note"]
+    assert table[2]["rule"] == "at least 90"
+    # a variant whose files are missing is MISSING, never silently the all-linear row
+    missing = _findings([(*G, "inconclusive", [G_ROWS[0].replace("rank 8", "rank 16")])])
+    code, report = _run(tmp_path, missing, ft_items)
+    assert code == 1 and _table(report)[0]["status"] == "MISSING", report
+    assert "variant 'r16'" in _table(report)[0]["note"]
 
 
 def test_fine_tuning_rows_reproduce_hand_computed_differences_in_differences(tmp_path, ft_items):
