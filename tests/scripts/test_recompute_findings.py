@@ -272,7 +272,7 @@ def test_reproduces_every_perplexity_ratio_of_the_committed_partial_findings(par
         assert abs(lo - plo) < 0.005 and abs(hi - phi) < 0.005, (key, row)
     for claim, verdict in (("(a)", "holds"), ("(b)", "holds"), ("(k)", "does not hold"), ("(l)", "does not hold")):
         assert f"| {claim} | SmolLM2-135M-Instruct | {verdict} | {verdict} | yes |" in report
-    assert "Rows recomputed: 24; reproduced: 24," in report
+    assert "Rows recomputed: 25; reproduced: 25," in report
 
 
 # (0) and (c): the committed fine-tuning rows, printed statistic -> (printed number, its half unit)
@@ -312,13 +312,16 @@ PARTIAL_FINETUNE_ROWS = {
     ("(f)", "held-out NLL: share of LoRA BF16's gain that attention-only QLoRA NF4 + DQ recovers (>= 90%; shown) (per-seed "
             "mean over 3 seeds: recovers 139.5% of the gain, t interval [39.9%, 239.1%])"):
         ("recovers 128.6% of the gain", 128.6, 0.05, "inconclusive"),
+    ("(g)", "held-out NLL: share of rank 64's gain that rank 8 recovers (>= 90%) (per-seed mean over 3 seeds: recovers 93.7% "
+            "of the gain, t interval [80.1%, 107.4%])"):
+        ("recovers 94.9% of the gain", 94.9, 0.05, "inconclusive"),
 }  # fmt: skip
 
 
 def test_reproduces_the_fine_tuning_rows_of_the_committed_partial_findings(partial_report):
     code, report, stdout, stderr = partial_report
     assert code == 0, stdout[-3000:] + stderr[-3000:]
-    rows = [r for r in _table(report) if r["model"] == "SmolLM2-135M-Instruct" and r["claim"] in ("(0)", "(c)", "(d)", "(f)")]
+    rows = [r for r in _table(report) if r["model"] == "SmolLM2-135M-Instruct" and r["claim"] in ("(0)", "(c)", "(d)", "(f)", "(g)")]
     got = {(r["claim"], r["comparison"]): r for r in rows}
     assert set(got) == set(PARTIAL_FINETUNE_ROWS)
     for key, (printed, value, half, decision) in PARTIAL_FINETUNE_ROWS.items():
@@ -350,6 +353,9 @@ def test_reproduces_the_fine_tuning_rows_of_the_committed_partial_findings(parti
     # in sign (+0.069, -0.137, +0.002)
     assert "per-seed 0.06901, -0.1369, 0.001553" in got[("(f)", next(k for c, k in PARTIAL_FINETUNE_ROWS if c == "(f)"))]["note"]
     assert "| (f) | SmolLM2-135M-Instruct | inconclusive | inconclusive | yes |" in report
+    # (g): rank 8 (files of variant "r8") against the all-linear rank-64 row, both from the untuned NF4 + DQ base
+    assert "per-seed 89.37, 99.91, 91.9" in got[("(g)", next(k for c, k in PARTIAL_FINETUNE_ROWS if c == "(g)"))]["note"]
+    assert "| (g) | SmolLM2-135M-Instruct | inconclusive | inconclusive | yes |" in report
 
 
 # --- fine-tuning rows on synthetic items: hand-computed differences in differences ------------------------
