@@ -482,6 +482,11 @@ def split_side_display_quant(display: str) -> str:
     return rest if first.lower() in METHODS and rest else display
 
 
+def set_sides(spec: dict, a: str, b: str) -> None:
+    """The tuned rows a and b of a fine-tuning spec and their untuned bases ("untuned <quant>")."""
+    spec.update(a=a, b=b, base_a="untuned " + split_side_display_quant(a), base_b="untuned " + split_side_display_quant(b))
+
+
 def parse_interval_loose(text: str) -> tuple[float, float] | None:
     """"[98.3%, 145.1%]" or "[-0.87, +2.40]" -> (lo, hi)."""
     m = re.match(r"\s*\[\s*(" + NUMBER + r")\s*%?\s*,\s*(" + NUMBER + r")\s*%?\s*\]", text.replace("−", "-"))
@@ -721,7 +726,7 @@ class Recomputer:
         a, b = a or b, b or a  # "all-linear QLoRA NF4 + DQ's gain - attention-only's gain": one row, two variants
         spec.update(a=a, b=b, base_a="", base_b="")  # both empty ("rank 8" vs "rank 64"): finetune_data finds the row
         if a:
-            spec.update(base_a="untuned " + split_side_display_quant(a), base_b="untuned " + split_side_display_quant(b))
+            set_sides(spec, a, b)
         return spec
 
     def variant_row(self, task: str, model: str, variant: str | None) -> str:
@@ -759,7 +764,7 @@ class Recomputer:
         task = spec["task"]
         if spec["a"] == "":  # "rank 8" vs "rank 64": the tuned row whose files carry the variant
             a = self.variant_row(task, row.model, spec["variant_a"] or spec["variant_b"])
-            spec.update(a=a, b=a, base_a="untuned " + split_side_display_quant(a), base_b="untuned " + split_side_display_quant(a))
+            set_sides(spec, a, a)
         names = [n for n in ("a", "base_a", "b", "base_b") if spec[n] is not None]
         loaded = {n: self._by_seed(task, row.model, spec[n], spec.get(f"variant_{n}")) for n in names}
         tuned_seeds = [set(loaded[n]) for n in ("a", "b") if spec[n] is not None]
