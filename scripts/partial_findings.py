@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     from qlora.data.mmlu import load_mmlu
     from qlora.pipeline import paths
     from qlora.report.analyses import analyses_markdown, load_results
+    from qlora.report.failures import split_failed
     from qlora.report.findings import findings
     from qlora.report.mmlu_checks import identical_choices, mmlu_checks, render_checks
     from qlora.report.records import attach_items, load_records, pool_seeds
@@ -38,11 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         p.error(f"no such file: {', '.join(missing)}")
     records, trains = load_records(a.records)
-    evals = pool_seeds(attach_items(records, [paths.ITEMS / "base", paths.ITEMS / "eval"]))
+    kept, checked = split_failed(attach_items(records, [paths.ITEMS / "base", paths.ITEMS / "eval"]))
+    evals = pool_seeds(kept)
     head = (f"> **Partial findings run: {a.label}.** Made by `scripts/partial_findings.py` from the records "
             f"{', '.join(f'`{f}`' for f in a.records + a.analyses)}; the other stages of the findings profile had not run, "
             "so the claims that need them are missing here. The full run writes reports/findings.md.\n\n")  # fmt: skip
-    text = (findings(evals, trains, profile="findings (partial)") + render_checks(mmlu_checks(evals, identical_choices(load_mmlu())))
+    text = (findings(evals, trains, profile="findings (partial)", checked=checked) + render_checks(mmlu_checks(evals, identical_choices(load_mmlu())))
             + analyses_markdown(load_results(a.analyses)))
     write_text(a.out, head + text)
     print(f"wrote {a.out}")

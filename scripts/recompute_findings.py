@@ -548,6 +548,7 @@ class Recomputer:
         self.rouge_margin = rouge_margin_from_header(findings.header)
         self.share_threshold = share_threshold_from_header(findings.header)
         self._cache: dict[Path, list[dict]] = {}
+        self.failed_runs: dict[str, None] = {}  # classification runs left out (not above their majority class), in order
 
     # the items of one row of a table (one side of a comparison)
     def find(self, task: str, model: str, method: str, quant: str, stage: str | None = None,
@@ -621,6 +622,8 @@ class Recomputer:
             res.reason = "not a recomputable comparison (only perplexity ratios, accuracy differences and fine-tuning gains)"
             return res
         if "per-seed mean" in comparison:
+            if acc and comparison.lower().startswith("classification:"):
+                return self.recompute_classification(row, acc.group(1))
             res.reason = "rows pooled over seeds with a t interval: not recomputed"
             return res
         task = "perplexity"
@@ -686,6 +689,81 @@ class Recomputer:
                 and res.rule.decide(*res.printed_interval) != decision:
             res.reason = f"note: the printed interval itself implies {res.rule.decide(*res.printed_interval)}"
         return res
+
+    # --- classification rows (the encoder's fine-tuning rows): accuracy differences pooled over seeds -------
+
+    def classification_runs(self, model: str, display: str) -> dict[int, dict[str, float]]:
+        """{seed: {example id: 1.0 when predicted right}} of a tuned classification row, without its failed
+        runs: a run whose accuracy is not above its test items' majority-class share learned nothing."""
+        method, quant = split_side(display)
+        runs: dict[int, dict[str, float]] = {}
+        for key, item in self.load_side("classification", model, method, quant, stage="eval").items():
+            m = re.match(r"s(\d+):(.*)$", key, re.S)
+            seed, item_id = (int(m.group(1)), m.group(2)) if m else (-1, key)
+            runs.setdefault(seed, {})[item_id] = float(item["pred"] == item["label"]), item["label"]
+        kept = {}
+        for seed, items in runs.items():
+            labels = [label for _, label in items.values()]
+            majority = max(labels.count(v) for v in set(labels)) / len(labels)
+            accuracy = sum(right for right, _ in items.values()) / len(items)
+            if accuracy > majority:
+                kept[seed] = {i: right for i, (right, _) in items.items()}
+            else:
+                self.failed_runs[f"{model} {display} seed {seed}: accuracy {100 * accuracy:.1f}% <= majority class {100 * majority:.1f}%"] = None
+        return kept
+
+    def recompute_classification(self, row: Row, printed: str) -> Result:
+        """"classification: A vs B (per-seed mean over N seeds: ...)": A's accuracy minus B's in pp, paired seed by
+        seed on the same examples and pooled over the seeds both rows kept; a bootstrap over examples (all seeds
+        of one together) and the per-seed mean's t interval, which must agree for a decision."""
+        decision, counted = parse_printed_verdict(row.verdict)
+        res = Result(row, "skipped", printed_decision=decision, counted=counted)
+        body = PER_SEED_PAREN.sub("", row.comparison).strip().partition(":")[2]
+        left, _, right = re.sub(r"\(within[^)]*\)", "", body).strip().partition(" vs ")
+        try:
+            res.rule = self.rule_for(row, row.comparison, accuracy=True)
+            a, b = self.classification_runs(row.model, left.strip()), self.classification_runs(row.model, right.strip())
+        except (LookupError, ValueError, KeyError) as e:
+            res.status, res.reason = "MISSING", str(e)
+            return res
+        seeds = sorted(set(a) & set(b))
+        ids = [i for i in a[seeds[0]] if all(i in a[s] and i in b[s] for s in seeds)] if seeds else []
+        if not ids:
+            res.status, res.reason = "MISSING", "no seeds or example ids in common"
+            return res
+        diff = np.array([[a[s][i] - b[s][i] for i in ids] for s in seeds]) * 100  # [seeds, examples]
+        per_example = diff.mean(0)  # one cluster per example: its seeds resampled together
+        weights = bootstrap_weights(len(ids), self.rng)
+        res.recomputed = float(per_example.mean())
+        draws = weights @ per_example / len(ids)
+        res.interval = percentile_interval(draws)
+        res.n = len(seeds) * len(ids)
+        seed_mean, t_lo, t_hi = t_interval(diff.mean(1))
+        res.printed_value = float(printed.replace("−", "-"))
+        res.tolerance = half_unit(printed.lstrip("+-−"))
+        res.printed_interval = parse_interval(row.interval)
+        problems = []
+        if abs(res.recomputed - res.printed_value) > res.tolerance + 1e-12:
+            problems.append(f"statistic {res.recomputed:.6g} vs printed {printed} (tolerance ±{res.tolerance:g})")
+        printed_n = re.match(r"([\d,]+)", row.n)
+        if printed_n and int(printed_n.group(1).replace(",", "")) != res.n:
+            problems.append(f"{res.n} paired examples over seeds, printed n {row.n}")
+        ps = PER_SEED.search(row.comparison)
+        printed_t = parse_interval_loose(ps.group("interval")) if ps else None
+        if ps and int(ps.group("seeds")) != len(seeds):
+            problems.append(f"{len(seeds)} seeds kept by both rows, printed {ps.group('seeds')}")
+        if printed_t:
+            ends = re.findall(NUMBER, ps.group("interval").replace("−", "-"))
+            if any(abs(got - float(text)) > half_unit(text.lstrip("+-")) + 1e-12 for got, text in zip((t_lo, t_hi), ends)):
+                problems.append(f"t interval [{t_lo:.6g}, {t_hi:.6g}] vs printed {ps.group('interval')}")
+        boot, by_t = res.rule.decide(*res.interval), res.rule.decide(t_lo, t_hi)
+        res.decision = boot if boot == by_t else INCONCLUSIVE
+        if res.decision != INCONCLUSIVE:
+            res.p_value = res.rule.p_value(draws, res.decision)
+        note = (f"pooled over {len(seeds)} seed(s) x {len(ids)} examples; bootstrap over examples (seeds together); per-seed "
+                f"{', '.join(f'{v:.4g}' for v in diff.mean(1))}; mean {seed_mean:.4g}, t interval [{t_lo:.4g}, {t_hi:.4g}]"
+                + (f"; bootstrap says {boot}, t interval {by_t}: inconclusive" if boot != by_t else ""))  # fmt: skip
+        return self.settle(res, problems, decision, [res.printed_interval, printed_t], note)
 
     # --- fine-tuning rows: gains over the untuned base, differences in differences, shares of a gain ------
 
@@ -1030,7 +1108,7 @@ def _same(r: Result) -> str:
     return f"{'yes' if r.decision == r.printed_decision else 'no'} ({what})"
 
 
-def render(findings_path: str, items_root: str, seed: int, results: list[Result], claims) -> str:
+def render(findings_path: str, items_root: str, seed: int, results: list[Result], claims, failed_runs=()) -> str:
     done = [r for r in results if r.status != "skipped"]
     lines = [
         f"# Recomputation of {findings_path} from {items_root}",
@@ -1066,6 +1144,9 @@ def render(findings_path: str, items_root: str, seed: int, results: list[Result]
               + f"; skipped (not recomputable here): {len(skipped)}."]  # fmt: skip
     for r in skipped:
         lines.append(f"- skipped {r.row.claim} {r.row.model}: {r.row.comparison} — {r.reason}")
+    if failed_runs:
+        lines += ["", "Classification runs left out as failed (accuracy not above the majority class of their test items):"]
+        lines += [f"- {run}" for run in failed_runs]
     return "\n".join(lines) + "\n"
 
 
@@ -1088,7 +1169,7 @@ def main(argv: list[str] | None = None) -> int:
     results = [recomputer.recompute(row) for row in findings.rows]
     holm_notes(results)
     claims = claim_verdicts(findings, results)
-    text = render(args.findings, args.items, args.seed, results, claims)
+    text = render(args.findings, args.items, args.seed, results, claims, list(recomputer.failed_runs))
     print(text, end="")
     if args.out:
         Path(args.out).write_text(text, encoding="utf-8")

@@ -51,14 +51,14 @@ class ReportJob:
         if missing:
             raise FileNotFoundError(f"report: missing records {', '.join(missing)}: run their stages first (dvc repro)")
         records, trains = load_records([*self.metric_files, *(f for f in self.optional_files if f.is_file())])
-        kept, failed = split_failed(attach_items(records, [paths.ITEMS / "base", paths.ITEMS / "eval"]))
+        kept, checked = split_failed(attach_items(records, [paths.ITEMS / "base", paths.ITEMS / "eval"]))
         evals = pool_seeds(kept)
         written: list[Path] = []
         tables = [table2(evals, profile=self.profile), table3(evals, profile=self.profile), table4(evals, profile=self.profile),
                   memory_table(trains, profile=self.profile)]  # fmt: skip
         for t in tables:
             written += write_table(t, r)
-        text = (findings(evals, trains, profile=self.profile, failed=failed) + render_checks(mmlu_checks(evals, identical_choices(load_mmlu())))
+        text = (findings(evals, trains, profile=self.profile, checked=checked) + render_checks(mmlu_checks(evals, identical_choices(load_mmlu())))
                 + analyses_markdown(load_results(self.analysis_files))
                 + robustness_section(self.robustness_path) + shipping_section(self.shipping_path))
         written.append(write_text(self.findings_path, text))

@@ -15,7 +15,9 @@ from qlora.report.records import Evaluation
 
 
 @dataclasses.dataclass(frozen=True)
-class FailedRun:
+class ClassifierRun:
+    """One classification run checked against the majority class of its own test items."""
+
     model: str
     method: str
     quant: str
@@ -23,9 +25,14 @@ class FailedRun:
     accuracy: float
     majority: float  # the share of the test set's most common label
 
+    @property
+    def failed(self) -> bool:
+        return self.accuracy <= self.majority
+
     def describe(self) -> str:
         seed = "" if self.seed is None else f", seed {self.seed}"
-        return (f"{self.model} {self.method} {self.quant}{seed}: accuracy {100 * self.accuracy:.1f}% does not beat the "
+        verb = "does not beat" if self.failed else "beats"
+        return (f"{self.model} {self.method} {self.quant}{seed}: accuracy {100 * self.accuracy:.1f}% {verb} the "
                 f"majority class ({100 * self.majority:.1f}%)")  # fmt: skip
 
 
@@ -34,16 +41,17 @@ def majority_share(e: Evaluation) -> float:
     return max(labels.values()) / sum(labels.values())
 
 
-def split_failed(evals: Sequence[Evaluation]) -> tuple[list[Evaluation], list[FailedRun]]:
-    """(the evaluations to use, the classification runs that failed). A run fails when its accuracy is not
-    above the majority-class share of its own test items (needs per-item results; without them it is kept)."""
-    kept, failed = [], []
+def split_failed(evals: Sequence[Evaluation]) -> tuple[list[Evaluation], list[ClassifierRun]]:
+    """(the evaluations to use, every classification run checked). A run fails when its accuracy is not above
+    the majority-class share of its own test items; failed runs are left out of the first list. A run without
+    per-item results cannot be checked: it is kept and not listed."""
+    kept, checked = [], []
     for e in evals:
         if e.record.task is Task.CLASSIFICATION and e.items is not None:
-            majority = majority_share(e)
-            if e.record.value <= majority:
-                r = e.record
-                failed.append(FailedRun(r.model, r.method.value, r.quant.value if r.quant else "", r.seed, r.value, majority))
+            r = e.record
+            run = ClassifierRun(r.model, r.method.value, r.quant.value if r.quant else "", r.seed, r.value, majority_share(e))
+            checked.append(run)
+            if run.failed:
                 continue
         kept.append(e)
-    return kept, failed
+    return kept, checked

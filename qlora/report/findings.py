@@ -40,7 +40,7 @@ from qlora.report import labels as L
 from qlora.quant.dtypes import DataType
 from qlora.report.labels import DataTypeLabel
 from qlora.eval.items import ItemResults
-from qlora.report.failures import FailedRun
+from qlora.report.failures import ClassifierRun
 from qlora.report.gains import gain_difference, gain_items, gain_share, over_seeds, reference_gain
 from qlora.report.paired import Effect, PairedComparison, Verdict, at_least, broadcast_seeds, equivalence, superiority, t_interval
 from qlora.report.records import EvalRecord, Evaluation, TrainRecord
@@ -544,8 +544,28 @@ def _part_row(p: Part) -> str:
     return f"| {p.label} | {stat} | {ci} | {n} | {mde} | {verdict} |"
 
 
+def _majority_check_lines(checked: Sequence[ClassifierRun]) -> list[str]:
+    """The failed classification runs, listed, and the margin by which the others beat the majority class."""
+    if not checked:
+        return []
+    failed = [r for r in checked if r.failed]
+    passed = [r for r in checked if not r.failed]
+    lines = []
+    if failed:
+        lines += ["", "## Failed training runs (left out of every comparison)", "",
+                  "A classifier that does not beat always answering the majority class learned nothing; its seed is reported "
+                  "here and a comparison uses the seeds both rows have.", ""]  # fmt: skip
+        lines += [f"- {r.describe()}" for r in failed]
+    lines += ["", f"Classification runs checked against the majority class of their test items: {len(checked)}, "
+                  f"{len(failed)} failed."]  # fmt: skip
+    if passed:
+        low = min(passed, key=lambda r: r.accuracy - r.majority)
+        lines[-1] += f" The closest of the others: {low.describe()}."
+    return lines
+
+
 def render(found: Sequence[Finding], *, profile: str, margins: Margins = Margins(), stats: StatsConfig = StatsConfig(),
-           failed: Sequence[FailedRun] = ()) -> str:  # fmt: skip
+           checked: Sequence[ClassifierRun] = ()) -> str:  # fmt: skip
     """The markdown of reports/findings.md."""
     lines = [
         "# Findings: do the QLoRA paper's claims hold here?",
@@ -579,11 +599,7 @@ def render(found: Sequence[Finding], *, profile: str, margins: Margins = Margins
         "|---|---|---|",
     ]
     lines += [f"| ({f.claim.value}) {f.claim.text} | {f.model} | **{f.verdict.value}** |" for f in found]
-    if failed:
-        lines += ["", "## Failed training runs (left out of every comparison)", "",
-                  "A classifier that does not beat always answering the majority class learned nothing; its seed is reported "
-                  "here and a comparison uses the seeds both rows have.", ""]  # fmt: skip
-        lines += [f"- {r.describe()}" for r in failed]
+    lines += _majority_check_lines(checked)
     for claim in Claim:
         of_claim = [f for f in found if f.claim is claim]
         if not of_claim:
@@ -598,7 +614,7 @@ def render(found: Sequence[Finding], *, profile: str, margins: Margins = Margins
 
 
 def findings(evals: Sequence[Evaluation | EvalRecord], trains: Sequence[TrainRecord], *, profile: str,
-             margins: Margins = Margins(), stats: StatsConfig = StatsConfig(), failed: Sequence[FailedRun] = ()) -> str:  # fmt: skip
+             margins: Margins = Margins(), stats: StatsConfig = StatsConfig(), checked: Sequence[ClassifierRun] = ()) -> str:  # fmt: skip
     """reports/findings.md's text: `assess` then `render`.
 
     Args:
@@ -608,4 +624,4 @@ def findings(evals: Sequence[Evaluation | EvalRecord], trains: Sequence[TrainRec
     """
     if not isinstance(profile, str) or not profile:
         raise ValueError(f"profile must name the profile that produced the data, got {profile!r}")
-    return render(assess(evals, trains, margins=margins, stats=stats), profile=profile, margins=margins, stats=stats, failed=failed)
+    return render(assess(evals, trains, margins=margins, stats=stats), profile=profile, margins=margins, stats=stats, checked=checked)

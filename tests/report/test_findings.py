@@ -288,11 +288,15 @@ def test_failed_runs_are_reported_and_left_out():
     collapsed = run([0] * 100, 1)  # always the majority class: 60% = the baseline
     learned = run([0] * 55 + [1] * 5 + [1] * 30 + [0] * 10, 2)  # 85%
     assert collapsed.record.value == pytest.approx(0.6) and learned.record.value == pytest.approx(0.85)
-    kept, failed = split_failed([collapsed, learned])
-    assert kept == [learned] and len(failed) == 1 and failed[0].seed == 1 and failed[0].majority == pytest.approx(0.6)
-    assert "does not beat the majority class" in failed[0].describe()
-    text = findings([], [], profile="t", failed=failed)
-    assert "## Failed training runs" in text and "seed 1" in text
+    kept, checked = split_failed([collapsed, learned])
+    assert kept == [learned] and [r.seed for r in checked] == [1, 2] and [r.failed for r in checked] == [True, False]
+    assert checked[0].majority == pytest.approx(0.6) and "does not beat the majority class" in checked[0].describe()
+    text = findings([], [], profile="t", checked=checked)
+    assert "## Failed training runs" in text and "seed 1: accuracy 60.0% does not beat" in text
+    assert "checked against the majority class of their test items: 2, 1 failed" in text
+    assert "The closest of the others: enc qlora nf4_dq, seed 2: accuracy 85.0% beats the majority class (60.0%)" in text
+    passing = findings([], [], profile="t", checked=checked[1:])  # every run beat it: said, not silent
+    assert "## Failed training runs" not in passing and "1, 0 failed" in passing
 
 
 def test_adapter_placement_and_rank_claims():
