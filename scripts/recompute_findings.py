@@ -695,19 +695,14 @@ class Recomputer:
     def classification_runs(self, model: str, display: str) -> dict[int, dict[str, float]]:
         """{seed: {example id: 1.0 when predicted right}} of a tuned classification row, without its failed
         runs: a run whose accuracy is not above its test items' majority-class share learned nothing."""
-        method, quant = split_side(display)
-        runs: dict[int, dict[str, float]] = {}
-        for key, item in self.load_side("classification", model, method, quant, stage="eval").items():
-            m = re.match(r"s(\d+):(.*)$", key, re.S)
-            seed, item_id = (int(m.group(1)), m.group(2)) if m else (-1, key)
-            runs.setdefault(seed, {})[item_id] = float(item["pred"] == item["label"]), item["label"]
         kept = {}
-        for seed, items in runs.items():
-            labels = [label for _, label in items.values()]
+        for seed, items in self._by_seed("classification", model, display).items():
+            labels = [item["label"] for item in items.values()]
             majority = max(labels.count(v) for v in set(labels)) / len(labels)
-            accuracy = sum(right for right, _ in items.values()) / len(items)
+            right = {i: float(item["pred"] == item["label"]) for i, item in items.items()}
+            accuracy = sum(right.values()) / len(right)
             if accuracy > majority:
-                kept[seed] = {i: right for i, (right, _) in items.items()}
+                kept[seed] = right
             else:
                 self.failed_runs[f"{model} {display} seed {seed}: accuracy {100 * accuracy:.1f}% <= majority class {100 * majority:.1f}%"] = None
         return kept
