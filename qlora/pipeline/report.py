@@ -35,7 +35,8 @@ class ReportJob:
         from qlora.report.mmlu_checks import identical_choices, mmlu_checks, render_checks
         from qlora.report.robustness import robustness_section
         from qlora.report.shipping import shipping_section
-        from qlora.report.plots import accuracy_bars, gap_vs_step, loss_curves, loss_curves_csv, memory_bars, validation_gaps_csv
+        from qlora.report.plots import (accuracy_bars, gap_vs_step, loss_curves, loss_curves_csv, memory_bars,
+                                        perplexity_ratio_to_bf16, validation_gaps_csv)
         from qlora.report.records import attach_items, load_records, pool_seeds
         from qlora.report.summary import metrics_summary
         from qlora.report.tables import memory_table, table2, table3, table4, write_table
@@ -67,6 +68,7 @@ class ReportJob:
                     accuracy_bars([e.record for e in evals], "classification", r / "accuracy_classification.png"),
                     memory_bars(trains, r / "memory.png"),
                     write_text(r / "loss_by_data_type.csv", loss_curves_csv([t for t in trains if t.model == self.causal_model_name])),
+                    perplexity_ratio_to_bf16(tables[0].data, r / "perplexity_ratio.png"),
                     gap_vs_step(trains, r / "gap_vs_step.png"), write_text(r / "gap_vs_step.csv", validation_gaps_csv(trains))]  # fmt: skip
         main_evals, main_trains = load_records([f for f in self.main_files if f.is_file()])
         write_json(m / "summary.json", metrics_summary([e.record for e in evals], trains, main_evals, main_trains))

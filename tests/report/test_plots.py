@@ -76,3 +76,44 @@ def test_validation_gaps_per_seed(tmp_path):
     assert validation_gaps_csv(trains).splitlines()[1] == "(c) QLoRA NF4 + DQ - LoRA BF16,m,0,2,0.20000000000000018"
     assert gap_vs_step(trains, tmp_path / "g.png").stat().st_size > 1000
     assert gap_vs_step([], tmp_path / "empty.png").exists()  # no validation: a figure saying so
+
+
+def _table2_data():
+    import pandas as pd
+
+    nan = float("nan")
+    rows = [  # Table 2's CSV frame: BF16 has no ratio to itself; an MMLU row has none to plot
+        ("m1", "bf16", "perplexity", nan, nan, nan), ("m1", "nf4_dq", "perplexity", 1.05, 1.02, 1.09),
+        ("m1", "nf4_dq", "mmlu_0shot", -0.01, -0.03, 0.01), ("m0", "fp4", "perplexity", 1.20, 1.10, 1.31),
+        ("m0", "nf4_dq_e4m4", "perplexity", 0.99, 0.97, 1.01),
+    ]  # fmt: skip
+    return pd.DataFrame([{"model": m, "quant": q, "task": t, "vs_bf16_estimate": e, "vs_bf16_ci_low": lo, "vs_bf16_ci_high": hi}
+                         for m, q, t, e, lo, hi in rows])  # fmt: skip
+
+
+def test_perplexity_ratios_come_from_table2_in_its_order_without_bf16_or_mmlu():
+    assert plots.perplexity_ratios(_table2_data()) == {
+        "m1": [("NF4 + DQ", 1.05, 1.02, 1.09)],
+        "m0": [("FP4 (E2M1, bnb grid)", 1.20, 1.10, 1.31), ("NF4 + DQ (E4M4)", 0.99, 0.97, 1.01)],
+    }
+
+
+def test_perplexity_ratio_plot_has_a_panel_per_model_with_the_paired_intervals(figures):
+    plots.perplexity_ratio_to_bf16(_table2_data(), "r.png")
+    fig = figures[0]
+    assert [ax.get_title() for ax in fig.axes] == ["m0", "m1"]
+    m0 = fig.axes[0]
+    assert m0.get_yscale() == "log"
+    assert [t.get_text() for t in m0.get_xticklabels()] == ["FP4 (E2M1, bnb grid)", "NF4 + DQ (E4M4)"]
+    (points,) = [line for line in m0.lines if line.get_marker() == "o"]
+    assert list(points.get_ydata()) == [1.20, 0.99]
+    (bars,) = m0.collections  # the error bars: segments from each low to each high
+    assert [tuple(seg[:, 1]) for seg in bars.get_segments()] == [pytest.approx((1.10, 1.31)), pytest.approx((0.97, 1.01))]
+    assert [list(line.get_ydata()) for line in m0.lines if line.get_linestyle() == "-"] == [[1.0, 1.0]]  # BF16's line
+
+
+def test_perplexity_ratio_plot_says_so_when_there_are_none(figures):
+    import pandas as pd
+
+    plots.perplexity_ratio_to_bf16(pd.DataFrame([{"model": "m", "quant": "bf16", "task": "perplexity"}]), "r.png")
+    assert [t.get_text() for t in figures[0].axes[0].texts] == ["no perplexity ratios"]
