@@ -35,8 +35,8 @@ class ReportJob:
         from qlora.report.mmlu_checks import identical_choices, mmlu_checks, render_checks
         from qlora.report.robustness import robustness_section
         from qlora.report.shipping import shipping_section
-        from qlora.report.plots import (accuracy_bars, gap_vs_step, loss_curves, loss_curves_csv, memory_bars,
-                                        perplexity_ratio_to_bf16, validation_gaps_csv)
+        from qlora.report.plots import accuracy_bars, gap_vs_step, loss_curves, loss_curves_csv, memory_bars, validation_gaps_csv
+        from qlora.report.ratio_plot import perplexity_ratio_to_bf16
         from qlora.report.records import attach_items, load_records, pool_seeds
         from qlora.report.summary import metrics_summary
         from qlora.report.tables import memory_table, table2, table3, table4, write_table

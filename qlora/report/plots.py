@@ -1,5 +1,4 @@
-"""PNG figures of the report: loss curves per data type, accuracy with error bars, memory bars, each data
-type's perplexity ratio to BF16, the validation gaps of claims (c) and (d) against the step."""
+"""PNG figures of the report: loss curves per data type, accuracy with error bars, memory bars."""
 
 from __future__ import annotations
 
@@ -13,7 +12,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from qlora.atomic import atomic_file  # noqa: E402
 from qlora.eval.result import Task  # noqa: E402
-from qlora.report.labels import DataTypeLabel  # noqa: E402
 from qlora.report.records import EvalRecord, TrainRecord  # noqa: E402
 
 
@@ -133,41 +131,4 @@ def gap_vs_step(trains: Sequence[TrainRecord], path: str | Path) -> Path:
         else:
             ax.text(0.5, 0.5, "no validation during training\n(eval.val_every = 0)", ha="center", va="center", transform=ax.transAxes)
     axes[0].set_ylabel("validation NLL gap (nats/token; < 0: row ahead)")
-    return _save(fig, Path(path))
-
-
-def perplexity_ratios(table2_data) -> dict[str, list[tuple[str, float, float, float]]]:
-    """model -> [(data type, ratio to BF16, 95% low, 95% high)] in Table 2's row order, from Table 2's numbers
-    (its CSV frame: the paired bootstrap over the same windows); BF16 itself and rows without a ratio are left out."""
-    out: dict[str, list[tuple[str, float, float, float]]] = {}
-    if "vs_bf16_estimate" not in getattr(table2_data, "columns", ()):
-        return out
-    for row in table2_data.to_dict("records"):
-        if row["task"] != Task.PERPLEXITY.value or row["vs_bf16_estimate"] != row["vs_bf16_estimate"]:  # NaN: no ratio
-            continue
-        label = DataTypeLabel.parse(row["quant"]).display
-        out.setdefault(row["model"], []).append((label, row["vs_bf16_estimate"], row["vs_bf16_ci_low"], row["vs_bf16_ci_high"]))
-    return out
-
-
-def perplexity_ratio_to_bf16(table2_data, path: str | Path) -> Path:
-    """Each data type's perplexity ratio to BF16 on the same windows with its paired 95% interval, one panel per
-    model (log scale: x1.1 and /1.1 look alike); the line at 1 is BF16."""
-    ratios = perplexity_ratios(table2_data)
-    models = sorted(ratios) or [""]
-    fig, axes = plt.subplots(1, len(models), figsize=(1 + 4.5 * len(models), 4.5), squeeze=False, sharey=True)
-    for ax, model in zip(axes[0], models):
-        rows = ratios.get(model, [])
-        if rows:
-            names, values, lows, highs = zip(*rows)
-            ax.errorbar(range(len(rows)), values, yerr=[[v - lo for v, lo in zip(values, lows)], [hi - v for v, hi in zip(values, highs)]],
-                        fmt="o", capsize=4, color="#4c72b0")  # fmt: skip
-            ax.set_xticks(range(len(rows)), names, rotation=60, ha="right", fontsize=8)
-        else:
-            ax.text(0.5, 0.5, "no perplexity ratios", ha="center", va="center", transform=ax.transAxes)
-        ax.axhline(1.0, color="grey", linewidth=0.8)
-        ax.set_yscale("log")
-        ax.set_title(model, fontsize=9)
-    axes[0][0].set_ylabel("perplexity / BF16's (same windows; log scale)")
-    fig.suptitle("Perplexity ratio to BF16 by data type, with paired bootstrap 95% intervals (Table 2)", fontsize=10)
     return _save(fig, Path(path))

@@ -1,4 +1,5 @@
-"""The report's figures: one loss plot for every data type (DVC), the chance line on MMLU, memory by model."""
+"""The report's figures: one loss plot for every data type (DVC), the chance line on MMLU, memory by model, the
+perplexity ratio to BF16 per model."""
 
 import json
 from pathlib import Path
@@ -7,7 +8,7 @@ import pytest
 
 from qlora.config import Method
 from qlora.eval.result import Score
-from qlora.report import plots
+from qlora.report import plots, ratio_plot
 from qlora.report.records import EvalRecord, TrainRecord
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,7 +22,8 @@ def _train(model, quant, method=Method.QLORA, losses=(2.0, 1.5)):
 def figures(monkeypatch):
     """The matplotlib figures the plot functions make (not saved)."""
     made = []
-    monkeypatch.setattr(plots, "_save", lambda fig, path: made.append(fig) or Path(path))
+    for module in (plots, ratio_plot):
+        monkeypatch.setattr(module, "_save", lambda fig, path: made.append(fig) or Path(path))
     return made
 
 
@@ -92,14 +94,14 @@ def _table2_data():
 
 
 def test_perplexity_ratios_come_from_table2_in_its_order_without_bf16_or_mmlu():
-    assert plots.perplexity_ratios(_table2_data()) == {
+    assert ratio_plot.perplexity_ratios(_table2_data()) == {
         "m1": [("NF4 + DQ", 1.05, 1.02, 1.09)],
         "m0": [("FP4 (E2M1, bnb grid)", 1.20, 1.10, 1.31), ("NF4 + DQ (E4M4)", 0.99, 0.97, 1.01)],
     }
 
 
 def test_perplexity_ratio_plot_has_a_panel_per_model_with_the_paired_intervals(figures):
-    plots.perplexity_ratio_to_bf16(_table2_data(), "r.png")
+    ratio_plot.perplexity_ratio_to_bf16(_table2_data(), "r.png")
     fig = figures[0]
     assert [ax.get_title() for ax in fig.axes] == ["m0", "m1"]
     m0 = fig.axes[0]
@@ -115,5 +117,5 @@ def test_perplexity_ratio_plot_has_a_panel_per_model_with_the_paired_intervals(f
 def test_perplexity_ratio_plot_says_so_when_there_are_none(figures):
     import pandas as pd
 
-    plots.perplexity_ratio_to_bf16(pd.DataFrame([{"model": "m", "quant": "bf16", "task": "perplexity"}]), "r.png")
+    ratio_plot.perplexity_ratio_to_bf16(pd.DataFrame([{"model": "m", "quant": "bf16", "task": "perplexity"}]), "r.png")
     assert [t.get_text() for t in figures[0].axes[0].texts] == ["no perplexity ratios"]
