@@ -9,7 +9,8 @@ not read; this summary is what they compare across experiments:
 
 "main" is the run whose data type `dvc exp run -S quant=...` changes. Keys are the enums' values
 (`Task`, `Method`) and the data-type labels' text form (`DataTypeLabel.value`; "main" for the main
-run's records written before issue 11, which do not name their data type).
+run's records written before issue 11, which do not name their data type), then "_<variant>" for a row
+trained otherwise than the table's (e.g. "qlora_nf4_dq_r8").
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ from collections.abc import Sequence
 from qlora.report.records import LEGACY_MAIN, EvalRecord, TrainRecord
 
 _TRAIN_FIELDS = ("peak_mb", "tokens_per_s", "final_loss")
+
+
+def _key(method, quant, variant: str) -> str:
+    return f"{method.value}_{LEGACY_MAIN if quant is None else quant.value}" + (f"_{variant}" if variant else "")
 
 
 def _train_values(t: TrainRecord) -> dict[str, float]:
@@ -35,13 +40,13 @@ def metrics_summary(evals: Sequence[EvalRecord], trains: Sequence[TrainRecord],
     out: dict = {"eval": {}, "train": {name: {} for name in _TRAIN_FIELDS}, "main": {}}
     for r in evals:
         row = out["eval"].setdefault(r.task.value, {}).setdefault(r.model, {})
-        key = f"{r.method.value}_{LEGACY_MAIN if r.quant is None else r.quant.value}"
+        key = _key(r.method, r.quant, r.variant)
         if key in row:
             raise ValueError(f"two {r.task.value} records for {r.model} {key}")
         row[key] = r.value
     by_row: dict[tuple[str, str], list[TrainRecord]] = {}
     for t in trains:
-        by_row.setdefault((t.model, f"{t.method.value}_{t.quant.value}"), []).append(t)
+        by_row.setdefault((t.model, _key(t.method, t.quant, t.variant)), []).append(t)
     for (model, key), members in by_row.items():
         if len({t.seed for t in members}) != len(members):
             raise ValueError(f"two training records for {model} {key} with the same seed")

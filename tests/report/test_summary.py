@@ -41,3 +41,15 @@ def test_a_row_trained_once_per_seed_is_summarised_by_its_mean():
     assert s["train"]["final_loss"]["M"]["qlora_nf4_dq"] == 1.5
     with pytest.raises(ValueError, match="two training records for M qlora_nf4_dq with the same seed"):
         metrics_summary([], [seeds[0], seeds[0]])
+
+
+def test_a_variant_row_has_its_own_key_beside_the_tables_row():
+    """The findings profile's adapter variants (attention-only, r8) share method and data type with the all-linear row."""
+    import dataclasses
+
+    evals = [_eval("heldout_nll", "nf4_dq", Method.QLORA, 1.5), dataclasses.replace(_eval("heldout_nll", "nf4_dq", Method.QLORA, 1.7), variant="r8")]
+    trains = [dataclasses.replace(_train("nf4_dq", Method.QLORA), seed=0),
+              dataclasses.replace(_train("nf4_dq", Method.QLORA, losses=(2.0, 1.0)), seed=0, variant="attention")]  # fmt: skip
+    s = metrics_summary(evals, trains)
+    assert s["eval"]["heldout_nll"]["M"] == {"qlora_nf4_dq": 1.5, "qlora_nf4_dq_r8": 1.7}
+    assert s["train"]["final_loss"]["M"] == {"qlora_nf4_dq": 1.5, "qlora_nf4_dq_attention": 1.0}
