@@ -6,7 +6,7 @@ the committed per-item files". This script is that recomputation. It deliberatel
 `qlora` package (standard library and numpy only) and re-derives every statistic from the report's own
 explanation and the per-item file format (`qlora-items/1`):
 
-    python scripts/recompute_findings.py --findings reports/findings_partial.md --items findings/items [--out FILE]
+    python scripts/recompute_findings.py --findings reports/findings.md --items findings/items [--out FILE]
 
 What it recomputes, per table row `| comparison | statistic | 95% interval | n | smallest detectable | verdict |`:
 
@@ -1147,7 +1147,7 @@ def render(findings_path: str, items_root: str, seed: int, results: list[Result]
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--findings", required=True, help="the findings markdown, e.g. reports/findings_partial.md")
+    parser.add_argument("--findings", required=True, help="the findings markdown, e.g. reports/findings.md")
     parser.add_argument("--items", required=True, help="the per-item files' root, e.g. findings/items")
     parser.add_argument("--out", help="also write the markdown table here")
     parser.add_argument("--seed", type=int, default=2022, help="the bootstrap's seed (default 2022)")
