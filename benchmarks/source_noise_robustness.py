@@ -114,7 +114,23 @@ def quantized(reference: torch.nn.Module, weights: dict[str, torch.Tensor], quan
             for p in model.parameters():  # (not model.to(): that would also round the rotary inv_freq buffer, which a load recomputes)
                 p.copy_(p.to(torch.bfloat16))
     prepare_model(model, quant, None)
+    if quant.dtype.is_quantized:  # quantize_checkpoint stores embeddings, norms, head and biases in stored_dtype(quant): round
+        rounded_like_stored(model, quant)  # them the same way (Gemma's F32 norms and Q6_K/Q8_0 embedding are not bf16 values)
     return model.eval()
+
+
+def rounded_like_stored(model: torch.nn.Module, quant: QuantConfig) -> None:
+    """Rounds, in place, every floating tensor of `model.state_dict()` that is not a quantized layer's weight to
+    `stored_dtype(quant)`, as `quantize_checkpoint` writes them, so that the in-memory model equals the loaded files."""
+    from qlora.models.saving import stored_dtype
+    from qlora.nn.linear import QLoRALinear
+
+    quantized_layers = {n for n, m in model.named_modules() if isinstance(m, QLoRALinear)}
+    dtype = stored_dtype(quant)
+    with torch.no_grad():
+        for k, v in model.state_dict(keep_vars=True).items():
+            if (k.rsplit(".", 1)[0] not in quantized_layers or k.endswith(".bias")) and v.is_floating_point():
+                v.copy_(v.to(dtype))
 
 
 def score(model: torch.nn.Module, quant: QuantConfig, windows: torch.Tensor, batch_size: int):
