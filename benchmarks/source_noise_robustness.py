@@ -51,6 +51,9 @@ from qlora.report.records import EvalRecord, Evaluation  # noqa: E402
 
 DATASET = "MMLU question stems"
 REFERENCE = "reference"  # the draw label of the unperturbed model
+# the data types claims (a) and (b) compare (BF16 for the ratios to it): the ablation's other types (Int8, FP8, NVFP4, ...)
+# belong to claims (k) and (l) and would more than double each draw's time without entering a verdict here
+CLAIM_QUANTS = ("bf16", "int4", "fp4", "fp4_e3m0", "nf4", "nf4_dq")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,7 +182,7 @@ def run_model(params, key: str, args, texts: list[str]) -> dict:
             by_type[t] = by_type.get(t, 0) + 1
     tokenizer = AutoTokenizer.from_pretrained(folder)
     windows = perplexity_windows(tokenizer, texts, args.window_tokens, args.windows)
-    quants = {q: params.quants[q] for q in params.ablation.base_quants}
+    quants = {q: params.quants[q] for q in params.ablation.base_quants if q in CLAIM_QUANTS}
     print(f"{spec.name}: {len(names)} linear weights, source types {by_type}, set-up {time.time() - started:.0f} s", flush=True)
 
     result = {"model": spec.name, "key": key, "command": "python " + " ".join(sys.argv), "width": args.width, "seeds": args.seeds,

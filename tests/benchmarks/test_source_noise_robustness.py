@@ -2,11 +2,16 @@
 
 import torch
 
-from benchmarks.source_noise_robustness import check_pipeline_path, quantized
+from pathlib import Path
+
+from benchmarks.source_noise_robustness import CLAIM_QUANTS, check_pipeline_path, quantized
 from qlora.config import DataType, ModelKind, QuantConfig
 from qlora.models.loading import load_base
 from qlora.models.surgery import linear_modules
 from qlora.nn.linear import QLoRALinear
+from qlora.pipeline.params import load_params
+from qlora.report import labels as L
+from qlora.report.labels import DataTypeLabel
 from tests.tiny_text import save_tiny_model
 
 NF4_DQ = QuantConfig(DataType.NF4, True)
@@ -38,3 +43,11 @@ def test_quantized_copy_rounds_only_the_unquantized_tensors(tmp_path):
     assert torch.equal(embedding, embedding.to(torch.bfloat16).float())
     # the reference is untouched (a deep copy is rounded), so the next data type quantizes the unrounded weights
     assert not torch.equal(reference.get_input_embeddings().weight, embedding)
+
+
+def test_the_evaluated_types_are_the_ones_claims_a_and_b_compare():
+    """The benchmark scores only these keys of the findings profile's ablation: a renamed key would drop a
+    type from the verdicts silently."""
+    params = load_params(Path(__file__).parents[2] / "findings" / "params.yaml")
+    assert set(CLAIM_QUANTS) <= set(params.ablation.base_quants)
+    assert {DataTypeLabel.of(params.quants[q]) for q in CLAIM_QUANTS} == {L.BF16, L.INT4, L.FP4, L.FP4_E3M0, L.NF4, L.NF4_DQ}
